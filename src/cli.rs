@@ -1,0 +1,400 @@
+//! Command line: subcommands and their flags (with `EMBER_*` environment fallbacks). Each
+//! subcommand calls into the library; no logic lives here.
+
+use crate::batcher::{BatchConfig, DEFAULT_MAX_BATCH_SIZE};
+use crate::demo::{self, DemoOptions};
+use crate::protocol::{DEFAULT_MAX_REQUEST_BYTES, ErrorCode, Lane, Reply, decode_reply};
+use crate::registry::Registry;
+use crate::results::DEFAULT_MAX_REDELIVERIES;
+use crate::store::{ModelName, Repository};
+use crate::train::{self, TrainOptions};
+use crate::transport::memory::MemoryTransport;
+use crate::transport::{Message, Properties, Transport, queues};
+use crate::worker::{Worker, WorkerConfig};
+use anyhow::Context;
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Ember: event-driven ML inference from queues.
+#[derive(Debug, Parser)]
+#[command(name = "ember", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (production).
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the embedded pipeline on held-out digits and report accuracy and throughput.
+    Demo(DemoArgs),
+    /// Answer one request (OIP V2 JSON) and print the response.
+    Infer(InferArgs),
+    /// Train a model and publish it as a new version.
+    Train(TrainArgs),
+    /// Serve models from a transport until SIGTERM / Ctrl-C.
+    Serve(ServeArgs),
+    /// Inspect the model repository.
+    Models {
+        /// What to do with models.
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+/// `ember models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// List models, versions and aliases.
+    List {
+        /// Model repository.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where models live.
+#[derive(Debug, Args)]
+pub struct RepoArgs {
+    /// Model repository (a local directory).
+    #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
+    pub model_repo: String,
+}
+
+/// Pipeline limits shared by the serving subcommands.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Model repository (a local directory).
+    #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
+    pub model_repo: String,
+    /// Most rows in one batch.
+    #[arg(long, env = "EMBER_MAX_BATCH_SIZE", default_value_t = DEFAULT_MAX_BATCH_SIZE,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub max_batch_size: usize,
+    /// Longest a request waits for a fuller batch (e.g. 2ms, 500us).
+    #[arg(long, env = "EMBER_MAX_BATCH_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub max_batch_delay: Duration,
+    /// Larger request bodies are answered RESOURCE_EXHAUSTED without being parsed.
+    #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+}
+
+impl PipelineArgs {
+    fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch_size: self.max_batch_size,
+            max_batch_delay: self.max_batch_delay,
+        }
+    }
+
+    fn worker(&self, max_redeliveries: u32) -> WorkerConfig {
+        WorkerConfig {
+            max_request_bytes: self.max_request_bytes,
+            max_redeliveries,
+            ..WorkerConfig::for_batch_size(self.max_batch_size)
+        }
+    }
+
+    fn registry(&self) -> anyhow::Result<Arc<Registry>> {
+        Ok(Arc::new(Registry::new(Repository::open(&self.model_repo)?, self.batch())))
+    }
+}
+
+/// `ember demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Requests to send.
+    #[arg(long, default_value_t = 2000)]
+    pub requests: usize,
+    /// Every N-th request is realtime RPC, the others batch.
+    #[arg(long, default_value_t = 4)]
+    pub realtime_every: usize,
+    /// Model to ask.
+    #[arg(long, default_value = "digits")]
+    pub model: ModelName,
+    /// Print the report as JSON on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Pipeline limits.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `ember infer`.
+#[derive(Debug, Args)]
+pub struct InferArgs {
+    /// Model to ask.
+    #[arg(long)]
+    pub model: String,
+    /// Version or alias (default: production).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Request file (OIP V2 JSON), or - for stdin.
+    #[arg(long)]
+    pub input: String,
+    /// Pipeline limits.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// `ember train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Model kind to train.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(train::KINDS))]
+    pub kind: String,
+    /// Repository to publish the new version to.
+    #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
+    pub out: String,
+    /// Model name (default: the kind).
+    #[arg(long)]
+    pub name: Option<ModelName>,
+    /// Passes over the training data.
+    #[arg(long, default_value_t = TrainOptions::default().epochs)]
+    pub epochs: usize,
+    /// Seed of the split, shuffles and initialisation.
+    #[arg(long, default_value_t = TrainOptions::default().seed)]
+    pub seed: u64,
+    /// Point `production` at the new version.
+    #[arg(long)]
+    pub promote: bool,
+}
+
+/// `ember serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Models to serve (default: every model in the repository).
+    #[arg(long = "model", env = "EMBER_MODELS", value_delimiter = ',')]
+    pub models: Vec<ModelName>,
+    /// Transport requests arrive on.
+    #[arg(long, env = "EMBER_TRANSPORT", value_enum, default_value_t = TransportKind::Memory)]
+    pub transport: TransportKind,
+    /// Internal failures are retried this often before the request is dead-lettered.
+    #[arg(long, env = "EMBER_MAX_REDELIVERIES", default_value_t = DEFAULT_MAX_REDELIVERIES)]
+    pub max_redeliveries: u32,
+    /// Pipeline limits.
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+}
+
+/// Transports `ember serve` can use.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TransportKind {
+    /// In-process queues (only in-process producers can reach them).
+    Memory,
+}
+
+/// Runs a parsed command; returns the process exit status.
+pub async fn run(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Demo(args) => demo(args).await,
+        Command::Infer(args) => infer(args).await,
+        Command::Train(args) => {
+            let repo = Repository::open(&args.out)?;
+            let options = TrainOptions {
+                epochs: args.epochs,
+                seed: args.seed,
+                promote: args.promote,
+                ..TrainOptions::default()
+            };
+            let name = match args.name {
+                Some(name) => name,
+                None => ModelName::parse(&args.kind)?,
+            };
+            let manifest = train::train(&repo, &args.kind, &name, &options).await?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+            Ok(0)
+        }
+        Command::Serve(args) => serve(args).await,
+        Command::Models {
+            command: ModelsCommand::List { repo, json },
+        } => list_models(&repo.model_repo, json).await,
+    }
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
+    let options = DemoOptions {
+        requests: args.requests,
+        realtime_every: args.realtime_every,
+        batch: args.pipeline.batch(),
+        model_repo: args.pipeline.model_repo.clone(),
+        model: args.model,
+    };
+    let report = demo::run(&options).await?;
+    println!(
+        "{} requests to {} v{} ({} backend, max batch {}): {} ok, {} errors, accuracy {:.4}",
+        report.requests,
+        report.model,
+        report.version,
+        report.backend,
+        report.max_batch_size,
+        report.ok,
+        report.errors,
+        report.accuracy
+    );
+    println!(
+        "pipeline {:.0} req/s vs model alone {:.0} req/s ({:.2}); latency p50 {:.2} ms, p99 {:.2} ms",
+        report.pipeline_rps, report.model_only_rps, report.pipeline_efficiency, report.p50_ms, report.p99_ms
+    );
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    }
+    Ok(if report.errors == 0 { 0 } else { 1 })
+}
+
+async fn infer(args: InferArgs) -> anyhow::Result<i32> {
+    let limit = args.pipeline.max_request_bytes;
+    let mut body = Vec::new();
+    let reader: Box<dyn Read> = match args.input.as_str() {
+        "-" => Box::new(std::io::stdin()),
+        path => Box::new(std::fs::File::open(path).with_context(|| format!("cannot open {path}"))?),
+    };
+    // One byte over the limit is enough for the worker to refuse it.
+    reader.take(limit as u64 + 1).read_to_end(&mut body)?;
+
+    let transport = MemoryTransport::new();
+    let worker = Worker::new(Arc::new(transport.clone()), args.pipeline.registry()?, args.pipeline.worker(0));
+    let shutdown = CancellationToken::new();
+    let models: Vec<ModelName> = ModelName::parse(&args.model).into_iter().collect();
+    let serving = {
+        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        tokio::spawn(async move { worker.run(&models, shutdown).await })
+    };
+    let reply_queue = "ember.cli.reply".to_owned();
+    let mut replies = transport.subscribe(std::slice::from_ref(&reply_queue), 1).await?;
+    let request = Message {
+        body: body.into(),
+        properties: Properties {
+            message_id: Some("cli".into()),
+            reply_to: Some(reply_queue),
+            version: args.version,
+            lane: Some(Lane::Realtime),
+            ..Properties::default()
+        },
+    };
+    // An invalid model name has no queue a worker consumes; answer it here like a worker would.
+    if ModelName::parse(&args.model).is_err() {
+        let error = crate::protocol::InferError::invalid(format!("invalid model name {:?}", args.model));
+        println!("{}", serde_json::to_string(&crate::protocol::ErrorResponse::new("cli", &error))?);
+        return Ok(2);
+    }
+    transport.publish(&queues::requests(&args.model, Lane::Realtime), request).await?;
+    let reply = replies.next().await.context("the worker stopped without answering")?;
+    reply.settle.ack().await?;
+    shutdown.cancel();
+    serving.await??;
+    println!("{}", String::from_utf8_lossy(&reply.message.body));
+    Ok(match decode_reply(&reply.message.body) {
+        Ok(Reply::Ok(_)) => 0,
+        Ok(Reply::Err(e)) if e.code == ErrorCode::Internal => 1,
+        Ok(Reply::Err(_)) => 2,
+        Err(_) => 1,
+    })
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    let registry = args.pipeline.registry()?;
+    let models = if args.models.is_empty() { registry.repository().models().await? } else { args.models };
+    anyhow::ensure!(!models.is_empty(), "no models in {}", registry.repository().describe());
+    let transport: Arc<dyn Transport> = match args.transport {
+        TransportKind::Memory => {
+            tracing::warn!("memory transport: only in-process producers can reach this worker");
+            Arc::new(MemoryTransport::new())
+        }
+    };
+    let worker = Worker::new(transport, registry, args.pipeline.worker(args.max_redeliveries));
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: finishing requests in flight");
+            shutdown.cancel();
+        }
+    });
+    worker.run(&models, shutdown).await?;
+    Ok(0)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn list_models(address: &str, json: bool) -> anyhow::Result<i32> {
+    let repo = Repository::open(address)?;
+    let mut rows = Vec::new();
+    for model in repo.models().await? {
+        let aliases = repo.aliases(&model).await?;
+        for version in repo.versions(&model).await? {
+            let names: Vec<&str> = aliases
+                .iter()
+                .filter(|(_, v)| **v == version)
+                .map(|(alias, _)| alias.as_str())
+                .collect();
+            let row = match repo.manifest(&model, &version).await {
+                Ok(m) => serde_json::json!({
+                    "model": model, "version": version, "aliases": names,
+                    "architecture": m.architecture, "metrics": m.metrics, "created_at": m.created_at,
+                }),
+                Err(e) => serde_json::json!({
+                    "model": model, "version": version, "aliases": names, "error": e.to_string(),
+                }),
+            };
+            rows.push(row);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!("{:<20} {:<10} {:<20} {:<14} {:<22} ", "MODEL", "VERSION", "ALIASES", "TEST ACCURACY", "CREATED");
+    for row in rows {
+        let text = |key: &str| row[key].as_str().unwrap_or("").to_owned();
+        let aliases: Vec<&str> = row["aliases"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
+        let accuracy = row["metrics"]["test_accuracy"]
+            .as_f64()
+            .map_or_else(|| row["error"].as_str().unwrap_or("-").to_owned(), |a| format!("{a:.4}"));
+        println!(
+            "{:<20} {:<10} {:<20} {:<14} {:<22}",
+            text("model"),
+            text("version"),
+            aliases.join(","),
+            accuracy,
+            text("created_at")
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,408 @@
+//! The wire protocol: Open Inference Protocol (KServe V2) JSON requests and responses, decoding
+//! with a size limit, and validation against a model's declared inputs.
+
+mod error;
+mod tensor;
+
+pub use error::{ErrorCode, ErrorResponse, InferError};
+pub use tensor::{DataType, TensorData};
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Default for `--max-request-bytes`: 16 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 << 20;
+
+/// Which queue a request came from: realtime work is always batched before batch work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lane {
+    /// Someone is waiting (RPC); served first.
+    #[default]
+    Realtime,
+    /// Bulk work; served when no realtime work waits.
+    Batch,
+}
+
+impl Lane {
+    /// The name used in headers and queue names.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Realtime => "realtime",
+            Self::Batch => "batch",
+        }
+    }
+
+    /// Parses a header value.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "realtime" => Some(Self::Realtime),
+            "batch" => Some(Self::Batch),
+            _ => None,
+        }
+    }
+}
+
+/// A named tensor: an input of a request or an output of a response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tensor {
+    /// Input or output name, as in the model's manifest.
+    pub name: String,
+    /// Dimensions, row-major.
+    pub shape: Vec<usize>,
+    /// Element type.
+    pub datatype: DataType,
+    /// Elements, row-major; `data.len()` equals the product of `shape` once validated.
+    pub data: TensorData,
+}
+
+/// A decoded (not yet validated) inference request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    /// The request's `id`, echoed in its response.
+    pub id: Option<String>,
+    /// Its input tensors.
+    pub inputs: Vec<Tensor>,
+}
+
+/// A successful inference response.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InferResponse {
+    /// The id of the request this answers.
+    pub id: String,
+    /// The model that computed it.
+    pub model_name: String,
+    /// The exact version (never an alias) that computed it.
+    pub model_version: String,
+    /// Output tensors, in the order of the model's manifest.
+    pub outputs: Vec<Tensor>,
+}
+
+/// A reply body as a client reads it: a response or an error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// The model's answer.
+    Ok(InferResponse),
+    /// Why there is none.
+    Err(ErrorResponse),
+}
+
+/// A tensor's declared name, datatype and shape; `-1` marks the batch dimension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Name clients use.
+    pub name: String,
+    /// Element type.
+    pub datatype: DataType,
+    /// Dimensions; the first may be `-1` (any batch size).
+    pub shape: Vec<i64>,
+}
+
+/// A request checked against a model's inputs: one tensor per declared input, in declared order,
+/// all with the same number of rows (the batch dimension).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedInputs {
+    /// Rows in every input (the request's batch size).
+    pub rows: usize,
+    /// Data of each declared input, in manifest order.
+    pub tensors: Vec<TensorData>,
+}
+
+#[derive(Deserialize)]
+struct WireTensor<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    shape: Vec<i64>,
+    datatype: DataType,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+struct WireRequest<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    inputs: Vec<WireTensor<'a>>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse<'a> {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model_name: String,
+    #[serde(default)]
+    model_version: String,
+    #[serde(borrow)]
+    outputs: Vec<WireTensor<'a>>,
+}
+
+impl WireTensor<'_> {
+    fn into_tensor(self) -> Result<Tensor, String> {
+        let name = self.name.into_owned();
+        let shape = self
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d).map_err(|_| format!("tensor '{name}': negative dimension {d}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let elements = element_count(&shape).ok_or_else(|| format!("tensor '{name}': shape {shape:?} is too large"))?;
+        // The hint only pre-sizes the buffer; cap it so a lying shape cannot reserve much.
+        let data = TensorData::from_json(self.data.get(), self.datatype, elements.min(1 << 20))
+            .map_err(|e| format!("tensor '{name}': {e}"))?;
+        Ok(Tensor {
+            name,
+            shape,
+            datatype: self.datatype,
+            data,
+        })
+    }
+}
+
+/// Product of `shape`, or `None` on overflow.
+fn element_count(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Decodes a request body, refusing one over `max_bytes` before parsing any of it.
+pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, InferError> {
+    if body.len() > max_bytes {
+        return Err(InferError::new(
+            ErrorCode::ResourceExhausted,
+            format!("request is {} bytes; the limit is {max_bytes}", body.len()),
+        ));
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(InferError::invalid("empty request body"));
+    }
+    let wire: WireRequest =
+        serde_json::from_slice(body).map_err(|e| InferError::invalid(format!("malformed request: {e}")))?;
+    let id = wire.id.map(Cow::into_owned);
+    let inputs = wire
+        .inputs
+        .into_iter()
+        .map(WireTensor::into_tensor)
+        .collect::<Result<_, _>>()
+        .map_err(InferError::invalid)?;
+    Ok(InferRequest { id, inputs })
+}
+
+/// Decodes a reply body (response or error response), as a client does.
+pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
+    if let Ok(error) = serde_json::from_slice::<ErrorResponse>(body) {
+        return Ok(Reply::Err(error));
+    }
+    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let outputs = wire.outputs.into_iter().map(WireTensor::into_tensor).collect::<Result<_, _>>()?;
+    Ok(Reply::Ok(InferResponse {
+        id: wire.id,
+        model_name: wire.model_name,
+        model_version: wire.model_version,
+        outputs,
+    }))
+}
+
+/// Encodes a request body (for producers written in Rust: the CLI, the demo, tests).
+pub fn encode_request(id: &str, inputs: &[Tensor]) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        inputs: &'a [Tensor],
+    }
+    serde_json::to_vec(&Body { id, inputs }).expect("tensors serialize")
+}
+
+/// Encodes a response or error body.
+pub fn encode_reply(reply: &Result<InferResponse, ErrorResponse>) -> Vec<u8> {
+    match reply {
+        Ok(response) => serde_json::to_vec(response),
+        Err(error) => serde_json::to_vec(error),
+    }
+    .expect("replies serialize")
+}
+
+/// Checks `request` against the model's declared `inputs`: every declared input present once,
+/// nothing undeclared, datatypes equal, shapes equal but for the batch dimension, which must be
+/// the same in every input, and element counts equal to the product of the shape.
+pub fn validate(request: InferRequest, inputs: &[TensorSpec]) -> Result<ValidatedInputs, InferError> {
+    if let Some(extra) = request.inputs.iter().find(|t| !inputs.iter().any(|s| s.name == t.name)) {
+        let expected: Vec<_> = inputs.iter().map(|s| s.name.as_str()).collect();
+        return Err(InferError::invalid(format!(
+            "unknown input '{}'; the model takes {expected:?}",
+            extra.name
+        )));
+    }
+    let mut given = request.inputs;
+    let mut rows = None;
+    let mut tensors = Vec::with_capacity(inputs.len());
+    for spec in inputs {
+        let mut matching = given.iter().filter(|t| t.name == spec.name);
+        let position = match (matching.next(), matching.next()) {
+            (Some(_), Some(_)) => return Err(InferError::invalid(format!("input '{}' is given twice", spec.name))),
+            (None, _) => return Err(InferError::invalid(format!("missing input '{}'", spec.name))),
+            (Some(_), None) => given.iter().position(|t| t.name == spec.name).expect("found above"),
+        };
+        let tensor = given.swap_remove(position);
+        let tensor_rows = check_tensor(&tensor, spec)?;
+        match rows {
+            Some(r) if r != tensor_rows => {
+                return Err(InferError::invalid(format!(
+                    "input '{}' has batch size {tensor_rows}, other inputs {r}",
+                    spec.name
+                )));
+            }
+            _ => rows = Some(tensor_rows),
+        }
+        tensors.push(tensor.data);
+    }
+    let rows = rows.unwrap_or(0);
+    if rows == 0 {
+        return Err(InferError::invalid("the request has no rows (batch size 0)"));
+    }
+    Ok(ValidatedInputs { rows, tensors })
+}
+
+/// Checks one tensor against its spec; returns its batch size.
+fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError> {
+    let name = &spec.name;
+    if tensor.datatype != spec.datatype {
+        return Err(InferError::invalid(format!(
+            "input '{name}' must be {}, got {}",
+            spec.datatype, tensor.datatype
+        )));
+    }
+    let shape_ok = tensor.shape.len() == spec.shape.len()
+        && tensor
+            .shape
+            .iter()
+            .zip(&spec.shape)
+            .all(|(&got, &want)| want < 0 || got as i64 == want);
+    if !shape_ok {
+        return Err(InferError::invalid(format!(
+            "input '{name}' must have shape {:?} (-1: any batch size), got {:?}",
+            spec.shape, tensor.shape
+        )));
+    }
+    let expected = element_count(&tensor.shape).unwrap_or(usize::MAX);
+    if tensor.data.len() != expected {
+        return Err(InferError::invalid(format!(
+            "input '{name}' has {} elements; shape {:?} needs {expected}",
+            tensor.data.len(),
+            tensor.shape
+        )));
+    }
+    Ok(if spec.shape.first() == Some(&-1) { tensor.shape[0] } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digits_inputs() -> Vec<TensorSpec> {
+        vec![TensorSpec {
+            name: "input".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 64],
+        }]
+    }
+
+    fn request(body: &str) -> Result<ValidatedInputs, InferError> {
+        validate(decode_request(body.as_bytes(), 1 << 20)?, &digits_inputs())
+    }
+
+    fn pixels(n: usize) -> String {
+        vec!["1"; n].join(",")
+    }
+
+    #[test]
+    fn accepts_a_valid_batch_of_two() {
+        let body = format!(
+            r#"{{"id":"7","inputs":[{{"name":"input","shape":[2,64],"datatype":"FP32","data":[{}]}}]}}"#,
+            pixels(128)
+        );
+        let request = decode_request(body.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(request.id.as_deref(), Some("7"));
+        let valid = validate(request, &digits_inputs()).unwrap();
+        assert_eq!(valid.rows, 2);
+        assert_eq!(valid.tensors[0].len(), 128);
+    }
+
+    #[test]
+    fn rejects_malformed_and_empty_bodies_with_invalid_argument() {
+        for body in ["{\"inputs\": [", "", "   ", "[]", "{\"inputs\": 3}", "not json"] {
+            let err = request(body).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{body:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_oversized_body_with_resource_exhausted_before_parsing() {
+        // Not JSON at all: the size check must come first.
+        let err = decode_request(&[b'x'; 101], 100).unwrap_err();
+        assert_eq!(err.code, ErrorCode::ResourceExhausted);
+    }
+
+    #[test]
+    fn rejects_wrong_name_datatype_shape_and_length() {
+        let cases = [
+            (r#"{"inputs":[{"name":"pixels","shape":[1,64],"datatype":"FP32","data":[P]}]}"#, "unknown input"),
+            (r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"INT32","data":[P]}]}"#, "must be FP32"),
+            (r#"{"inputs":[{"name":"input","shape":[64],"datatype":"FP32","data":[P]}]}"#, "must have shape"),
+            (r#"{"inputs":[{"name":"input","shape":[1,8,8],"datatype":"FP32","data":[P]}]}"#, "must have shape"),
+            (r#"{"inputs":[{"name":"input","shape":[2,64],"datatype":"FP32","data":[P]}]}"#, "elements"),
+            (r#"{"inputs":[{"name":"input","shape":[0,64],"datatype":"FP32","data":[]}]}"#, "no rows"),
+            (r#"{"inputs":[]}"#, "missing input"),
+            (r#"{"inputs":[{"name":"input","shape":[-1,64],"datatype":"FP32","data":[P]}]}"#, "negative"),
+            (r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP99","data":[P]}]}"#, "malformed"),
+        ];
+        for (template, expected) in cases {
+            let body = template.replace('P', &pixels(64));
+            let err = request(&body).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidArgument, "{template}");
+            assert!(err.message.contains(expected), "{template}: {err}");
+        }
+    }
+
+    #[test]
+    fn rejects_non_finite_fp32_with_invalid_argument() {
+        let body = format!(
+            r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[1e40,{}]}}]}}"#,
+            pixels(63)
+        );
+        let err = request(&body).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidArgument);
+        assert!(err.message.contains("finite"), "{err}");
+    }
+
+    #[test]
+    fn rejects_an_input_given_twice() {
+        let one = format!(r#"{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}]}}"#, pixels(64));
+        let err = request(&format!(r#"{{"inputs":[{one},{one}]}}"#)).unwrap_err();
+        assert!(err.message.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn replies_round_trip_through_encode_and_decode() {
+        let response = InferResponse {
+            id: "9".into(),
+            model_name: "digits".into(),
+            model_version: "1".into(),
+            outputs: vec![Tensor {
+                name: "label".into(),
+                shape: vec![2],
+                datatype: DataType::Int64,
+                data: TensorData::I64(vec![3, 4]),
+            }],
+        };
+        let body = encode_reply(&Ok(response.clone()));
+        assert_eq!(decode_reply(&body).unwrap(), Reply::Ok(response));
+        let error = ErrorResponse::new("9", &InferError::not_found("no model 'x'"));
+        let body = encode_reply(&Err(error.clone()));
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#"{"id":"9","error":"no model 'x'","code":"NOT_FOUND"}"#
+        );
+        assert_eq!(decode_reply(&body).unwrap(), Reply::Err(error));
+    }
+}

@@ -1,0 +1,186 @@
+//! Running models: the compute backend, and one executor thread per loaded model version so
+//! that compute never blocks the async runtime.
+
+use crate::models::Model;
+use crate::protocol::{InferError, TensorData, ValidatedInputs};
+use crate::store::Artifact;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc as std_mpsc;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// The backend models run on: CUDA with the `cuda` feature, else the fastest CPU backend
+/// measured on the digits CNN (`benches/backends.rs`).
+#[cfg(feature = "cuda")]
+pub type ServeBackend = burn::backend::Cuda;
+/// The backend models run on: CUDA with the `cuda` feature, else the fastest CPU backend
+/// measured on the digits CNN (`benches/backends.rs`).
+#[cfg(not(feature = "cuda"))]
+pub type ServeBackend = burn::backend::NdArray;
+
+/// The backend `ember train` differentiates through.
+pub type TrainBackend = burn::backend::Autodiff<ServeBackend>;
+
+/// Name of [`ServeBackend`], for logs and reports.
+pub const BACKEND_NAME: &str = if cfg!(feature = "cuda") { "cuda" } else { "ndarray" };
+
+/// Where a request's outputs (one tensor per manifest output) or its error go.
+pub type Responder = oneshot::Sender<Result<Vec<TensorData>, InferError>>;
+
+/// One request's share of a batch.
+#[derive(Debug)]
+pub struct Work {
+    /// Its validated inputs.
+    pub inputs: ValidatedInputs,
+    /// Where its answer goes.
+    pub respond: Responder,
+}
+
+/// Why a model could not be started.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot load model: {0}")]
+pub struct LoadError(pub String);
+
+/// A model version running on its own thread; batches go in, each request's outputs come out
+/// on its [`Responder`], and a unit on `done` after each batch so the batcher can send the next.
+pub struct Executor {
+    batches: std_mpsc::Sender<Vec<Work>>,
+}
+
+impl Executor {
+    /// Loads `artifact` on a new thread, warms it up with batches of 1 and `warmup_rows` rows,
+    /// and returns once it is ready, with the receiver of its batch-done signals.
+    pub async fn start(
+        artifact: &Artifact,
+        warmup_rows: usize,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<()>), LoadError> {
+        let manifest = &artifact.manifest;
+        let (batches, batch_rx) = std_mpsc::channel::<Vec<Work>>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (architecture, weights) = (manifest.architecture.clone(), artifact.weights.clone());
+        let inputs = manifest.inputs.clone();
+        let thread_name = format!("exec-{}-{}", manifest.name, manifest.version);
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let device = Default::default();
+                let loaded = catch_unwind(AssertUnwindSafe(|| {
+                    let model = architecture.load::<ServeBackend>(&weights, &device)?;
+                    for rows in [1, warmup_rows.max(1)] {
+                        let zeros = inputs
+                            .iter()
+                            .map(|spec| {
+                                let width: i64 = spec.shape.iter().skip(1).product();
+                                TensorData::zeros(spec.datatype, rows * width.max(1) as usize)
+                            })
+                            .collect();
+                        model.infer(rows, zeros)?;
+                    }
+                    Ok::<_, String>(model)
+                }))
+                .unwrap_or_else(|panic| Err(panic_message(&panic)));
+                let model = match loaded {
+                    Ok(model) => {
+                        let _ = ready_tx.send(Ok(()));
+                        model
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(LoadError(e)));
+                        return;
+                    }
+                };
+                drop(weights);
+                while let Ok(batch) = batch_rx.recv() {
+                    run_batch(model.as_ref(), batch);
+                    if done_tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| LoadError(format!("cannot start executor thread: {e}")))?;
+        match ready_rx.await {
+            Ok(Ok(())) => Ok((Self { batches }, done_rx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(LoadError("executor thread exited while loading".into())),
+        }
+    }
+
+    /// Hands a batch to the executor thread; false if the thread is gone (the batch's
+    /// responders are then dropped, which their receivers see as an internal error).
+    pub fn run(&self, batch: Vec<Work>) -> bool {
+        self.batches.send(batch).is_ok()
+    }
+}
+
+/// Concatenates the batch's inputs, runs the model once, and splits the outputs back.
+fn run_batch(model: &dyn Model, batch: Vec<Work>) {
+    let started = Instant::now();
+    let rows: usize = batch.iter().map(|w| w.inputs.rows).sum();
+    let (inputs, parts): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .map(|w| {
+            let part = (w.inputs.rows, w.respond);
+            (w.inputs, part)
+        })
+        .unzip();
+    let result = catch_unwind(AssertUnwindSafe(|| model.infer(rows, concat_inputs(inputs, rows))))
+        .unwrap_or_else(|panic| Err(panic_message(&panic)));
+    metrics::histogram!("ember_batch_rows").record(rows as f64);
+    metrics::histogram!("ember_batch_compute_seconds").record(started.elapsed().as_secs_f64());
+    let outputs = match result {
+        Ok(outputs) if outputs.iter().all(|o| o.len() % rows == 0) => outputs,
+        Ok(_) => return fail_all(parts, "model returned outputs that do not split into rows"),
+        Err(e) => return fail_all(parts, &format!("model failed: {e}")),
+    };
+    let mut offset = 0;
+    for (n, respond) in parts {
+        let mine = outputs
+            .iter()
+            .map(|output| {
+                let width = output.len() / rows;
+                let mut part = TensorData::with_capacity_like(output, n * width);
+                part.extend_from(output, offset * width..(offset + n) * width);
+                part
+            })
+            .collect();
+        offset += n;
+        let _ = respond.send(Ok(mine));
+    }
+}
+
+/// Joins the requests' inputs row-wise (moves, without copying, when there is one request).
+fn concat_inputs(mut requests: Vec<ValidatedInputs>, rows: usize) -> Vec<TensorData> {
+    if requests.len() == 1 {
+        return requests.pop().map(|r| r.tensors).unwrap_or_default();
+    }
+    let inputs = requests[0].tensors.len();
+    (0..inputs)
+        .map(|i| {
+            let first = &requests[0];
+            let width = first.tensors[i].len() / first.rows;
+            let mut all = TensorData::with_capacity_like(&first.tensors[i], rows * width);
+            for request in &requests {
+                let t = &request.tensors[i];
+                all.extend_from(t, 0..t.len());
+            }
+            all
+        })
+        .collect()
+}
+
+fn fail_all(parts: Vec<(usize, Responder)>, message: &str) {
+    tracing::error!(requests = parts.len(), "{message}");
+    for (_, respond) in parts {
+        let _ = respond.send(Err(InferError::internal(message)));
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("panicked: {text}")
+}

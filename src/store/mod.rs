@@ -1,0 +1,263 @@
+//! The model repository: where versions, their manifests and weights live, and the rules for
+//! reading them (aliases, sha256 verification) that every store shares.
+//!
+//! Layout (DESIGN.md): `<model>/<version>/model.bin`, `<model>/<version>/manifest.json`,
+//! `<model>/aliases.json`. A store only moves bytes by key ([`ModelStore`]); [`Repository`]
+//! builds keys from validated names only, so no request can reach outside the repository.
+
+mod fs;
+mod names;
+
+pub use fs::FsStore;
+pub use names::{ModelName, NameError, Version};
+
+use crate::models::Architecture;
+use crate::protocol::TensorSpec;
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The alias every request without a version gets.
+pub const DEFAULT_ALIAS: &str = "production";
+
+/// Why the repository could not give what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// No such model, version, alias or file.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The weights do not match the manifest's sha256: refused.
+    #[error("model {model} version {version}: weights sha256 {actual} does not match the manifest's {expected}")]
+    Integrity {
+        /// Model name.
+        model: String,
+        /// Version.
+        version: String,
+        /// sha256 in the manifest.
+        expected: String,
+        /// sha256 of the bytes read.
+        actual: String,
+    },
+    /// A name, key or file that breaks the rules.
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The store could not be read or written.
+    #[error("store I/O: {0}")]
+    Io(String),
+}
+
+/// Moves bytes by key; one implementation per place models live (local dir, Azure Blob).
+#[async_trait]
+pub trait ModelStore: Send + Sync + 'static {
+    /// The object at `key` (`/`-separated, relative); [`StoreError::NotFound`] if absent.
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Names of the folders directly under `prefix` (`""` is the root), sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Writes `bytes` at `key`; readers see the old object or the whole new one, never a part.
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+    /// Where the store is, for logs (never with credentials).
+    fn describe(&self) -> String;
+}
+
+/// What a model version is: written by `ember train`, read by every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Model name.
+    pub name: ModelName,
+    /// This version.
+    pub version: Version,
+    /// Network and its config; also any input scaling, so clients send raw values.
+    pub architecture: Architecture,
+    /// Inputs clients send.
+    pub inputs: Vec<TensorSpec>,
+    /// Outputs the model returns, in this order.
+    pub outputs: Vec<TensorSpec>,
+    /// Class labels, index = class id.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// Hex sha256 of `model.bin`.
+    pub sha256: String,
+    /// Evaluation figures (e.g. `test_accuracy` on the held-out split).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// How it was trained, enough to rebuild its held-out split.
+    #[serde(default)]
+    pub training: Option<TrainingRecord>,
+    /// RFC 3339 time of creation.
+    pub created_at: String,
+}
+
+/// How a version was trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingRecord {
+    /// Data set and its provenance.
+    pub dataset: String,
+    /// Seed of the shuffle that splits train from held-out data, and of initialisation.
+    pub seed: u64,
+    /// Share of the data held out for testing.
+    pub test_fraction: f64,
+    /// Passes over the training split.
+    pub epochs: usize,
+    /// Mini-batch size.
+    pub batch_size: usize,
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// Samples trained on.
+    pub train_samples: usize,
+    /// Samples held out.
+    pub test_samples: usize,
+}
+
+/// A verified version: its manifest and the weights whose sha256 matched it.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The weights (`model.bin`).
+    pub weights: Bytes,
+}
+
+/// `aliases.json`: alias → version.
+pub type Aliases = BTreeMap<String, Version>;
+
+/// Hex sha256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The model repository over any [`ModelStore`].
+#[derive(Clone)]
+pub struct Repository {
+    store: Arc<dyn ModelStore>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.store.describe())
+    }
+}
+
+impl Repository {
+    /// A repository over `store`.
+    pub fn new(store: Arc<dyn ModelStore>) -> Self {
+        Self { store }
+    }
+
+    /// Opens the repository at `address` (a local directory for now).
+    pub fn open(address: &str) -> Result<Self, StoreError> {
+        if address.contains("://") {
+            return Err(StoreError::Invalid(format!(
+                "unsupported model repository {address:?}; give a local directory"
+            )));
+        }
+        Ok(Self::new(Arc::new(FsStore::new(address))))
+    }
+
+    /// Where the repository is.
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// The models in the repository (folders that are not valid names are skipped).
+    pub async fn models(&self) -> Result<Vec<ModelName>, StoreError> {
+        let names = self.store.list("").await?;
+        Ok(names.iter().filter_map(|n| ModelName::parse(n).ok()).collect())
+    }
+
+    /// The versions of `model`, numbers first in numeric order, then the rest by name.
+    pub async fn versions(&self, model: &ModelName) -> Result<Vec<Version>, StoreError> {
+        let mut versions: Vec<Version> = (self.store.list(model.as_str()).await?)
+            .iter()
+            .filter_map(|n| Version::parse(n).ok())
+            .collect();
+        versions.sort_by(|a, b| (a.number().is_none(), a.number(), a.as_str()).cmp(&(b.number().is_none(), b.number(), b.as_str())));
+        Ok(versions)
+    }
+
+    /// The aliases of `model`; none when it has no `aliases.json`.
+    pub async fn aliases(&self, model: &ModelName) -> Result<Aliases, StoreError> {
+        match self.store.get(&format!("{model}/aliases.json")).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Invalid(format!("{model}/aliases.json: {e}"))),
+            Err(StoreError::NotFound(_)) => Ok(Aliases::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The manifest of `model` `version`, checked to name them.
+    pub async fn manifest(&self, model: &ModelName, version: &Version) -> Result<Manifest, StoreError> {
+        let key = format!("{model}/{version}/manifest.json");
+        let bytes = self.store.get(&key).await.map_err(|e| match e {
+            StoreError::NotFound(_) => StoreError::NotFound(format!("model {model} version {version}")),
+            e => e,
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
+        if manifest.name != *model || manifest.version != *version {
+            return Err(StoreError::Invalid(format!(
+                "{key} describes {} version {}",
+                manifest.name, manifest.version
+            )));
+        }
+        Ok(manifest)
+    }
+
+    /// Resolves `selector` (a version, else an alias) of `model` to a version that exists.
+    pub async fn resolve(&self, model: &ModelName, selector: &Version) -> Result<Version, StoreError> {
+        let versions = self.versions(model).await?;
+        if versions.contains(selector) {
+            return Ok(selector.clone());
+        }
+        let aliases = self.aliases(model).await?;
+        match aliases.get(selector.as_str()) {
+            Some(version) if versions.contains(version) => Ok(version.clone()),
+            Some(version) => Err(StoreError::NotFound(format!(
+                "model {model} alias {selector} points to version {version}, which does not exist"
+            ))),
+            None if versions.is_empty() => Err(StoreError::NotFound(format!("model {model}"))),
+            None => Err(StoreError::NotFound(format!("model {model} has no version or alias {selector}"))),
+        }
+    }
+
+    /// Reads `model` `version` and verifies its weights against the manifest's sha256.
+    pub async fn load(&self, model: &ModelName, version: &Version) -> Result<Artifact, StoreError> {
+        let manifest = self.manifest(model, version).await?;
+        let weights = self.store.get(&format!("{model}/{version}/model.bin")).await?;
+        let actual = sha256_hex(&weights);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(StoreError::Integrity {
+                model: model.to_string(),
+                version: version.to_string(),
+                expected: manifest.sha256,
+                actual,
+            });
+        }
+        Ok(Artifact { manifest, weights })
+    }
+
+    /// The next free numeric version of `model` (1 for a new model).
+    pub async fn next_version(&self, model: &ModelName) -> Result<Version, StoreError> {
+        let last = self.versions(model).await?.iter().filter_map(Version::number).max();
+        Ok(Version::parse(&(last.unwrap_or(0) + 1).to_string()).expect("numbers are valid versions"))
+    }
+
+    /// Writes a new version: weights first, manifest last, so a reader that sees the manifest
+    /// finds the weights it names.
+    pub async fn publish(&self, manifest: &Manifest, weights: Bytes) -> Result<(), StoreError> {
+        let (model, version) = (&manifest.name, &manifest.version);
+        self.store.put(&format!("{model}/{version}/model.bin"), weights).await?;
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.store.put(&format!("{model}/{version}/manifest.json"), json.into()).await
+    }
+
+    /// Points `alias` of `model` at `version`.
+    pub async fn set_alias(&self, model: &ModelName, alias: &Version, version: &Version) -> Result<(), StoreError> {
+        let mut aliases = self.aliases(model).await?;
+        aliases.insert(alias.to_string(), version.clone());
+        let json = serde_json::to_vec_pretty(&aliases).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.store.put(&format!("{model}/aliases.json"), json.into()).await
+    }
+}

@@ -1,0 +1,142 @@
+//! Transports: where requests come from and results go. A transport is a small broker client:
+//! it publishes a message to a queue (returning once the broker has it, i.e. confirmed) and
+//! subscribes to queues in priority order, handing out deliveries that must be settled.
+//!
+//! Every transport behaves like [`memory::MemoryTransport`], the reference; the shared suite in
+//! `tests/transport_suite/` runs against each one.
+
+pub mod memory;
+
+use crate::protocol::{ErrorCode, Lane};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Queue names of the topology in DESIGN.md.
+pub mod queues {
+    use crate::protocol::Lane;
+
+    /// `ember.<model>.realtime` / `ember.<model>.batch`: where requests for `model` wait.
+    pub fn requests(model: &str, lane: Lane) -> String {
+        format!("ember.{model}.{}", lane.as_str())
+    }
+
+    /// `ember.<model>.results`: batch results without `reply_to`.
+    pub fn results(model: &str) -> String {
+        format!("ember.{model}.results")
+    }
+
+    /// `ember.<model>.dead`: dead letters of `ember.<model>.*`.
+    pub fn dead(model: &str) -> String {
+        format!("ember.{model}.dead")
+    }
+
+    /// The dead-letter queue for messages taken from `queue` (`ember.<model>.<lane>`).
+    pub fn dead_for(queue: &str) -> String {
+        match queue.strip_prefix("ember.").and_then(|rest| rest.rsplit_once('.')) {
+            Some((model, _)) => dead(model),
+            None => format!("{queue}.dead"),
+        }
+    }
+}
+
+/// Message properties of the wire protocol (AMQP properties and `ember-*` headers).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// Request id; de-duplicates redeliveries.
+    pub message_id: Option<String>,
+    /// Echoed on the reply.
+    pub correlation_id: Option<String>,
+    /// Queue the reply goes to (realtime RPC).
+    pub reply_to: Option<String>,
+    /// `ember-model`.
+    pub model: Option<String>,
+    /// `ember-model-version`: a version or an alias (default `production`).
+    pub version: Option<String>,
+    /// `ember-lane`.
+    pub lane: Option<Lane>,
+    /// `ember-deadline-ms`: unix epoch milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// `ember-error-code` on error replies and dead letters.
+    pub error_code: Option<ErrorCode>,
+    /// `ember-error` on dead letters: why.
+    pub error: Option<String>,
+}
+
+impl Properties {
+    /// The deadline as a time.
+    pub fn deadline(&self) -> Option<SystemTime> {
+        self.deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Sets the deadline `after` from now.
+    pub fn with_deadline_in(mut self, after: Duration) -> Self {
+        let at = SystemTime::now() + after;
+        self.deadline_ms = at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64);
+        self
+    }
+}
+
+/// A message: body plus properties.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Message {
+    /// The body (OIP JSON).
+    pub body: Bytes,
+    /// Its properties.
+    pub properties: Properties,
+}
+
+/// A transport failure; the operation may be retried.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("transport: {0}")]
+pub struct TransportError(pub String);
+
+/// How a delivery is settled with its broker. Exactly one method is called, once; a delivery
+/// dropped unsettled is requeued (as when a consumer's channel closes).
+#[async_trait]
+pub trait Settle: Send {
+    /// Done with: remove from the queue.
+    async fn ack(self: Box<Self>) -> Result<(), TransportError>;
+    /// Not done: put back for redelivery.
+    async fn requeue(self: Box<Self>) -> Result<(), TransportError>;
+    /// Never processable: move to the dead-letter queue with `code` and `reason` in headers.
+    async fn dead_letter(self: Box<Self>, code: ErrorCode, reason: &str) -> Result<(), TransportError>;
+}
+
+/// A message taken from a queue, to be settled once handled.
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The queue it came from.
+    pub queue: String,
+    /// How many times it was delivered before (0 on first delivery).
+    pub redeliveries: u32,
+    /// Its settle handle.
+    pub settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("queue", &self.queue)
+            .field("properties", &self.message.properties)
+            .field("redeliveries", &self.redeliveries)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A consumer of one or more queues.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next delivery, taking from earlier queues first; `None` once the transport closed.
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// A broker client.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Publishes `message` to `queue`; returns once the broker has taken responsibility for it.
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError>;
+    /// Consumes `queues`, earlier ones first, with at most `prefetch` deliveries unsettled.
+    async fn subscribe(&self, queues: &[String], prefetch: usize) -> Result<Box<dyn Subscription>, TransportError>;
+}

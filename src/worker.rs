@@ -1,0 +1,134 @@
+//! The worker: consumes each model's request queues, decodes and validates each request against
+//! the served version's manifest, batches and computes it, and publishes the result before the
+//! delivery is acknowledged.
+
+use crate::batcher::Job;
+use crate::protocol::{ErrorResponse, InferError, Lane, decode_request, validate};
+use crate::registry::Registry;
+use crate::results::{self, finish};
+use crate::store::ModelName;
+use crate::transport::{Delivery, Transport, TransportError, queues};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Requests with larger bodies are answered RESOURCE_EXHAUSTED unparsed.
+    pub max_request_bytes: usize,
+    /// Unsettled deliveries per model.
+    pub prefetch: usize,
+    /// Internal failures are retried this often before dead-lettering.
+    pub max_redeliveries: u32,
+}
+
+impl WorkerConfig {
+    /// Defaults for a batcher of `max_batch_size`: prefetch `2 × max_batch_size`, so one full
+    /// batch can form while the previous one computes.
+    pub fn for_batch_size(max_batch_size: usize) -> Self {
+        Self {
+            max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
+            prefetch: 2 * max_batch_size.max(1),
+            max_redeliveries: results::DEFAULT_MAX_REDELIVERIES,
+        }
+    }
+}
+
+/// Serves models from a transport.
+#[derive(Clone)]
+pub struct Worker {
+    transport: Arc<dyn Transport>,
+    registry: Arc<Registry>,
+    config: WorkerConfig,
+    in_flight: TaskTracker,
+}
+
+impl Worker {
+    /// A worker answering from `registry`'s models over `transport`.
+    pub fn new(transport: Arc<dyn Transport>, registry: Arc<Registry>, config: WorkerConfig) -> Self {
+        Self {
+            transport,
+            registry,
+            config,
+            in_flight: TaskTracker::new(),
+        }
+    }
+
+    /// Loads `models` and serves them until `shutdown`; then stops taking requests and returns
+    /// once every request already taken is answered and settled (graceful drain).
+    pub async fn run(&self, models: &[ModelName], shutdown: CancellationToken) -> Result<(), TransportError> {
+        let mut consumers = tokio::task::JoinSet::new();
+        for model in models {
+            if let Err(e) = self.registry.preload(model).await {
+                tracing::error!(%model, error = %e, "cannot read model; its requests will be answered with the error");
+            }
+            let queues = [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model.as_str(), lane));
+            let subscription = self.transport.subscribe(&queues, self.config.prefetch).await?;
+            let (worker, model, shutdown) = (self.clone(), model.to_string(), shutdown.clone());
+            consumers.spawn(async move { worker.consume(model, subscription, shutdown).await });
+        }
+        tracing::info!(served = ?self.registry.served(), "worker ready");
+        consumers.join_all().await;
+        self.in_flight.close();
+        self.in_flight.wait().await;
+        Ok(())
+    }
+
+    async fn consume(
+        &self,
+        model: String,
+        mut subscription: Box<dyn crate::transport::Subscription>,
+        shutdown: CancellationToken,
+    ) {
+        let realtime = queues::requests(&model, Lane::Realtime);
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => break,
+                delivery = subscription.next() => match delivery {
+                    Some(delivery) => delivery,
+                    None => break,
+                },
+            };
+            let lane = if delivery.queue == realtime { Lane::Realtime } else { Lane::Batch };
+            self.accept(&model, lane, delivery).await;
+        }
+    }
+
+    /// Takes one delivery into the pipeline; its answer is published by a tracked task.
+    async fn accept(&self, model: &str, lane: Lane, delivery: Delivery) {
+        let properties = &delivery.message.properties;
+        let fallback_id = properties.message_id.clone().unwrap_or_default();
+        let deadline = properties.deadline();
+        let prepared = async {
+            let unread = |e| (e, fallback_id.clone());
+            let served = self.registry.get(model, properties.version.as_deref()).await.map_err(unread)?;
+            let request = decode_request(&delivery.message.body, self.config.max_request_bytes).map_err(unread)?;
+            let id = request.id.clone().unwrap_or_else(|| fallback_id.clone());
+            let inputs = validate(request, &served.manifest.inputs).map_err(|e| (e, id.clone()))?;
+            Ok::<_, (InferError, String)>((served, id, inputs))
+        };
+        let (transport, model, max) = (self.transport.clone(), model.to_owned(), self.config.max_redeliveries);
+        let (served, id, inputs) = match prepared.await {
+            Ok(ok) => ok,
+            Err((error, id)) => {
+                let reply = Err(ErrorResponse::new(id, &error));
+                self.in_flight.spawn(async move { finish(transport.as_ref(), &model, delivery, reply, max).await });
+                return;
+            }
+        };
+        let rows = inputs.rows;
+        let (job, answer) = Job::new(inputs, lane, deadline);
+        served.batcher.submit(job);
+        self.in_flight.spawn(async move {
+            let outcome = answer
+                .await
+                .unwrap_or_else(|_| Err(InferError::internal("request was dropped before it was computed")));
+            let reply = match outcome {
+                Ok(outputs) => Ok(results::response(&served.manifest, id, outputs, rows)),
+                Err(error) => Err(ErrorResponse::new(id, &error)),
+            };
+            finish(transport.as_ref(), &model, delivery, reply, max).await;
+        });
+    }
+}

@@ -1,0 +1,299 @@
+//! The embedded pipeline end to end: memory transport → decode/validate → batcher → Burn model
+//! (the shipped digits CNN) → results, with every bad input answered and settled.
+
+use bytes::Bytes;
+use ember::batcher::BatchConfig;
+use ember::protocol::{DataType, ErrorCode, ErrorResponse, InferResponse, Lane, Reply, Tensor, TensorData, decode_reply, encode_request};
+use ember::registry::Registry;
+use ember::store::Repository;
+use ember::train::digits;
+use ember::transport::memory::MemoryTransport;
+use ember::transport::{Message, Properties, Subscription, Transport, queues};
+use ember::worker::{Worker, WorkerConfig};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const REPLIES: &str = "test.replies";
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A temporary repository holding the shipped digits model under each of `names`.
+fn repo_with(names: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
+    for name in names {
+        let version_dir = dir.path().join(name).join("1");
+        std::fs::create_dir_all(&version_dir).unwrap();
+        std::fs::copy(shipped.join("1/model.bin"), version_dir.join("model.bin")).unwrap();
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(shipped.join("1/manifest.json")).unwrap()).unwrap();
+        manifest["name"] = (*name).into();
+        std::fs::write(version_dir.join("manifest.json"), manifest.to_string()).unwrap();
+        std::fs::write(dir.path().join(name).join("aliases.json"), r#"{"production":"1"}"#).unwrap();
+    }
+    dir
+}
+
+struct Pipeline {
+    transport: MemoryTransport,
+    replies: Box<dyn Subscription>,
+    shutdown: CancellationToken,
+    serving: JoinHandle<()>,
+    _repo: tempfile::TempDir,
+}
+
+impl Pipeline {
+    async fn start(repo: tempfile::TempDir, models: &[&str]) -> Self {
+        let registry = Arc::new(Registry::new(
+            Repository::open(repo.path().to_str().unwrap()).unwrap(),
+            BatchConfig::default(),
+        ));
+        let transport = MemoryTransport::new();
+        let config = WorkerConfig {
+            max_request_bytes: MAX_REQUEST_BYTES,
+            ..WorkerConfig::for_batch_size(32)
+        };
+        let worker = Worker::new(Arc::new(transport.clone()), registry, config);
+        let shutdown = CancellationToken::new();
+        let models: Vec<_> = models.iter().map(|m| m.parse().unwrap()).collect();
+        let serving = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { worker.run(&models, shutdown).await.unwrap() }
+        });
+        let replies = transport.subscribe(&[REPLIES.to_owned()], 1000).await.unwrap();
+        Self {
+            transport,
+            replies,
+            shutdown,
+            serving,
+            _repo: repo,
+        }
+    }
+
+    async fn send(&self, model: &str, lane: Lane, body: impl Into<Bytes>, properties: Properties) {
+        let message = Message {
+            body: body.into(),
+            properties,
+        };
+        self.transport.publish(&queues::requests(model, lane), message).await.unwrap();
+    }
+
+    /// Sends a realtime RPC and waits for its reply.
+    async fn ask(&mut self, model: &str, version: Option<&str>, body: impl Into<Bytes>) -> (Properties, Reply) {
+        let properties = Properties {
+            message_id: Some("msg-1".into()),
+            correlation_id: Some("corr-1".into()),
+            reply_to: Some(REPLIES.into()),
+            version: version.map(Into::into),
+            ..Properties::default()
+        };
+        self.send(model, Lane::Realtime, body, properties).await;
+        let delivery = tokio::time::timeout(Duration::from_secs(30), self.replies.next())
+            .await
+            .expect("a reply within 30 s")
+            .unwrap();
+        let reply = decode_reply(&delivery.message.body).expect("a well-formed reply");
+        let properties = delivery.message.properties.clone();
+        delivery.settle.ack().await.unwrap();
+        (properties, reply)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.serving.await.unwrap();
+    }
+}
+
+fn held_out() -> digits::Digits {
+    digits::split(&digits::load(), 7, 0.2).1
+}
+
+fn image_request(id: &str, pixels: &[f32], rows: usize) -> Vec<u8> {
+    let input = Tensor {
+        name: "input".into(),
+        shape: vec![rows, digits::PIXELS],
+        datatype: DataType::Fp32,
+        data: TensorData::F32(pixels.to_vec()),
+    };
+    encode_request(id, &[input])
+}
+
+fn ok(reply: Reply) -> InferResponse {
+    match reply {
+        Reply::Ok(response) => response,
+        Reply::Err(e) => panic!("expected a response, got {e:?}"),
+    }
+}
+
+fn err(reply: Reply) -> ErrorResponse {
+    match reply {
+        Reply::Err(e) => e,
+        Reply::Ok(r) => panic!("expected an error, got {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn answers_realtime_rpc_with_the_correct_digit() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let data = held_out();
+    for i in [0, 1, 2] {
+        let (properties, reply) = p.ask("digits", None, image_request("req-7", data.image(i), 1)).await;
+        assert_eq!(properties.correlation_id.as_deref(), Some("corr-1"));
+        let response = ok(reply);
+        assert_eq!((response.id.as_str(), response.model_name.as_str(), response.model_version.as_str()), ("req-7", "digits", "1"));
+        let [probabilities, label] = &response.outputs[..] else { panic!("two outputs") };
+        assert_eq!((probabilities.name.as_str(), probabilities.shape.as_slice()), ("probabilities", &[1, 10][..]));
+        let sum: f32 = probabilities.data.as_f32().unwrap().iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
+        assert_eq!(label.data, TensorData::I64(vec![i64::from(data.labels[i])]));
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn answers_a_multi_row_request_row_by_row() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let data = held_out();
+    let pixels: Vec<f32> = (0..3).flat_map(|i| data.image(i).to_vec()).collect();
+    let response = ok(p.ask("digits", Some("1"), image_request("three", &pixels, 3)).await.1);
+    assert_eq!(response.outputs[0].shape, vec![3, 10]);
+    let expected: Vec<i64> = data.labels[..3].iter().map(|&l| l.into()).collect();
+    assert_eq!(response.outputs[1].data, TensorData::I64(expected));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn batch_results_go_to_the_result_queue_correlated_by_message_id() {
+    let p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let data = held_out();
+    let mut results = p.transport.subscribe(&[queues::results("digits")], 100).await.unwrap();
+    for i in 0..20 {
+        let properties = Properties {
+            message_id: Some(format!("batch-{i}")),
+            ..Properties::default()
+        };
+        p.send("digits", Lane::Batch, image_request(&format!("b{i}"), data.image(i), 1), properties).await;
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), results.next()).await.unwrap().unwrap();
+        let i: usize = delivery.message.properties.correlation_id.as_deref().unwrap()["batch-".len()..].parse().unwrap();
+        let response = ok(decode_reply(&delivery.message.body).unwrap());
+        assert_eq!(response.id, format!("b{i}"));
+        assert!(seen.insert(i));
+        delivery.settle.ack().await.unwrap();
+    }
+    assert_eq!(p.transport.depth(&queues::requests("digits", Lane::Batch)), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let pixels = vec!["1"; 64].join(",");
+    let with = |name: &str, shape: &str, datatype: &str, data: &str| {
+        format!(r#"{{"id":"bad","inputs":[{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":[{data}]}}]}}"#)
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("{\"id\":\"bad\",\"inputs\":[".into(), "msg-1", "malformed"),
+        (String::new(), "msg-1", "empty"),
+        (with("pixels", "[1,64]", "FP32", &pixels), "bad", "unknown input"),
+        (with("input", "[1,64]", "INT32", &pixels), "bad", "must be FP32"),
+        (with("input", "[1,8,8]", "FP32", &pixels), "bad", "must have shape"),
+        (with("input", "[2,64]", "FP32", &pixels), "bad", "elements"),
+        (with("input", "[1,64]", "FP32", &format!("1e40,{}", vec!["1"; 63].join(","))), "bad", "finite"),
+    ];
+    for (body, id, expected) in cases {
+        let (properties, reply) = p.ask("digits", None, body.clone()).await;
+        let error = err(reply);
+        assert_eq!(error.code, ErrorCode::InvalidArgument, "{body}");
+        assert_eq!(error.id, id, "{body}");
+        assert!(error.error.contains(expected), "{body}: {}", error.error);
+        assert_eq!(properties.error_code, Some(ErrorCode::InvalidArgument));
+    }
+    let huge = format!("{{\"id\":\"big\",\"inputs\":[{}]}}", " ".repeat(MAX_REQUEST_BYTES));
+    let error = err(p.ask("digits", None, huge).await.1);
+    assert_eq!((error.code, error.id.as_str()), (ErrorCode::ResourceExhausted, "msg-1"));
+    // Every bad request was acked: nothing waits, nothing was dead-lettered.
+    assert_eq!(p.transport.depth(&queues::requests("digits", Lane::Realtime)), 0);
+    assert_eq!(p.transport.depth(&queues::dead("digits")), 0);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_model_version_or_alias_is_not_found() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits", "nosuch"]).await;
+    let request = image_request("x", &held_out().pixels[..64], 1);
+    for (model, version) in [("nosuch", None), ("digits", Some("9")), ("digits", Some("staging"))] {
+        let error = err(p.ask(model, version, request.clone()).await.1);
+        assert_eq!(error.code, ErrorCode::NotFound, "{model} {version:?}: {}", error.error);
+        assert_eq!(error.id, "msg-1");
+    }
+    let error = err(p.ask("digits", Some("../../etc"), request.clone()).await.1);
+    assert_eq!(error.code, ErrorCode::InvalidArgument, "{}", error.error);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn tampered_weights_are_refused_and_other_models_still_served() {
+    let repo = repo_with(&["digits", "tampered"]);
+    let weights = repo.path().join("tampered/1/model.bin");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&weights, bytes).unwrap();
+    let mut p = Pipeline::start(repo, &["digits", "tampered"]).await;
+    let request = image_request("t", &held_out().pixels[..64], 1);
+    let error = err(p.ask("tampered", None, request.clone()).await.1);
+    assert_eq!(error.code, ErrorCode::NotFound);
+    assert!(error.error.contains("sha256"), "{}", error.error);
+    ok(p.ask("digits", None, request).await.1);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn expired_requests_are_answered_deadline_exceeded_without_compute() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let properties = Properties {
+        message_id: Some("late".into()),
+        reply_to: Some(REPLIES.into()),
+        deadline_ms: Some(1),
+        ..Properties::default()
+    };
+    p.send("digits", Lane::Realtime, image_request("late", &held_out().pixels[..64], 1), properties).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(30), p.replies.next()).await.unwrap().unwrap();
+    let error = err(decode_reply(&delivery.message.body).unwrap());
+    assert_eq!((error.code, error.id.as_str()), (ErrorCode::DeadlineExceeded, "late"));
+    delivery.settle.ack().await.unwrap();
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_loses_none() {
+    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
+    let data = held_out();
+    let total = 300;
+    for i in 0..total {
+        let properties = Properties {
+            message_id: Some(i.to_string()),
+            reply_to: Some(REPLIES.into()),
+            ..Properties::default()
+        };
+        p.send("digits", Lane::Realtime, image_request(&i.to_string(), data.image(i % data.len()), 1), properties).await;
+    }
+    // Stop as soon as the first answer is out; the rest is either answered or still queued.
+    let first = p.replies.next().await.unwrap();
+    first.settle.ack().await.unwrap();
+    p.shutdown.cancel();
+    p.serving.await.unwrap();
+    let mut answered = 1;
+    while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_millis(200), p.replies.next()).await {
+        ok(decode_reply(&reply.message.body).unwrap());
+        reply.settle.ack().await.unwrap();
+        answered += 1;
+    }
+    let queued = p.transport.depth(&queues::requests("digits", Lane::Realtime));
+    assert_eq!(answered + queued, total, "answered {answered}, still queued {queued}");
+}
