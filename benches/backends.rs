@@ -5,17 +5,25 @@
 
 use burn::prelude::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use ember::models::{Architecture, Model};
+use ember::models::Model;
 use ember::protocol::TensorData;
 use ember::store::{ModelName, Repository, Version};
 
 fn load<B: Backend>(device: &B::Device) -> Box<dyn Model> {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let repo = Repository::open(concat!(env!("CARGO_MANIFEST_DIR"), "/models")).expect("repo");
-    let (name, version) = (ModelName::parse("digits").unwrap(), Version::parse("1").unwrap());
-    let artifact = runtime.block_on(repo.load(&name, &version)).expect("shipped model loads");
-    let Architecture::DigitsCnn(_) = &artifact.manifest.architecture;
-    artifact.manifest.architecture.load::<B>(&artifact.weights, device).expect("weights load")
+    let (name, version) = (
+        ModelName::parse("digits").unwrap(),
+        Version::parse("1").unwrap(),
+    );
+    let artifact = runtime
+        .block_on(repo.load(&name, &version))
+        .expect("shipped model loads");
+    artifact
+        .manifest
+        .architecture
+        .load::<B>(&artifact.weights, device)
+        .expect("weights load")
 }
 
 fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
@@ -25,7 +33,11 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
         let pixels: Vec<f32> = (0..rows * 64).map(|i| (i % 17) as f32).collect();
         group.throughput(Throughput::Elements(rows as u64));
         group.bench_with_input(BenchmarkId::new(name, rows), &rows, |b, &rows| {
-            b.iter(|| model.infer(rows, vec![TensorData::F32(pixels.clone())]).expect("infer"))
+            b.iter(|| {
+                model
+                    .infer(rows, vec![TensorData::F32(pixels.clone())])
+                    .expect("infer")
+            })
         });
     }
     group.finish();
@@ -34,6 +46,7 @@ fn bench_backend<B: Backend>(c: &mut Criterion, name: &str) {
 fn backends(c: &mut Criterion) {
     bench_backend::<burn::backend::NdArray>(c, "ndarray");
     bench_backend::<burn::backend::Flex>(c, "flex");
+    #[allow(deprecated)] // burn-candle is deprecated in Burn 0.21; measured for comparison only
     bench_backend::<burn::backend::Candle>(c, "candle");
 }
 

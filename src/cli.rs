@@ -116,7 +116,10 @@ impl PipelineArgs {
     }
 
     fn registry(&self) -> anyhow::Result<Arc<Registry>> {
-        Ok(Arc::new(Registry::new(Repository::open(&self.model_repo)?, self.batch())))
+        Ok(Arc::new(Registry::new(
+            Repository::open(&self.model_repo)?,
+            self.batch(),
+        )))
     }
 }
 
@@ -254,7 +257,11 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
     );
     println!(
         "pipeline {:.0} req/s vs model alone {:.0} req/s ({:.2}); latency p50 {:.2} ms, p99 {:.2} ms",
-        report.pipeline_rps, report.model_only_rps, report.pipeline_efficiency, report.p50_ms, report.p99_ms
+        report.pipeline_rps,
+        report.model_only_rps,
+        report.pipeline_efficiency,
+        report.p50_ms,
+        report.p99_ms
     );
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -273,7 +280,11 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
     reader.take(limit as u64 + 1).read_to_end(&mut body)?;
 
     let transport = MemoryTransport::new();
-    let worker = Worker::new(Arc::new(transport.clone()), args.pipeline.registry()?, args.pipeline.worker(0));
+    let worker = Worker::new(
+        Arc::new(transport.clone()),
+        args.pipeline.registry()?,
+        args.pipeline.worker(0),
+    );
     let shutdown = CancellationToken::new();
     let models: Vec<ModelName> = ModelName::parse(&args.model).into_iter().collect();
     let serving = {
@@ -281,7 +292,9 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
         tokio::spawn(async move { worker.run(&models, shutdown).await })
     };
     let reply_queue = "ember.cli.reply".to_owned();
-    let mut replies = transport.subscribe(std::slice::from_ref(&reply_queue), 1).await?;
+    let mut replies = transport
+        .subscribe(std::slice::from_ref(&reply_queue), 1)
+        .await?;
     let request = Message {
         body: body.into(),
         properties: Properties {
@@ -294,12 +307,21 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
     };
     // An invalid model name has no queue a worker consumes; answer it here like a worker would.
     if ModelName::parse(&args.model).is_err() {
-        let error = crate::protocol::InferError::invalid(format!("invalid model name {:?}", args.model));
-        println!("{}", serde_json::to_string(&crate::protocol::ErrorResponse::new("cli", &error))?);
+        let error =
+            crate::protocol::InferError::invalid(format!("invalid model name {:?}", args.model));
+        println!(
+            "{}",
+            serde_json::to_string(&crate::protocol::ErrorResponse::new("cli", &error))?
+        );
         return Ok(2);
     }
-    transport.publish(&queues::requests(&args.model, Lane::Realtime), request).await?;
-    let reply = replies.next().await.context("the worker stopped without answering")?;
+    transport
+        .publish(&queues::requests(&args.model, Lane::Realtime), request)
+        .await?;
+    let reply = replies
+        .next()
+        .await
+        .context("the worker stopped without answering")?;
     reply.settle.ack().await?;
     shutdown.cancel();
     serving.await??;
@@ -314,15 +336,27 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     let registry = args.pipeline.registry()?;
-    let models = if args.models.is_empty() { registry.repository().models().await? } else { args.models };
-    anyhow::ensure!(!models.is_empty(), "no models in {}", registry.repository().describe());
+    let models = if args.models.is_empty() {
+        registry.repository().models().await?
+    } else {
+        args.models
+    };
+    anyhow::ensure!(
+        !models.is_empty(),
+        "no models in {}",
+        registry.repository().describe()
+    );
     let transport: Arc<dyn Transport> = match args.transport {
         TransportKind::Memory => {
             tracing::warn!("memory transport: only in-process producers can reach this worker");
             Arc::new(MemoryTransport::new())
         }
     };
-    let worker = Worker::new(transport, registry, args.pipeline.worker(args.max_redeliveries));
+    let worker = Worker::new(
+        transport,
+        registry,
+        args.pipeline.worker(args.max_redeliveries),
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -340,10 +374,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -380,13 +415,22 @@ async fn list_models(address: &str, json: bool) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
-    println!("{:<20} {:<10} {:<20} {:<14} {:<22} ", "MODEL", "VERSION", "ALIASES", "TEST ACCURACY", "CREATED");
+    println!(
+        "{:<20} {:<10} {:<20} {:<14} {:<22} ",
+        "MODEL", "VERSION", "ALIASES", "TEST ACCURACY", "CREATED"
+    );
     for row in rows {
         let text = |key: &str| row[key].as_str().unwrap_or("").to_owned();
-        let aliases: Vec<&str> = row["aliases"].as_array().into_iter().flatten().filter_map(|a| a.as_str()).collect();
-        let accuracy = row["metrics"]["test_accuracy"]
-            .as_f64()
-            .map_or_else(|| row["error"].as_str().unwrap_or("-").to_owned(), |a| format!("{a:.4}"));
+        let aliases: Vec<&str> = row["aliases"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str())
+            .collect();
+        let accuracy = row["metrics"]["test_accuracy"].as_f64().map_or_else(
+            || row["error"].as_str().unwrap_or("-").to_owned(),
+            |a| format!("{a:.4}"),
+        );
         println!(
             "{:<20} {:<10} {:<20} {:<14} {:<22}",
             text("model"),

@@ -76,7 +76,10 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         .await
         .with_context(|| format!("model {} in {}", options.model, repo.describe()))?;
     let manifest = served.manifest.clone();
-    let training = manifest.training.as_ref().context("the manifest has no training record")?;
+    let training = manifest
+        .training
+        .as_ref()
+        .context("the manifest has no training record")?;
     let (_, held_out) = digits::split(&digits::load(), training.seed, training.test_fraction);
     anyhow::ensure!(!held_out.is_empty(), "the held-out split is empty");
     let image = |i: usize| held_out.image(i % held_out.len());
@@ -96,12 +99,19 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     };
     let model = options.model.as_str();
     let mut replies = transport
-        .subscribe(&[REPLY_QUEUE.to_owned(), queues::results(model)], options.requests)
+        .subscribe(
+            &[REPLY_QUEUE.to_owned(), queues::results(model)],
+            options.requests,
+        )
         .await?;
 
     let messages: Vec<(String, Message)> = (0..options.requests)
         .map(|i| {
-            let lane = if i % options.realtime_every.max(1) == 0 { Lane::Realtime } else { Lane::Batch };
+            let lane = if i % options.realtime_every.max(1) == 0 {
+                Lane::Realtime
+            } else {
+                Lane::Batch
+            };
             let input = Tensor {
                 name: "input".into(),
                 shape: vec![1, PIXELS],
@@ -133,7 +143,12 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
             .await
             .ok()
             .flatten()
-            .with_context(|| format!("{} requests were never answered", options.requests - latencies.len()))?;
+            .with_context(|| {
+                format!(
+                    "{} requests were never answered",
+                    options.requests - latencies.len()
+                )
+            })?;
         let received = Instant::now();
         let index: usize = delivery
             .message
@@ -148,7 +163,11 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         match decode_reply(&delivery.message.body).map_err(anyhow::Error::msg)? {
             Reply::Ok(response) => {
                 ok += 1;
-                let predicted = response.outputs.iter().find(|o| o.name == "label").map(|o| &o.data);
+                let predicted = response
+                    .outputs
+                    .iter()
+                    .find(|o| o.name == "label")
+                    .map(|o| &o.data);
                 if let Some(TensorData::I64(labels)) = predicted {
                     correct += usize::from(labels.first() == Some(&label(index)));
                 }
@@ -164,7 +183,8 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     shutdown.cancel();
     serving.await??;
 
-    let model_only_rps = model_only_rps(&repo, &options.model, &manifest.version, options, &held_out).await?;
+    let model_only_rps =
+        model_only_rps(&repo, &options.model, &manifest.version, options, &held_out).await?;
     latencies.sort();
     let percentile = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -216,11 +236,13 @@ async fn model_only_rps(
             .load::<ServeBackend>(&artifact.weights, &Default::default())
             .map_err(anyhow::Error::msg)?;
         if let Some((rows, pixels)) = batches.first() {
-            net.infer(*rows, vec![TensorData::F32(pixels.clone())]).map_err(anyhow::Error::msg)?;
+            net.infer(*rows, vec![TensorData::F32(pixels.clone())])
+                .map_err(anyhow::Error::msg)?;
         }
         let started = Instant::now();
         for (rows, pixels) in batches {
-            net.infer(rows, vec![TensorData::F32(pixels)]).map_err(anyhow::Error::msg)?;
+            net.infer(rows, vec![TensorData::F32(pixels)])
+                .map_err(anyhow::Error::msg)?;
         }
         Ok(requests as f64 / started.elapsed().as_secs_f64())
     })

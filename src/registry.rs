@@ -71,7 +71,9 @@ impl Registry {
         for selector in selectors {
             match self.get(model.as_str(), Some(&selector)).await {
                 Ok(served) => loaded.push(served.manifest.version.clone()),
-                Err(e) => tracing::error!(%model, %selector, error = %e, "model version not served"),
+                Err(e) => {
+                    tracing::error!(%model, %selector, error = %e, "model version not served")
+                }
             }
         }
         Ok(loaded)
@@ -79,7 +81,11 @@ impl Registry {
 
     /// The served version `selector` (a version or alias; default `production`) of `model`,
     /// loading it on first use.
-    pub async fn get(&self, model: &str, selector: Option<&str>) -> Result<Arc<Served>, InferError> {
+    pub async fn get(
+        &self,
+        model: &str,
+        selector: Option<&str>,
+    ) -> Result<Arc<Served>, InferError> {
         let selector = selector.unwrap_or(DEFAULT_ALIAS);
         if let Some(found) = self.lookup(model, selector) {
             return found;
@@ -90,14 +96,20 @@ impl Registry {
         }
         let name = ModelName::parse(model).map_err(|e| InferError::invalid(e.to_string()))?;
         let wanted = Version::parse(selector).map_err(|e| InferError::invalid(e.to_string()))?;
-        let version = self.repo.resolve(&name, &wanted).await.map_err(store_error)?;
+        let version = self
+            .repo
+            .resolve(&name, &wanted)
+            .await
+            .map_err(store_error)?;
         let slot = match self.lookup_version(model, version.as_str()) {
             Some(slot) => slot,
             None => self.load(&name, &version).await?,
         };
         let mut all = HashMap::clone(&self.snapshot.load());
         let slots = all.entry(model.to_owned()).or_default();
-        slots.selectors.insert(selector.to_owned(), version.to_string());
+        slots
+            .selectors
+            .insert(selector.to_owned(), version.to_string());
         slots.versions.insert(version.to_string(), slot.clone());
         self.snapshot.store(Arc::new(all));
         match slot {
@@ -112,9 +124,11 @@ impl Registry {
         let mut served: Vec<_> = snapshot
             .iter()
             .flat_map(|(model, slots)| {
-                slots.versions.iter().filter_map(move |(version, slot)| {
-                    matches!(slot, Slot::Ready(_)).then(|| (model.clone(), version.clone()))
-                })
+                slots
+                    .versions
+                    .iter()
+                    .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
+                    .map(move |(version, _)| (model.clone(), version.clone()))
             })
             .collect();
         served.sort();
@@ -132,7 +146,12 @@ impl Registry {
     }
 
     fn lookup_version(&self, model: &str, version: &str) -> Option<Slot> {
-        self.snapshot.load().get(model)?.versions.get(version).cloned()
+        self.snapshot
+            .load()
+            .get(model)?
+            .versions
+            .get(version)
+            .cloned()
     }
 
     async fn load(&self, model: &ModelName, version: &Version) -> Result<Slot, InferError> {
@@ -144,7 +163,9 @@ impl Registry {
         };
         let artifact = match self.repo.load(model, version).await {
             Ok(artifact) => artifact,
-            Err(e @ (StoreError::Integrity { .. } | StoreError::Invalid(_))) => return failed(e.to_string()),
+            Err(e @ (StoreError::Integrity { .. } | StoreError::Invalid(_))) => {
+                return failed(e.to_string());
+            }
             Err(e) => return Err(store_error(e)),
         };
         match Executor::start(&artifact, self.batch.max_batch_size).await {

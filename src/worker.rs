@@ -46,7 +46,11 @@ pub struct Worker {
 
 impl Worker {
     /// A worker answering from `registry`'s models over `transport`.
-    pub fn new(transport: Arc<dyn Transport>, registry: Arc<Registry>, config: WorkerConfig) -> Self {
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        registry: Arc<Registry>,
+        config: WorkerConfig,
+    ) -> Self {
         Self {
             transport,
             registry,
@@ -57,14 +61,22 @@ impl Worker {
 
     /// Loads `models` and serves them until `shutdown`; then stops taking requests and returns
     /// once every request already taken is answered and settled (graceful drain).
-    pub async fn run(&self, models: &[ModelName], shutdown: CancellationToken) -> Result<(), TransportError> {
+    pub async fn run(
+        &self,
+        models: &[ModelName],
+        shutdown: CancellationToken,
+    ) -> Result<(), TransportError> {
         let mut consumers = tokio::task::JoinSet::new();
         for model in models {
             if let Err(e) = self.registry.preload(model).await {
                 tracing::error!(%model, error = %e, "cannot read model; its requests will be answered with the error");
             }
-            let queues = [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model.as_str(), lane));
-            let subscription = self.transport.subscribe(&queues, self.config.prefetch).await?;
+            let queues =
+                [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model.as_str(), lane));
+            let subscription = self
+                .transport
+                .subscribe(&queues, self.config.prefetch)
+                .await?;
             let (worker, model, shutdown) = (self.clone(), model.to_string(), shutdown.clone());
             consumers.spawn(async move { worker.consume(model, subscription, shutdown).await });
         }
@@ -72,6 +84,7 @@ impl Worker {
         consumers.join_all().await;
         self.in_flight.close();
         self.in_flight.wait().await;
+        tracing::info!("worker stopped: every request taken was answered and settled");
         Ok(())
     }
 
@@ -90,7 +103,11 @@ impl Worker {
                     None => break,
                 },
             };
-            let lane = if delivery.queue == realtime { Lane::Realtime } else { Lane::Batch };
+            let lane = if delivery.queue == realtime {
+                Lane::Realtime
+            } else {
+                Lane::Batch
+            };
             self.accept(&model, lane, delivery).await;
         }
     }
@@ -102,18 +119,29 @@ impl Worker {
         let deadline = properties.deadline();
         let prepared = async {
             let unread = |e| (e, fallback_id.clone());
-            let served = self.registry.get(model, properties.version.as_deref()).await.map_err(unread)?;
-            let request = decode_request(&delivery.message.body, self.config.max_request_bytes).map_err(unread)?;
+            let served = self
+                .registry
+                .get(model, properties.version.as_deref())
+                .await
+                .map_err(unread)?;
+            let request = decode_request(&delivery.message.body, self.config.max_request_bytes)
+                .map_err(|e| (e.error, e.id.unwrap_or_else(|| fallback_id.clone())))?;
             let id = request.id.clone().unwrap_or_else(|| fallback_id.clone());
             let inputs = validate(request, &served.manifest.inputs).map_err(|e| (e, id.clone()))?;
             Ok::<_, (InferError, String)>((served, id, inputs))
         };
-        let (transport, model, max) = (self.transport.clone(), model.to_owned(), self.config.max_redeliveries);
+        let (transport, model, max) = (
+            self.transport.clone(),
+            model.to_owned(),
+            self.config.max_redeliveries,
+        );
         let (served, id, inputs) = match prepared.await {
             Ok(ok) => ok,
             Err((error, id)) => {
                 let reply = Err(ErrorResponse::new(id, &error));
-                self.in_flight.spawn(async move { finish(transport.as_ref(), &model, delivery, reply, max).await });
+                self.in_flight.spawn(async move {
+                    finish(transport.as_ref(), &model, delivery, reply, max).await
+                });
                 return;
             }
         };
@@ -121,9 +149,11 @@ impl Worker {
         let (job, answer) = Job::new(inputs, lane, deadline);
         served.batcher.submit(job);
         self.in_flight.spawn(async move {
-            let outcome = answer
-                .await
-                .unwrap_or_else(|_| Err(InferError::internal("request was dropped before it was computed")));
+            let outcome = answer.await.unwrap_or_else(|_| {
+                Err(InferError::internal(
+                    "request was dropped before it was computed",
+                ))
+            });
             let reply = match outcome {
                 Ok(outputs) => Ok(results::response(&served.manifest, id, outputs, rows)),
                 Err(error) => Err(ErrorResponse::new(id, &error)),

@@ -19,7 +19,12 @@ fn ember(args: &[&str], stdin: &[u8]) -> Output {
 
 fn stdout_json(output: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&output.stdout);
-    let last = text.lines().last().unwrap_or_else(|| panic!("no stdout; stderr: {}", String::from_utf8_lossy(&output.stderr)));
+    let last = text.lines().last().unwrap_or_else(|| {
+        panic!(
+            "no stdout; stderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
 }
 
@@ -35,8 +40,16 @@ fn digit_request() -> Vec<u8> {
 
 #[test]
 fn infer_prints_the_response_and_exits_0() {
-    let output = ember(&["infer", "--model", "digits", "--input", "-"], &digit_request());
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = ember(
+        &["infer", "--model", "digits", "--input", "-"],
+        &digit_request(),
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let response = stdout_json(&output);
     assert_eq!(response["id"], "cli-test");
     assert_eq!(response["model_name"], "digits");
@@ -45,15 +58,32 @@ fn infer_prints_the_response_and_exits_0() {
 
 #[test]
 fn infer_exits_2_with_an_error_response_on_bad_input() {
-    let output = ember(&["infer", "--model", "digits", "--input", "-"], b"{\"inputs\": [");
+    let output = ember(
+        &["infer", "--model", "digits", "--input", "-"],
+        b"{\"inputs\": [",
+    );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
 
-    let output = ember(&["infer", "--model", "nosuch", "--input", "-"], &digit_request());
+    let output = ember(
+        &["infer", "--model", "nosuch", "--input", "-"],
+        &digit_request(),
+    );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "NOT_FOUND");
 
-    let output = ember(&["infer", "--model", "digits", "--max-request-bytes", "100", "--input", "-"], &digit_request());
+    let output = ember(
+        &[
+            "infer",
+            "--model",
+            "digits",
+            "--max-request-bytes",
+            "100",
+            "--input",
+            "-",
+        ],
+        &digit_request(),
+    );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "RESOURCE_EXHAUSTED");
 }
@@ -63,15 +93,35 @@ fn models_list_shows_the_shipped_version_and_its_alias() {
     let output = ember(&["models", "list", "--json"], b"");
     assert_eq!(output.status.code(), Some(0));
     let rows = serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap();
-    let digits = rows.as_array().unwrap().iter().find(|r| r["model"] == "digits").expect("digits listed");
+    let digits = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["model"] == "digits")
+        .expect("digits listed");
     assert_eq!(digits["aliases"], serde_json::json!(["production"]));
     assert!(digits["metrics"]["test_accuracy"].as_f64().unwrap() >= 0.95);
 }
 
 #[test]
 fn demo_answers_every_request_correctly_enough() {
-    let output = ember(&["demo", "--requests", "300", "--max-batch-size", "16", "--json"], b"");
-    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = ember(
+        &[
+            "demo",
+            "--requests",
+            "300",
+            "--max-batch-size",
+            "16",
+            "--json",
+        ],
+        b"",
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let report = stdout_json(&output);
     assert_eq!(report["requests"], 300);
     assert_eq!(report["ok"], 300);

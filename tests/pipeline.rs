@@ -3,7 +3,10 @@
 
 use bytes::Bytes;
 use ember::batcher::BatchConfig;
-use ember::protocol::{DataType, ErrorCode, ErrorResponse, InferResponse, Lane, Reply, Tensor, TensorData, decode_reply, encode_request};
+use ember::protocol::{
+    DataType, ErrorCode, ErrorResponse, InferResponse, Lane, Reply, Tensor, TensorData,
+    decode_reply, encode_request,
+};
 use ember::registry::Registry;
 use ember::store::Repository;
 use ember::train::digits;
@@ -28,10 +31,15 @@ fn repo_with(names: &[&str]) -> tempfile::TempDir {
         std::fs::create_dir_all(&version_dir).unwrap();
         std::fs::copy(shipped.join("1/model.bin"), version_dir.join("model.bin")).unwrap();
         let mut manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(shipped.join("1/manifest.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(shipped.join("1/manifest.json")).unwrap())
+                .unwrap();
         manifest["name"] = (*name).into();
         std::fs::write(version_dir.join("manifest.json"), manifest.to_string()).unwrap();
-        std::fs::write(dir.path().join(name).join("aliases.json"), r#"{"production":"1"}"#).unwrap();
+        std::fs::write(
+            dir.path().join(name).join("aliases.json"),
+            r#"{"production":"1"}"#,
+        )
+        .unwrap();
     }
     dir
 }
@@ -62,7 +70,10 @@ impl Pipeline {
             let shutdown = shutdown.clone();
             async move { worker.run(&models, shutdown).await.unwrap() }
         });
-        let replies = transport.subscribe(&[REPLIES.to_owned()], 1000).await.unwrap();
+        let replies = transport
+            .subscribe(&[REPLIES.to_owned()], 1000)
+            .await
+            .unwrap();
         Self {
             transport,
             replies,
@@ -77,11 +88,19 @@ impl Pipeline {
             body: body.into(),
             properties,
         };
-        self.transport.publish(&queues::requests(model, lane), message).await.unwrap();
+        self.transport
+            .publish(&queues::requests(model, lane), message)
+            .await
+            .unwrap();
     }
 
     /// Sends a realtime RPC and waits for its reply.
-    async fn ask(&mut self, model: &str, version: Option<&str>, body: impl Into<Bytes>) -> (Properties, Reply) {
+    async fn ask(
+        &mut self,
+        model: &str,
+        version: Option<&str>,
+        body: impl Into<Bytes>,
+    ) -> (Properties, Reply) {
         let properties = Properties {
             message_id: Some("msg-1".into()),
             correlation_id: Some("corr-1".into()),
@@ -139,12 +158,26 @@ async fn answers_realtime_rpc_with_the_correct_digit() {
     let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
     let data = held_out();
     for i in [0, 1, 2] {
-        let (properties, reply) = p.ask("digits", None, image_request("req-7", data.image(i), 1)).await;
+        let (properties, reply) = p
+            .ask("digits", None, image_request("req-7", data.image(i), 1))
+            .await;
         assert_eq!(properties.correlation_id.as_deref(), Some("corr-1"));
         let response = ok(reply);
-        assert_eq!((response.id.as_str(), response.model_name.as_str(), response.model_version.as_str()), ("req-7", "digits", "1"));
-        let [probabilities, label] = &response.outputs[..] else { panic!("two outputs") };
-        assert_eq!((probabilities.name.as_str(), probabilities.shape.as_slice()), ("probabilities", &[1, 10][..]));
+        assert_eq!(
+            (
+                response.id.as_str(),
+                response.model_name.as_str(),
+                response.model_version.as_str()
+            ),
+            ("req-7", "digits", "1")
+        );
+        let [probabilities, label] = &response.outputs[..] else {
+            panic!("two outputs")
+        };
+        assert_eq!(
+            (probabilities.name.as_str(), probabilities.shape.as_slice()),
+            ("probabilities", &[1, 10][..])
+        );
         let sum: f32 = probabilities.data.as_f32().unwrap().iter().sum();
         assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}");
         assert_eq!(label.data, TensorData::I64(vec![i64::from(data.labels[i])]));
@@ -157,7 +190,10 @@ async fn answers_a_multi_row_request_row_by_row() {
     let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
     let data = held_out();
     let pixels: Vec<f32> = (0..3).flat_map(|i| data.image(i).to_vec()).collect();
-    let response = ok(p.ask("digits", Some("1"), image_request("three", &pixels, 3)).await.1);
+    let response = ok(p
+        .ask("digits", Some("1"), image_request("three", &pixels, 3))
+        .await
+        .1);
     assert_eq!(response.outputs[0].shape, vec![3, 10]);
     let expected: Vec<i64> = data.labels[..3].iter().map(|&l| l.into()).collect();
     assert_eq!(response.outputs[1].data, TensorData::I64(expected));
@@ -168,24 +204,47 @@ async fn answers_a_multi_row_request_row_by_row() {
 async fn batch_results_go_to_the_result_queue_correlated_by_message_id() {
     let p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
     let data = held_out();
-    let mut results = p.transport.subscribe(&[queues::results("digits")], 100).await.unwrap();
+    let mut results = p
+        .transport
+        .subscribe(&[queues::results("digits")], 100)
+        .await
+        .unwrap();
     for i in 0..20 {
         let properties = Properties {
             message_id: Some(format!("batch-{i}")),
             ..Properties::default()
         };
-        p.send("digits", Lane::Batch, image_request(&format!("b{i}"), data.image(i), 1), properties).await;
+        p.send(
+            "digits",
+            Lane::Batch,
+            image_request(&format!("b{i}"), data.image(i), 1),
+            properties,
+        )
+        .await;
     }
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
-        let delivery = tokio::time::timeout(Duration::from_secs(30), results.next()).await.unwrap().unwrap();
-        let i: usize = delivery.message.properties.correlation_id.as_deref().unwrap()["batch-".len()..].parse().unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(30), results.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let i: usize = delivery
+            .message
+            .properties
+            .correlation_id
+            .as_deref()
+            .unwrap()["batch-".len()..]
+            .parse()
+            .unwrap();
         let response = ok(decode_reply(&delivery.message.body).unwrap());
         assert_eq!(response.id, format!("b{i}"));
         assert!(seen.insert(i));
         delivery.settle.ack().await.unwrap();
     }
-    assert_eq!(p.transport.depth(&queues::requests("digits", Lane::Batch)), 0);
+    assert_eq!(
+        p.transport.depth(&queues::requests("digits", Lane::Batch)),
+        0
+    );
     p.stop().await;
 }
 
@@ -194,16 +253,39 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
     let mut p = Pipeline::start(repo_with(&["digits"]), &["digits"]).await;
     let pixels = vec!["1"; 64].join(",");
     let with = |name: &str, shape: &str, datatype: &str, data: &str| {
-        format!(r#"{{"id":"bad","inputs":[{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":[{data}]}}]}}"#)
+        format!(
+            r#"{{"id":"bad","inputs":[{{"name":"{name}","shape":{shape},"datatype":"{datatype}","data":[{data}]}}]}}"#
+        )
     };
     let cases: Vec<(String, &str, &str)> = vec![
         ("{\"id\":\"bad\",\"inputs\":[".into(), "msg-1", "malformed"),
         (String::new(), "msg-1", "empty"),
-        (with("pixels", "[1,64]", "FP32", &pixels), "bad", "unknown input"),
-        (with("input", "[1,64]", "INT32", &pixels), "bad", "must be FP32"),
-        (with("input", "[1,8,8]", "FP32", &pixels), "bad", "must have shape"),
+        (
+            with("pixels", "[1,64]", "FP32", &pixels),
+            "bad",
+            "unknown input",
+        ),
+        (
+            with("input", "[1,64]", "INT32", &pixels),
+            "bad",
+            "must be FP32",
+        ),
+        (
+            with("input", "[1,8,8]", "FP32", &pixels),
+            "bad",
+            "must have shape",
+        ),
         (with("input", "[2,64]", "FP32", &pixels), "bad", "elements"),
-        (with("input", "[1,64]", "FP32", &format!("1e40,{}", vec!["1"; 63].join(","))), "bad", "finite"),
+        (
+            with(
+                "input",
+                "[1,64]",
+                "FP32",
+                &format!("1e40,{}", vec!["1"; 63].join(",")),
+            ),
+            "bad",
+            "finite",
+        ),
     ];
     for (body, id, expected) in cases {
         let (properties, reply) = p.ask("digits", None, body.clone()).await;
@@ -213,11 +295,21 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
         assert!(error.error.contains(expected), "{body}: {}", error.error);
         assert_eq!(properties.error_code, Some(ErrorCode::InvalidArgument));
     }
-    let huge = format!("{{\"id\":\"big\",\"inputs\":[{}]}}", " ".repeat(MAX_REQUEST_BYTES));
+    let huge = format!(
+        "{{\"id\":\"big\",\"inputs\":[{}]}}",
+        " ".repeat(MAX_REQUEST_BYTES)
+    );
     let error = err(p.ask("digits", None, huge).await.1);
-    assert_eq!((error.code, error.id.as_str()), (ErrorCode::ResourceExhausted, "msg-1"));
+    assert_eq!(
+        (error.code, error.id.as_str()),
+        (ErrorCode::ResourceExhausted, "msg-1")
+    );
     // Every bad request was acked: nothing waits, nothing was dead-lettered.
-    assert_eq!(p.transport.depth(&queues::requests("digits", Lane::Realtime)), 0);
+    assert_eq!(
+        p.transport
+            .depth(&queues::requests("digits", Lane::Realtime)),
+        0
+    );
     assert_eq!(p.transport.depth(&queues::dead("digits")), 0);
     p.stop().await;
 }
@@ -226,9 +318,18 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
 async fn unknown_model_version_or_alias_is_not_found() {
     let mut p = Pipeline::start(repo_with(&["digits"]), &["digits", "nosuch"]).await;
     let request = image_request("x", &held_out().pixels[..64], 1);
-    for (model, version) in [("nosuch", None), ("digits", Some("9")), ("digits", Some("staging"))] {
+    for (model, version) in [
+        ("nosuch", None),
+        ("digits", Some("9")),
+        ("digits", Some("staging")),
+    ] {
         let error = err(p.ask(model, version, request.clone()).await.1);
-        assert_eq!(error.code, ErrorCode::NotFound, "{model} {version:?}: {}", error.error);
+        assert_eq!(
+            error.code,
+            ErrorCode::NotFound,
+            "{model} {version:?}: {}",
+            error.error
+        );
         assert_eq!(error.id, "msg-1");
     }
     let error = err(p.ask("digits", Some("../../etc"), request.clone()).await.1);
@@ -262,10 +363,22 @@ async fn expired_requests_are_answered_deadline_exceeded_without_compute() {
         deadline_ms: Some(1),
         ..Properties::default()
     };
-    p.send("digits", Lane::Realtime, image_request("late", &held_out().pixels[..64], 1), properties).await;
-    let delivery = tokio::time::timeout(Duration::from_secs(30), p.replies.next()).await.unwrap().unwrap();
+    p.send(
+        "digits",
+        Lane::Realtime,
+        image_request("late", &held_out().pixels[..64], 1),
+        properties,
+    )
+    .await;
+    let delivery = tokio::time::timeout(Duration::from_secs(30), p.replies.next())
+        .await
+        .unwrap()
+        .unwrap();
     let error = err(decode_reply(&delivery.message.body).unwrap());
-    assert_eq!((error.code, error.id.as_str()), (ErrorCode::DeadlineExceeded, "late"));
+    assert_eq!(
+        (error.code, error.id.as_str()),
+        (ErrorCode::DeadlineExceeded, "late")
+    );
     delivery.settle.ack().await.unwrap();
     p.stop().await;
 }
@@ -281,7 +394,13 @@ async fn shutdown_drains_in_flight_requests_and_loses_none() {
             reply_to: Some(REPLIES.into()),
             ..Properties::default()
         };
-        p.send("digits", Lane::Realtime, image_request(&i.to_string(), data.image(i % data.len()), 1), properties).await;
+        p.send(
+            "digits",
+            Lane::Realtime,
+            image_request(&i.to_string(), data.image(i % data.len()), 1),
+            properties,
+        )
+        .await;
     }
     // Stop as soon as the first answer is out; the rest is either answered or still queued.
     let first = p.replies.next().await.unwrap();
@@ -289,11 +408,19 @@ async fn shutdown_drains_in_flight_requests_and_loses_none() {
     p.shutdown.cancel();
     p.serving.await.unwrap();
     let mut answered = 1;
-    while let Ok(Some(reply)) = tokio::time::timeout(Duration::from_millis(200), p.replies.next()).await {
+    while let Ok(Some(reply)) =
+        tokio::time::timeout(Duration::from_millis(200), p.replies.next()).await
+    {
         ok(decode_reply(&reply.message.body).unwrap());
         reply.settle.ack().await.unwrap();
         answered += 1;
     }
-    let queued = p.transport.depth(&queues::requests("digits", Lane::Realtime));
-    assert_eq!(answered + queued, total, "answered {answered}, still queued {queued}");
+    let queued = p
+        .transport
+        .depth(&queues::requests("digits", Lane::Realtime));
+    assert_eq!(
+        answered + queued,
+        total,
+        "answered {answered}, still queued {queued}"
+    );
 }

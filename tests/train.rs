@@ -15,17 +15,36 @@ async fn training_publishes_a_verified_version_that_learned() {
     let first = train(&repo, "digits", &name, &options).await.unwrap();
     assert_eq!(first.version.as_str(), "1");
     let accuracy = first.metrics["test_accuracy"];
-    assert!(accuracy >= 0.85, "held-out accuracy after 3 epochs: {accuracy}");
+    assert!(
+        accuracy >= 0.85,
+        "held-out accuracy after 3 epochs: {accuracy}"
+    );
     let record = first.training.as_ref().unwrap();
     assert_eq!(record.train_samples + record.test_samples, 1797);
 
     let artifact = repo.load(&name, &first.version).await.expect("verifies");
     assert_eq!(sha256_hex(&artifact.weights), first.sha256);
     let production = Version::parse("production").unwrap();
-    assert_eq!(repo.resolve(&name, &production).await.unwrap(), first.version);
+    assert_eq!(
+        repo.resolve(&name, &production).await.unwrap(),
+        first.version
+    );
 
     // A second version is published but not promoted unless asked.
-    let second = train(&repo, "digits", &name, &TrainOptions { epochs: 1, ..options }).await.unwrap();
+    let second = train(
+        &repo,
+        "digits",
+        &name,
+        &TrainOptions {
+            epochs: 1,
+            ..options
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(second.version.as_str(), "2");
-    assert_eq!(repo.resolve(&name, &production).await.unwrap(), first.version);
+    assert_eq!(
+        repo.resolve(&name, &production).await.unwrap(),
+        first.version
+    );
 }

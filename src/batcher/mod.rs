@@ -54,7 +54,10 @@ impl Job {
         inputs: ValidatedInputs,
         lane: Lane,
         deadline: Option<SystemTime>,
-    ) -> (Self, oneshot::Receiver<Result<Vec<crate::protocol::TensorData>, InferError>>) {
+    ) -> (
+        Self,
+        oneshot::Receiver<Result<Vec<crate::protocol::TensorData>, InferError>>,
+    ) {
         let (respond, answer) = oneshot::channel();
         let job = Self {
             inputs,
@@ -75,7 +78,11 @@ pub struct Batcher {
 
 impl Batcher {
     /// Starts the batcher task feeding `executor`, whose batch-done signals arrive on `done`.
-    pub fn spawn(executor: Executor, done: mpsc::UnboundedReceiver<()>, config: BatchConfig) -> Self {
+    pub fn spawn(
+        executor: Executor,
+        done: mpsc::UnboundedReceiver<()>,
+        config: BatchConfig,
+    ) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(rx, executor, done, config));
         Self { jobs }
@@ -84,7 +91,9 @@ impl Batcher {
     /// Queues `job`. Fails only when the batcher has stopped; the job is then answered INTERNAL.
     pub fn submit(&self, job: Job) {
         if let Err(mpsc::error::SendError(job)) = self.jobs.send(job) {
-            let _ = job.respond.send(Err(InferError::internal("model is shutting down")));
+            let _ = job
+                .respond
+                .send(Err(InferError::internal("model is shutting down")));
         }
     }
 }
@@ -135,7 +144,11 @@ impl Lanes {
             while let Some(queued) = lane.front() {
                 let job = &queued.job;
                 let expired = job.deadline.is_some_and(|d| d <= now);
-                if !expired && !job.respond.is_closed() && rows > 0 && rows + job.inputs.rows > max_rows {
+                if !expired
+                    && !job.respond.is_closed()
+                    && rows > 0
+                    && rows + job.inputs.rows > max_rows
+                {
                     return batch;
                 }
                 let Job {
@@ -215,7 +228,11 @@ mod tests {
     use super::*;
     use crate::protocol::TensorData;
 
-    fn job(lane: Lane, rows: usize, deadline: Option<SystemTime>) -> (Job, oneshot::Receiver<Result<Vec<TensorData>, InferError>>) {
+    fn job(
+        lane: Lane,
+        rows: usize,
+        deadline: Option<SystemTime>,
+    ) -> (Job, oneshot::Receiver<Result<Vec<TensorData>, InferError>>) {
         let inputs = ValidatedInputs {
             rows,
             tensors: vec![TensorData::F32(vec![rows as f32; rows])],
@@ -232,14 +249,20 @@ mod tests {
     }
 
     fn tags(batch: &[Work]) -> Vec<f32> {
-        batch.iter().map(|w| w.inputs.tensors[0].as_f32().unwrap()[0]).collect()
+        batch
+            .iter()
+            .map(|w| w.inputs.tensors[0].as_f32().unwrap()[0])
+            .collect()
     }
 
     #[test]
     fn realtime_is_drained_before_batch() {
         let mut lanes = lanes();
         let mut answers = Vec::new();
-        for (tag, lane) in [Lane::Batch, Lane::Realtime, Lane::Batch, Lane::Realtime].into_iter().enumerate() {
+        for (tag, lane) in [Lane::Batch, Lane::Realtime, Lane::Batch, Lane::Realtime]
+            .into_iter()
+            .enumerate()
+        {
             let (mut j, a) = job(lane, 1, None);
             j.inputs.tensors[0] = TensorData::F32(vec![tag as f32]);
             lanes.push(j);
@@ -270,7 +293,11 @@ mod tests {
         let mut lanes = lanes();
         let past = SystemTime::now() - Duration::from_secs(1);
         let (expired, mut expired_answer) = job(Lane::Realtime, 1, Some(past));
-        let (fresh, _fresh_answer) = job(Lane::Realtime, 1, Some(SystemTime::now() + Duration::from_secs(60)));
+        let (fresh, _fresh_answer) = job(
+            Lane::Realtime,
+            1,
+            Some(SystemTime::now() + Duration::from_secs(60)),
+        );
         lanes.push(expired);
         lanes.push(fresh);
         let batch = lanes.take_batch(8);

@@ -39,14 +39,21 @@ impl Architecture {
     }
 
     /// Builds the network on `device` from `weights` (a [`WeightsRecorder`] record).
-    pub fn load<B: Backend>(&self, weights: &[u8], device: &B::Device) -> Result<Box<dyn Model>, String> {
+    pub fn load<B: Backend>(
+        &self,
+        weights: &[u8],
+        device: &B::Device,
+    ) -> Result<Box<dyn Model>, String> {
         match self {
             Self::DigitsCnn(config) => {
                 let record = WeightsRecorder::default()
                     .load(weights.to_vec(), device)
                     .map_err(|e| format!("weights do not fit {self:?}: {e}"))?;
                 let module = config.init::<B>(device).load_record(record);
-                Ok(Box::new(OnDevice { module, device: device.clone() }))
+                Ok(Box::new(OnDevice {
+                    module,
+                    device: device.clone(),
+                }))
             }
         }
     }
@@ -71,7 +78,10 @@ impl<B: Backend> Model for OnDevice<DigitsCnn<B>, B> {
             return Err("digits-cnn takes one FP32 input".into());
         };
         let width = pixels.len() / rows.max(1);
-        let x = Tensor::<B, 2>::from_data(burn::tensor::TensorData::new(pixels, [rows, width]), &self.device);
+        let x = Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(pixels, [rows, width]),
+            &self.device,
+        );
         let probabilities = burn::tensor::activation::softmax(self.module.logits(x), 1);
         let labels = probabilities.clone().argmax(1).reshape([rows]);
         let probabilities = probabilities.into_data().convert::<f32>().into_vec::<f32>();

@@ -145,9 +145,12 @@ impl WireTensor<'_> {
         let shape = self
             .shape
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| format!("tensor '{name}': negative dimension {d}")))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| format!("tensor '{name}': negative dimension {d}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        let elements = element_count(&shape).ok_or_else(|| format!("tensor '{name}': shape {shape:?} is too large"))?;
+        let elements = element_count(&shape)
+            .ok_or_else(|| format!("tensor '{name}': shape {shape:?} is too large"))?;
         // The hint only pre-sizes the buffer; cap it so a lying shape cannot reserve much.
         let data = TensorData::from_json(self.data.get(), self.datatype, elements.min(1 << 20))
             .map_err(|e| format!("tensor '{name}': {e}"))?;
@@ -165,27 +168,44 @@ fn element_count(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 
+/// A request that could not be decoded, with its id when the id itself could be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct DecodeError {
+    /// Why.
+    pub error: InferError,
+    /// The request's `id`, if read before the failure.
+    pub id: Option<String>,
+}
+
 /// Decodes a request body, refusing one over `max_bytes` before parsing any of it.
-pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, InferError> {
+pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, DecodeError> {
+    let unread = |error| DecodeError { error, id: None };
     if body.len() > max_bytes {
-        return Err(InferError::new(
+        let message = format!("request is {} bytes; the limit is {max_bytes}", body.len());
+        return Err(unread(InferError::new(
             ErrorCode::ResourceExhausted,
-            format!("request is {} bytes; the limit is {max_bytes}", body.len()),
-        ));
+            message,
+        )));
     }
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(InferError::invalid("empty request body"));
+        return Err(unread(InferError::invalid("empty request body")));
     }
-    let wire: WireRequest =
-        serde_json::from_slice(body).map_err(|e| InferError::invalid(format!("malformed request: {e}")))?;
+    let wire: WireRequest = serde_json::from_slice(body)
+        .map_err(|e| unread(InferError::invalid(format!("malformed request: {e}"))))?;
     let id = wire.id.map(Cow::into_owned);
-    let inputs = wire
+    match wire
         .inputs
         .into_iter()
         .map(WireTensor::into_tensor)
-        .collect::<Result<_, _>>()
-        .map_err(InferError::invalid)?;
-    Ok(InferRequest { id, inputs })
+        .collect()
+    {
+        Ok(inputs) => Ok(InferRequest { id, inputs }),
+        Err(message) => Err(DecodeError {
+            error: InferError::invalid(message),
+            id,
+        }),
+    }
 }
 
 /// Decodes a reply body (response or error response), as a client does.
@@ -194,7 +214,11 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
         return Ok(Reply::Err(error));
     }
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    let outputs = wire.outputs.into_iter().map(WireTensor::into_tensor).collect::<Result<_, _>>()?;
+    let outputs = wire
+        .outputs
+        .into_iter()
+        .map(WireTensor::into_tensor)
+        .collect::<Result<_, _>>()?;
     Ok(Reply::Ok(InferResponse {
         id: wire.id,
         model_name: wire.model_name,
@@ -225,8 +249,15 @@ pub fn encode_reply(reply: &Result<InferResponse, ErrorResponse>) -> Vec<u8> {
 /// Checks `request` against the model's declared `inputs`: every declared input present once,
 /// nothing undeclared, datatypes equal, shapes equal but for the batch dimension, which must be
 /// the same in every input, and element counts equal to the product of the shape.
-pub fn validate(request: InferRequest, inputs: &[TensorSpec]) -> Result<ValidatedInputs, InferError> {
-    if let Some(extra) = request.inputs.iter().find(|t| !inputs.iter().any(|s| s.name == t.name)) {
+pub fn validate(
+    request: InferRequest,
+    inputs: &[TensorSpec],
+) -> Result<ValidatedInputs, InferError> {
+    if let Some(extra) = request
+        .inputs
+        .iter()
+        .find(|t| !inputs.iter().any(|s| s.name == t.name))
+    {
         let expected: Vec<_> = inputs.iter().map(|s| s.name.as_str()).collect();
         return Err(InferError::invalid(format!(
             "unknown input '{}'; the model takes {expected:?}",
@@ -239,9 +270,22 @@ pub fn validate(request: InferRequest, inputs: &[TensorSpec]) -> Result<Validate
     for spec in inputs {
         let mut matching = given.iter().filter(|t| t.name == spec.name);
         let position = match (matching.next(), matching.next()) {
-            (Some(_), Some(_)) => return Err(InferError::invalid(format!("input '{}' is given twice", spec.name))),
-            (None, _) => return Err(InferError::invalid(format!("missing input '{}'", spec.name))),
-            (Some(_), None) => given.iter().position(|t| t.name == spec.name).expect("found above"),
+            (Some(_), Some(_)) => {
+                return Err(InferError::invalid(format!(
+                    "input '{}' is given twice",
+                    spec.name
+                )));
+            }
+            (None, _) => {
+                return Err(InferError::invalid(format!(
+                    "missing input '{}'",
+                    spec.name
+                )));
+            }
+            (Some(_), None) => given
+                .iter()
+                .position(|t| t.name == spec.name)
+                .expect("found above"),
         };
         let tensor = given.swap_remove(position);
         let tensor_rows = check_tensor(&tensor, spec)?;
@@ -258,7 +302,9 @@ pub fn validate(request: InferRequest, inputs: &[TensorSpec]) -> Result<Validate
     }
     let rows = rows.unwrap_or(0);
     if rows == 0 {
-        return Err(InferError::invalid("the request has no rows (batch size 0)"));
+        return Err(InferError::invalid(
+            "the request has no rows (batch size 0)",
+        ));
     }
     Ok(ValidatedInputs { rows, tensors })
 }
@@ -292,7 +338,11 @@ fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError>
             tensor.shape
         )));
     }
-    Ok(if spec.shape.first() == Some(&-1) { tensor.shape[0] } else { 1 })
+    Ok(if spec.shape.first() == Some(&-1) {
+        tensor.shape[0]
+    } else {
+        1
+    })
 }
 
 #[cfg(test)]
@@ -308,7 +358,8 @@ mod tests {
     }
 
     fn request(body: &str) -> Result<ValidatedInputs, InferError> {
-        validate(decode_request(body.as_bytes(), 1 << 20)?, &digits_inputs())
+        let decoded = decode_request(body.as_bytes(), 1 << 20).map_err(|e| e.error)?;
+        validate(decoded, &digits_inputs())
     }
 
     fn pixels(n: usize) -> String {
@@ -330,7 +381,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_and_empty_bodies_with_invalid_argument() {
-        for body in ["{\"inputs\": [", "", "   ", "[]", "{\"inputs\": 3}", "not json"] {
+        for body in [
+            "{\"inputs\": [",
+            "",
+            "   ",
+            "[]",
+            "{\"inputs\": 3}",
+            "not json",
+        ] {
             let err = request(body).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{body:?}: {err}");
         }
@@ -340,24 +398,48 @@ mod tests {
     fn rejects_oversized_body_with_resource_exhausted_before_parsing() {
         // Not JSON at all: the size check must come first.
         let err = decode_request(&[b'x'; 101], 100).unwrap_err();
-        assert_eq!(err.code, ErrorCode::ResourceExhausted);
+        assert_eq!(err.error.code, ErrorCode::ResourceExhausted);
     }
 
     #[test]
     fn rejects_wrong_name_datatype_shape_and_length() {
         let cases = [
-            (r#"{"inputs":[{"name":"pixels","shape":[1,64],"datatype":"FP32","data":[P]}]}"#, "unknown input"),
-            (r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"INT32","data":[P]}]}"#, "must be FP32"),
-            (r#"{"inputs":[{"name":"input","shape":[64],"datatype":"FP32","data":[P]}]}"#, "must have shape"),
-            (r#"{"inputs":[{"name":"input","shape":[1,8,8],"datatype":"FP32","data":[P]}]}"#, "must have shape"),
-            (r#"{"inputs":[{"name":"input","shape":[2,64],"datatype":"FP32","data":[P]}]}"#, "elements"),
-            (r#"{"inputs":[{"name":"input","shape":[0,64],"datatype":"FP32","data":[]}]}"#, "no rows"),
+            (
+                r#"{"inputs":[{"name":"pixels","shape":[1,64],"datatype":"FP32","data":[@]}]}"#,
+                "unknown input",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"INT32","data":[@]}]}"#,
+                "must be FP32",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[64],"datatype":"FP32","data":[@]}]}"#,
+                "must have shape",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,8,8],"datatype":"FP32","data":[@]}]}"#,
+                "must have shape",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[2,64],"datatype":"FP32","data":[@]}]}"#,
+                "elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[0,64],"datatype":"FP32","data":[]}]}"#,
+                "no rows",
+            ),
             (r#"{"inputs":[]}"#, "missing input"),
-            (r#"{"inputs":[{"name":"input","shape":[-1,64],"datatype":"FP32","data":[P]}]}"#, "negative"),
-            (r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP99","data":[P]}]}"#, "malformed"),
+            (
+                r#"{"inputs":[{"name":"input","shape":[-1,64],"datatype":"FP32","data":[@]}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP99","data":[@]}]}"#,
+                "malformed",
+            ),
         ];
         for (template, expected) in cases {
-            let body = template.replace('P', &pixels(64));
+            let body = template.replace('@', &pixels(64));
             let err = request(&body).unwrap_err();
             assert_eq!(err.code, ErrorCode::InvalidArgument, "{template}");
             assert!(err.message.contains(expected), "{template}: {err}");
@@ -370,14 +452,26 @@ mod tests {
             r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[1e40,{}]}}]}}"#,
             pixels(63)
         );
-        let err = request(&body).unwrap_err();
-        assert_eq!(err.code, ErrorCode::InvalidArgument);
-        assert!(err.message.contains("finite"), "{err}");
+        let err = decode_request(body.as_bytes(), 1 << 20).unwrap_err();
+        assert_eq!(err.error.code, ErrorCode::InvalidArgument);
+        assert!(err.error.message.contains("finite"), "{err}");
+        assert_eq!(err.id, None);
+        let with_id = body.replacen('{', r#"{"id":"n1","#, 1);
+        assert_eq!(
+            decode_request(with_id.as_bytes(), 1 << 20)
+                .unwrap_err()
+                .id
+                .as_deref(),
+            Some("n1")
+        );
     }
 
     #[test]
     fn rejects_an_input_given_twice() {
-        let one = format!(r#"{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}]}}"#, pixels(64));
+        let one = format!(
+            r#"{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}]}}"#,
+            pixels(64)
+        );
         let err = request(&format!(r#"{{"inputs":[{one},{one}]}}"#)).unwrap_err();
         assert!(err.message.contains("twice"), "{err}");
     }

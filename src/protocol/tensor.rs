@@ -232,9 +232,13 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        if let (Some((lo, hi)), TensorData::I64(out)) = (self.datatype.int_range(), &mut *self.out) {
+        if let (Some((lo, hi)), TensorData::I64(out)) = (self.datatype.int_range(), &mut *self.out)
+        {
             if v < lo || v > hi {
-                return Err(E::custom(format!("{v} is out of range for {}", self.datatype)));
+                return Err(E::custom(format!(
+                    "{v} is out of range for {}",
+                    self.datatype
+                )));
             }
             out.push(v);
             return Ok(());
@@ -248,14 +252,20 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
         match self.out {
-            TensorData::Bool(out) => Ok(out.push(v)),
+            TensorData::Bool(out) => {
+                out.push(v);
+                Ok(())
+            }
             _ => Err(self.type_error("a boolean")),
         }
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
         match self.out {
-            TensorData::Bytes(out) => Ok(out.push(v.to_owned())),
+            TensorData::Bytes(out) => {
+                out.push(v.to_owned());
+                Ok(())
+            }
             _ => Err(self.type_error("a string")),
         }
     }
@@ -267,14 +277,21 @@ impl Flatten<'_> {
         match self.out {
             TensorData::F32(out) => {
                 let x = v as f32;
-                let limit = if datatype == DataType::Fp16 { 65504.0 } else { f32::MAX };
+                let limit = if datatype == DataType::Fp16 {
+                    65504.0
+                } else {
+                    f32::MAX
+                };
                 if !x.is_finite() || x.abs() > limit {
                     return Err(E::custom(format!("{v} is not a finite {datatype} value")));
                 }
                 out.push(x);
                 Ok(())
             }
-            TensorData::F64(out) => Ok(out.push(v)),
+            TensorData::F64(out) => {
+                out.push(v);
+                Ok(())
+            }
             _ => Err(self.type_error("a number")),
         }
     }

@@ -1,7 +1,9 @@
 //! Publishing results: the response (or error) goes to `reply_to`, else to the model's result
 //! queue, and only once the transport has confirmed it is the request's delivery acked.
 
-use crate::protocol::{ErrorCode, ErrorResponse, InferError, InferResponse, Tensor, TensorData, encode_reply};
+use crate::protocol::{
+    ErrorCode, ErrorResponse, InferError, InferResponse, Tensor, TensorData, encode_reply,
+};
 use crate::store::Manifest;
 use crate::transport::{Delivery, Message, Properties, Transport, queues};
 
@@ -12,7 +14,12 @@ pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
 pub type Outcome = Result<Vec<TensorData>, InferError>;
 
 /// Builds the response for `outputs` (manifest order, `rows` rows each).
-pub fn response(manifest: &Manifest, id: String, outputs: Vec<TensorData>, rows: usize) -> InferResponse {
+pub fn response(
+    manifest: &Manifest,
+    id: String,
+    outputs: Vec<TensorData>,
+    rows: usize,
+) -> InferResponse {
     let outputs = manifest
         .outputs
         .iter()
@@ -61,7 +68,10 @@ pub async fn finish(
         }
         return;
     }
-    let destination = request.reply_to.clone().unwrap_or_else(|| queues::results(model));
+    let destination = request
+        .reply_to
+        .clone()
+        .unwrap_or_else(|| queues::results(model));
     let (version, reason) = match &reply {
         Ok(response) => (Some(response.model_version.clone()), None),
         Err(error) => (None, Some(error.error.clone())),
@@ -69,7 +79,9 @@ pub async fn finish(
     let outgoing = Message {
         body: encode_reply(&reply).into(),
         properties: Properties {
-            correlation_id: request.correlation_id.or_else(|| request.message_id.clone()),
+            correlation_id: request
+                .correlation_id
+                .or_else(|| request.message_id.clone()),
             message_id: request.message_id,
             model: Some(model.to_owned()),
             version,

@@ -16,13 +16,17 @@ pub type ServeBackend = burn::backend::Cuda;
 /// The backend models run on: CUDA with the `cuda` feature, else the fastest CPU backend
 /// measured on the digits CNN (`benches/backends.rs`).
 #[cfg(not(feature = "cuda"))]
-pub type ServeBackend = burn::backend::NdArray;
+pub type ServeBackend = burn::backend::Flex;
 
 /// The backend `ember train` differentiates through.
 pub type TrainBackend = burn::backend::Autodiff<ServeBackend>;
 
 /// Name of [`ServeBackend`], for logs and reports.
-pub const BACKEND_NAME: &str = if cfg!(feature = "cuda") { "cuda" } else { "ndarray" };
+pub const BACKEND_NAME: &str = if cfg!(feature = "cuda") {
+    "cuda"
+} else {
+    "flex"
+};
 
 /// Where a request's outputs (one tensor per manifest output) or its error go.
 pub type Responder = oneshot::Sender<Result<Vec<TensorData>, InferError>>;
@@ -124,8 +128,10 @@ fn run_batch(model: &dyn Model, batch: Vec<Work>) {
             (w.inputs, part)
         })
         .unzip();
-    let result = catch_unwind(AssertUnwindSafe(|| model.infer(rows, concat_inputs(inputs, rows))))
-        .unwrap_or_else(|panic| Err(panic_message(&panic)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        model.infer(rows, concat_inputs(inputs, rows))
+    }))
+    .unwrap_or_else(|panic| Err(panic_message(&panic)));
     metrics::histogram!("ember_batch_rows").record(rows as f64);
     metrics::histogram!("ember_batch_compute_seconds").record(started.elapsed().as_secs_f64());
     let outputs = match result {

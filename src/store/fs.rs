@@ -21,7 +21,10 @@ impl FsStore {
     /// Joins a store key to the root, refusing anything but plain relative segments.
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let relative = Path::new(key);
-        let plain = !key.contains('\\') && relative.components().all(|c| matches!(c, Component::Normal(_)));
+        let plain = !key.contains('\\')
+            && relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
         if !plain {
             return Err(StoreError::Invalid(format!("refusing store key {key:?}")));
         }
@@ -40,11 +43,18 @@ fn io_error(path: &Path, e: std::io::Error) -> StoreError {
 impl ModelStore for FsStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key)?;
-        tokio::fs::read(&path).await.map(Bytes::from).map_err(|e| io_error(&path, e))
+        tokio::fs::read(&path)
+            .await
+            .map(Bytes::from)
+            .map_err(|e| io_error(&path, e))
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let dir = if prefix.is_empty() { self.root.clone() } else { self.path(prefix)? };
+        let dir = if prefix.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(prefix)?
+        };
         let mut entries = match tokio::fs::read_dir(&dir).await {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -64,11 +74,17 @@ impl ModelStore for FsStore {
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| io_error(&dir, e))?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| io_error(&dir, e))?;
         // Write beside, then rename: a reader never sees half a file.
         let partial = path.with_extension("partial");
-        tokio::fs::write(&partial, &bytes).await.map_err(|e| io_error(&partial, e))?;
-        tokio::fs::rename(&partial, &path).await.map_err(|e| io_error(&path, e))
+        tokio::fs::write(&partial, &bytes)
+            .await
+            .map_err(|e| io_error(&partial, e))?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(|e| io_error(&path, e))
     }
 
     fn describe(&self) -> String {
@@ -84,7 +100,10 @@ mod tests {
     async fn refuses_keys_that_leave_the_root() {
         let store = FsStore::new("/nonexistent-root");
         for key in ["../x", "/etc/passwd", "a/../../b", "a\\..\\b", "./a"] {
-            assert!(matches!(store.get(key).await, Err(StoreError::Invalid(_))), "{key}");
+            assert!(
+                matches!(store.get(key).await, Err(StoreError::Invalid(_))),
+                "{key}"
+            );
         }
     }
 
@@ -92,10 +111,19 @@ mod tests {
     async fn put_then_get_and_list() {
         let dir = tempfile::tempdir().unwrap();
         let store = FsStore::new(dir.path());
-        store.put("m/1/model.bin", Bytes::from_static(b"w")).await.unwrap();
-        assert_eq!(store.get("m/1/model.bin").await.unwrap(), Bytes::from_static(b"w"));
+        store
+            .put("m/1/model.bin", Bytes::from_static(b"w"))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.get("m/1/model.bin").await.unwrap(),
+            Bytes::from_static(b"w")
+        );
         assert_eq!(store.list("").await.unwrap(), vec!["m"]);
         assert_eq!(store.list("m").await.unwrap(), vec!["1"]);
-        assert!(matches!(store.get("m/2/model.bin").await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.get("m/2/model.bin").await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

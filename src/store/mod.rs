@@ -30,7 +30,9 @@ pub enum StoreError {
     #[error("not found: {0}")]
     NotFound(String),
     /// The weights do not match the manifest's sha256: refused.
-    #[error("model {model} version {version}: weights sha256 {actual} does not match the manifest's {expected}")]
+    #[error(
+        "model {model} version {version}: weights sha256 {actual} does not match the manifest's {expected}"
+    )]
     Integrity {
         /// Model name.
         model: String,
@@ -164,7 +166,10 @@ impl Repository {
     /// The models in the repository (folders that are not valid names are skipped).
     pub async fn models(&self) -> Result<Vec<ModelName>, StoreError> {
         let names = self.store.list("").await?;
-        Ok(names.iter().filter_map(|n| ModelName::parse(n).ok()).collect())
+        Ok(names
+            .iter()
+            .filter_map(|n| ModelName::parse(n).ok())
+            .collect())
     }
 
     /// The versions of `model`, numbers first in numeric order, then the rest by name.
@@ -173,7 +178,13 @@ impl Repository {
             .iter()
             .filter_map(|n| Version::parse(n).ok())
             .collect();
-        versions.sort_by(|a, b| (a.number().is_none(), a.number(), a.as_str()).cmp(&(b.number().is_none(), b.number(), b.as_str())));
+        versions.sort_by(|a, b| {
+            (a.number().is_none(), a.number(), a.as_str()).cmp(&(
+                b.number().is_none(),
+                b.number(),
+                b.as_str(),
+            ))
+        });
         Ok(versions)
     }
 
@@ -188,14 +199,20 @@ impl Repository {
     }
 
     /// The manifest of `model` `version`, checked to name them.
-    pub async fn manifest(&self, model: &ModelName, version: &Version) -> Result<Manifest, StoreError> {
+    pub async fn manifest(
+        &self,
+        model: &ModelName,
+        version: &Version,
+    ) -> Result<Manifest, StoreError> {
         let key = format!("{model}/{version}/manifest.json");
         let bytes = self.store.get(&key).await.map_err(|e| match e {
-            StoreError::NotFound(_) => StoreError::NotFound(format!("model {model} version {version}")),
+            StoreError::NotFound(_) => {
+                StoreError::NotFound(format!("model {model} version {version}"))
+            }
             e => e,
         })?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| StoreError::Invalid(format!("{key}: {e}")))?;
         if manifest.name != *model || manifest.version != *version {
             return Err(StoreError::Invalid(format!(
                 "{key} describes {} version {}",
@@ -206,7 +223,11 @@ impl Repository {
     }
 
     /// Resolves `selector` (a version, else an alias) of `model` to a version that exists.
-    pub async fn resolve(&self, model: &ModelName, selector: &Version) -> Result<Version, StoreError> {
+    pub async fn resolve(
+        &self,
+        model: &ModelName,
+        selector: &Version,
+    ) -> Result<Version, StoreError> {
         let versions = self.versions(model).await?;
         if versions.contains(selector) {
             return Ok(selector.clone());
@@ -218,14 +239,19 @@ impl Repository {
                 "model {model} alias {selector} points to version {version}, which does not exist"
             ))),
             None if versions.is_empty() => Err(StoreError::NotFound(format!("model {model}"))),
-            None => Err(StoreError::NotFound(format!("model {model} has no version or alias {selector}"))),
+            None => Err(StoreError::NotFound(format!(
+                "model {model} has no version or alias {selector}"
+            ))),
         }
     }
 
     /// Reads `model` `version` and verifies its weights against the manifest's sha256.
     pub async fn load(&self, model: &ModelName, version: &Version) -> Result<Artifact, StoreError> {
         let manifest = self.manifest(model, version).await?;
-        let weights = self.store.get(&format!("{model}/{version}/model.bin")).await?;
+        let weights = self
+            .store
+            .get(&format!("{model}/{version}/model.bin"))
+            .await?;
         let actual = sha256_hex(&weights);
         if !actual.eq_ignore_ascii_case(&manifest.sha256) {
             return Err(StoreError::Integrity {
@@ -240,24 +266,43 @@ impl Repository {
 
     /// The next free numeric version of `model` (1 for a new model).
     pub async fn next_version(&self, model: &ModelName) -> Result<Version, StoreError> {
-        let last = self.versions(model).await?.iter().filter_map(Version::number).max();
-        Ok(Version::parse(&(last.unwrap_or(0) + 1).to_string()).expect("numbers are valid versions"))
+        let last = self
+            .versions(model)
+            .await?
+            .iter()
+            .filter_map(Version::number)
+            .max();
+        Ok(Version::parse(&(last.unwrap_or(0) + 1).to_string())
+            .expect("numbers are valid versions"))
     }
 
     /// Writes a new version: weights first, manifest last, so a reader that sees the manifest
     /// finds the weights it names.
     pub async fn publish(&self, manifest: &Manifest, weights: Bytes) -> Result<(), StoreError> {
         let (model, version) = (&manifest.name, &manifest.version);
-        self.store.put(&format!("{model}/{version}/model.bin"), weights).await?;
-        let json = serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.store.put(&format!("{model}/{version}/manifest.json"), json.into()).await
+        self.store
+            .put(&format!("{model}/{version}/model.bin"), weights)
+            .await?;
+        let json =
+            serde_json::to_vec_pretty(manifest).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.store
+            .put(&format!("{model}/{version}/manifest.json"), json.into())
+            .await
     }
 
     /// Points `alias` of `model` at `version`.
-    pub async fn set_alias(&self, model: &ModelName, alias: &Version, version: &Version) -> Result<(), StoreError> {
+    pub async fn set_alias(
+        &self,
+        model: &ModelName,
+        alias: &Version,
+        version: &Version,
+    ) -> Result<(), StoreError> {
         let mut aliases = self.aliases(model).await?;
         aliases.insert(alias.to_string(), version.clone());
-        let json = serde_json::to_vec_pretty(&aliases).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        self.store.put(&format!("{model}/aliases.json"), json.into()).await
+        let json =
+            serde_json::to_vec_pretty(&aliases).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        self.store
+            .put(&format!("{model}/aliases.json"), json.into())
+            .await
     }
 }

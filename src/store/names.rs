@@ -26,7 +26,9 @@ impl ModelName {
         let bytes = value.as_bytes();
         let valid = (1..=63).contains(&bytes.len())
             && bytes[0] != b'-'
-            && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
         if valid {
             Ok(Self(value.to_owned()))
         } else {
@@ -51,7 +53,9 @@ impl Version {
         let valid = (1..=64).contains(&bytes.len())
             && value != "."
             && value != ".."
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
         if valid {
             Ok(Self(value.to_owned()))
         } else {
@@ -113,7 +117,18 @@ mod tests {
             assert!(ModelName::parse(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(64);
-        for bad in ["", "-x", "Digits", "a_b", "a/b", "..", "../etc", "/abs", "a b", long.as_str()] {
+        for bad in [
+            "",
+            "-x",
+            "Digits",
+            "a_b",
+            "a/b",
+            "..",
+            "../etc",
+            "/abs",
+            "a b",
+            long.as_str(),
+        ] {
             assert!(ModelName::parse(bad).is_err(), "{bad}");
         }
     }

@@ -64,8 +64,15 @@ pub fn load() -> Digits {
         .expect("the shipped data set decompresses");
     let mut data = Digits::default();
     for line in csv.lines().filter(|l| !l.trim().is_empty()) {
-        let values: Vec<f32> = line.split(',').map(|v| v.trim().parse().expect("numeric CSV")).collect();
-        assert_eq!(values.len(), PIXELS + 1, "each row is 64 pixels and a label");
+        let values: Vec<f32> = line
+            .split(',')
+            .map(|v| v.trim().parse().expect("numeric CSV"))
+            .collect();
+        assert_eq!(
+            values.len(),
+            PIXELS + 1,
+            "each row is 64 pixels and a label"
+        );
         data.pixels.extend_from_slice(&values[..PIXELS]);
         data.labels.push(values[PIXELS] as u8);
     }
@@ -116,9 +123,15 @@ pub fn train(
         let mut batches = 0;
         for chunk in order.chunks(options.batch_size) {
             let batch = train.subset(chunk);
-            let x = Tensor::<TrainBackend, 2>::from_data(TensorData::new(batch.pixels, [chunk.len(), PIXELS]), &device);
+            let x = Tensor::<TrainBackend, 2>::from_data(
+                TensorData::new(batch.pixels, [chunk.len(), PIXELS]),
+                &device,
+            );
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l.into()).collect();
-            let y = Tensor::<TrainBackend, 1, Int>::from_data(TensorData::new(labels, [chunk.len()]), &device);
+            let y = Tensor::<TrainBackend, 1, Int>::from_data(
+                TensorData::new(labels, [chunk.len()]),
+                &device,
+            );
             let loss = loss_fn.forward(model.logits(x), y);
             loss_sum += loss.clone().into_scalar().elem::<f32>();
             batches += 1;
@@ -136,9 +149,22 @@ pub fn train(
 /// Share of `data` the model classifies correctly.
 pub fn accuracy<B: Backend>(model: &DigitsCnn<B>, data: &Digits) -> f64 {
     let device = model.devices().into_iter().next().unwrap_or_default();
-    let x = Tensor::<B, 2>::from_data(TensorData::new(data.pixels.clone(), [data.len(), PIXELS]), &device);
-    let predicted = model.logits(x).argmax(1).into_data().convert::<i64>().into_vec::<i64>().unwrap_or_default();
-    let correct = predicted.iter().zip(&data.labels).filter(|&(&p, &l)| p == i64::from(l)).count();
+    let x = Tensor::<B, 2>::from_data(
+        TensorData::new(data.pixels.clone(), [data.len(), PIXELS]),
+        &device,
+    );
+    let predicted = model
+        .logits(x)
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec::<i64>()
+        .unwrap_or_default();
+    let correct = predicted
+        .iter()
+        .zip(&data.labels)
+        .filter(|&(&p, &l)| p == i64::from(l))
+        .count();
     correct as f64 / data.len().max(1) as f64
 }
 

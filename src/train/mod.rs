@@ -3,7 +3,9 @@
 pub mod digits;
 
 use crate::models::{Architecture, WeightsRecorder};
-use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, TrainingRecord, Version, sha256_hex};
+use crate::store::{
+    DEFAULT_ALIAS, Manifest, ModelName, Repository, TrainingRecord, Version, sha256_hex,
+};
 use burn::module::Module;
 use burn::record::Recorder;
 use std::collections::BTreeMap;
@@ -49,12 +51,21 @@ pub async fn train(
     name: &ModelName,
     options: &TrainOptions,
 ) -> anyhow::Result<Manifest> {
-    anyhow::ensure!(kind == "digits", "unknown model kind {kind:?}; known: {KINDS:?}");
+    anyhow::ensure!(
+        kind == "digits",
+        "unknown model kind {kind:?}; known: {KINDS:?}"
+    );
     let config = crate::models::digits::DigitsCnnConfig::default();
     let (opts, cfg) = (options.clone(), config.clone());
     let (model, accuracy, train_samples, test_samples) = tokio::task::spawn_blocking(move || {
         digits::train(&cfg, &opts, |epoch, loss, accuracy| {
-            tracing::info!(epoch, epochs = opts.epochs, loss, held_out_accuracy = accuracy, "epoch done");
+            tracing::info!(
+                epoch,
+                epochs = opts.epochs,
+                loss,
+                held_out_accuracy = accuracy,
+                "epoch done"
+            );
         })
     })
     .await?;

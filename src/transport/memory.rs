@@ -31,14 +31,20 @@ impl Broker {
     fn queues(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Stored>>> {
         // A panic while holding this lock cannot leave a queue half-updated (each operation is
         // one push or pop), so a poisoned lock is still sound to use.
-        self.queues.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.queues
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn push(&self, queue: &str, stored: Stored, front: bool) {
         {
             let mut queues = self.queues();
             let q = queues.entry(queue.to_owned()).or_default();
-            if front { q.push_front(stored) } else { q.push_back(stored) }
+            if front {
+                q.push_front(stored)
+            } else {
+                q.push_back(stored)
+            }
         }
         self.changed.notify_waiters();
     }
@@ -84,7 +90,11 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn subscribe(&self, queues: &[String], prefetch: usize) -> Result<Box<dyn Subscription>, TransportError> {
+    async fn subscribe(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
         Ok(Box::new(MemorySubscription {
             broker: self.broker.clone(),
             queues: queues.to_vec(),
@@ -177,11 +187,16 @@ impl Settle for MemorySettle {
         Ok(())
     }
 
-    async fn dead_letter(mut self: Box<Self>, code: ErrorCode, reason: &str) -> Result<(), TransportError> {
+    async fn dead_letter(
+        mut self: Box<Self>,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), TransportError> {
         if let Some(mut stored) = self.stored.take() {
             stored.message.properties.error_code = Some(code);
             stored.message.properties.error = Some(reason.to_owned());
-            self.broker.push(&queues::dead_for(&self.queue), stored, false);
+            self.broker
+                .push(&queues::dead_for(&self.queue), stored, false);
         }
         Ok(())
     }

@@ -33,7 +33,10 @@ pub mod queues {
 
     /// The dead-letter queue for messages taken from `queue` (`ember.<model>.<lane>`).
     pub fn dead_for(queue: &str) -> String {
-        match queue.strip_prefix("ember.").and_then(|rest| rest.rsplit_once('.')) {
+        match queue
+            .strip_prefix("ember.")
+            .and_then(|rest| rest.rsplit_once('.'))
+        {
             Some((model, _)) => dead(model),
             None => format!("{queue}.dead"),
         }
@@ -66,13 +69,17 @@ pub struct Properties {
 impl Properties {
     /// The deadline as a time.
     pub fn deadline(&self) -> Option<SystemTime> {
-        self.deadline_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+        self.deadline_ms
+            .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
     /// Sets the deadline `after` from now.
     pub fn with_deadline_in(mut self, after: Duration) -> Self {
         let at = SystemTime::now() + after;
-        self.deadline_ms = at.duration_since(UNIX_EPOCH).ok().map(|d| d.as_millis() as u64);
+        self.deadline_ms = at
+            .duration_since(UNIX_EPOCH)
+            .ok()
+            .map(|d| d.as_millis() as u64);
         self
     }
 }
@@ -100,7 +107,11 @@ pub trait Settle: Send {
     /// Not done: put back for redelivery.
     async fn requeue(self: Box<Self>) -> Result<(), TransportError>;
     /// Never processable: move to the dead-letter queue with `code` and `reason` in headers.
-    async fn dead_letter(self: Box<Self>, code: ErrorCode, reason: &str) -> Result<(), TransportError>;
+    async fn dead_letter(
+        self: Box<Self>,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), TransportError>;
 }
 
 /// A message taken from a queue, to be settled once handled.
@@ -138,5 +149,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Publishes `message` to `queue`; returns once the broker has taken responsibility for it.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError>;
     /// Consumes `queues`, earlier ones first, with at most `prefetch` deliveries unsettled.
-    async fn subscribe(&self, queues: &[String], prefetch: usize) -> Result<Box<dyn Subscription>, TransportError>;
+    async fn subscribe(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<Box<dyn Subscription>, TransportError>;
 }

@@ -12,7 +12,11 @@ use std::time::Duration;
 /// A queue name no other case uses.
 pub fn unique(case: &str, lane: Lane) -> (String, String) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let model = format!("suite-{case}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+    let model = format!(
+        "suite-{case}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     (queues::requests(&model, lane), model)
 }
 
@@ -47,7 +51,7 @@ pub async fn round_trip_preserves_body_and_properties(t: impl Transport) {
     let (queue, _) = unique("roundtrip", Lane::Batch);
     let sent = message("1");
     t.publish(&queue, sent.clone()).await.unwrap();
-    let mut sub = t.subscribe(&[queue.clone()], 10).await.unwrap();
+    let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
     let got = next(&mut sub).await;
     assert_eq!(got.message, sent);
     assert_eq!(got.queue, queue);
@@ -58,7 +62,7 @@ pub async fn round_trip_preserves_body_and_properties(t: impl Transport) {
 pub async fn ack_removes_the_message(t: impl Transport) {
     let (queue, _) = unique("ack", Lane::Batch);
     t.publish(&queue, message("1")).await.unwrap();
-    let mut sub = t.subscribe(&[queue.clone()], 10).await.unwrap();
+    let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
     next(&mut sub).await.settle.ack().await.unwrap();
     drop(sub);
     let mut again = t.subscribe(&[queue], 10).await.unwrap();
@@ -80,7 +84,7 @@ pub async fn unsettled_delivery_is_redelivered_when_dropped(t: impl Transport) {
     let (queue, _) = unique("drop", Lane::Batch);
     t.publish(&queue, message("1")).await.unwrap();
     {
-        let mut sub = t.subscribe(&[queue.clone()], 10).await.unwrap();
+        let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
         let delivery = next(&mut sub).await;
         drop(delivery);
         drop(sub);
@@ -95,12 +99,23 @@ pub async fn dead_letter_carries_the_reason(t: impl Transport) {
     let (queue, model) = unique("dead", Lane::Batch);
     t.publish(&queue, message("1")).await.unwrap();
     let mut sub = t.subscribe(&[queue], 10).await.unwrap();
-    next(&mut sub).await.settle.dead_letter(ErrorCode::Internal, "model crashed").await.unwrap();
+    next(&mut sub)
+        .await
+        .settle
+        .dead_letter(ErrorCode::Internal, "model crashed")
+        .await
+        .unwrap();
     let mut dead = t.subscribe(&[queues::dead(&model)], 10).await.unwrap();
     let letter = next(&mut dead).await;
     assert_eq!(letter.message.properties.message_id.as_deref(), Some("1"));
-    assert_eq!(letter.message.properties.error_code, Some(ErrorCode::Internal));
-    assert_eq!(letter.message.properties.error.as_deref(), Some("model crashed"));
+    assert_eq!(
+        letter.message.properties.error_code,
+        Some(ErrorCode::Internal)
+    );
+    assert_eq!(
+        letter.message.properties.error.as_deref(),
+        Some("model crashed")
+    );
     letter.settle.ack().await.unwrap();
 }
 
@@ -111,7 +126,9 @@ pub async fn earlier_queues_are_drained_first(t: impl Transport) {
         t.publish(&batch, message(&format!("b{i}"))).await.unwrap();
     }
     for i in 0..3 {
-        t.publish(&realtime, message(&format!("r{i}"))).await.unwrap();
+        t.publish(&realtime, message(&format!("r{i}")))
+            .await
+            .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut sub = t.subscribe(&[realtime, batch], 1).await.unwrap();
@@ -132,7 +149,10 @@ pub async fn prefetch_bounds_unsettled_deliveries(t: impl Transport) {
     let mut sub = t.subscribe(&[queue], 2).await.unwrap();
     let first = next(&mut sub).await;
     let _second = next(&mut sub).await;
-    assert!(nothing_within(&mut sub, Duration::from_millis(300)).await, "a third delivery before settling");
+    assert!(
+        nothing_within(&mut sub, Duration::from_millis(300)).await,
+        "a third delivery before settling"
+    );
     first.settle.ack().await.unwrap();
     let third = next(&mut sub).await;
     assert_eq!(third.message.properties.message_id.as_deref(), Some("2"));
