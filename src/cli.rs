@@ -3,7 +3,9 @@
 
 use crate::batcher::{BatchConfig, DEFAULT_MAX_BATCH_SIZE};
 use crate::demo::{self, DemoOptions};
-use crate::protocol::{DEFAULT_MAX_REQUEST_BYTES, ErrorCode, Lane, Reply, decode_reply};
+use crate::protocol::{
+    DEFAULT_MAX_REQUEST_BYTES, ErrorCode, ErrorResponse, InferError, Lane, Reply, decode_reply,
+};
 use crate::registry::Registry;
 use crate::results::DEFAULT_MAX_REDELIVERIES;
 use crate::store::{ModelName, Repository};
@@ -279,6 +281,15 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
     // One byte over the limit is enough for the worker to refuse it.
     reader.take(limit as u64 + 1).read_to_end(&mut body)?;
 
+    // An invalid model name has no queue a worker consumes; answer it here as a worker would.
+    let model = match ModelName::parse(&args.model) {
+        Ok(model) => model,
+        Err(e) => {
+            let error = ErrorResponse::new("cli", &InferError::invalid(e.to_string()));
+            println!("{}", serde_json::to_string(&error)?);
+            return Ok(2);
+        }
+    };
     let transport = MemoryTransport::new();
     let worker = Worker::new(
         Arc::new(transport.clone()),
@@ -286,7 +297,7 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
         args.pipeline.worker(0),
     );
     let shutdown = CancellationToken::new();
-    let models: Vec<ModelName> = ModelName::parse(&args.model).into_iter().collect();
+    let models = [model];
     let serving = {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());
         tokio::spawn(async move { worker.run(&models, shutdown).await })
@@ -305,16 +316,6 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
             ..Properties::default()
         },
     };
-    // An invalid model name has no queue a worker consumes; answer it here like a worker would.
-    if ModelName::parse(&args.model).is_err() {
-        let error =
-            crate::protocol::InferError::invalid(format!("invalid model name {:?}", args.model));
-        println!(
-            "{}",
-            serde_json::to_string(&crate::protocol::ErrorResponse::new("cli", &error))?
-        );
-        return Ok(2);
-    }
     transport
         .publish(&queues::requests(&args.model, Lane::Realtime), request)
         .await?;

@@ -66,6 +66,13 @@ fn infer_exits_2_with_an_error_response_on_bad_input() {
     assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
 
     let output = ember(
+        &["infer", "--model", "../etc", "--input", "-"],
+        &digit_request(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
+
+    let output = ember(
         &["infer", "--model", "nosuch", "--input", "-"],
         &digit_request(),
     );
