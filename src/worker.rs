@@ -115,18 +115,19 @@ impl Worker {
     /// Takes one delivery into the pipeline; its answer is published by a tracked task.
     async fn accept(&self, model: &str, lane: Lane, delivery: Delivery) {
         let properties = &delivery.message.properties;
-        let fallback_id = properties.message_id.clone().unwrap_or_default();
+        // Errors and id-less requests are answered with the message id; copied only then.
+        let fallback_id = || properties.message_id.clone().unwrap_or_default();
         let deadline = properties.deadline();
         let prepared = async {
-            let unread = |e| (e, fallback_id.clone());
+            let unread = |e| (e, fallback_id());
             let served = self
                 .registry
                 .get(model, properties.version.as_deref())
                 .await
                 .map_err(unread)?;
-            let request = decode_request(&delivery.message.body, self.config.max_request_bytes)
-                .map_err(|e| (e.error, e.id.unwrap_or_else(|| fallback_id.clone())))?;
-            let id = request.id.clone().unwrap_or_else(|| fallback_id.clone());
+            let mut request = decode_request(&delivery.message.body, self.config.max_request_bytes)
+                .map_err(|e| (e.error, e.id.unwrap_or_else(fallback_id)))?;
+            let id = request.id.take().unwrap_or_else(fallback_id);
             let inputs = validate(request, &served.manifest.inputs).map_err(|e| (e, id.clone()))?;
             Ok::<_, (InferError, String)>((served, id, inputs))
         };
