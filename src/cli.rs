@@ -10,13 +10,15 @@ use crate::registry::Registry;
 use crate::results::DEFAULT_MAX_REDELIVERIES;
 use crate::store::{ModelName, Repository};
 use crate::train::{self, TrainOptions};
+use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
 use crate::transport::memory::MemoryTransport;
-use crate::transport::{Message, Properties, Transport, queues};
+use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use crate::worker::{Worker, WorkerConfig};
 use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +51,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Answer one request (OIP V2 JSON) and print the response.
     Infer(InferArgs),
+    /// Publish requests to a model's queue without waiting for answers.
+    Send(SendArgs),
     /// Train a model and publish it as a new version.
     Train(TrainArgs),
     /// Serve models from a transport until SIGTERM / Ctrl-C.
@@ -59,6 +63,89 @@ pub enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Manage the RabbitMQ topology.
+    Queues {
+        /// What to do with queues.
+        #[command(subcommand)]
+        command: QueuesCommand,
+    },
+}
+
+/// `ember queues ...`.
+#[derive(Debug, Subcommand)]
+pub enum QueuesCommand {
+    /// Declare models' queues (requests, results, dead letters) without serving; idempotent.
+    Declare {
+        /// Models whose queues to declare.
+        #[arg(long = "model", required = true, value_delimiter = ',')]
+        models: Vec<ModelName>,
+        /// The broker.
+        #[command(flatten)]
+        amqp: AmqpArgs,
+    },
+}
+
+/// How to reach RabbitMQ.
+#[derive(Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL, amqp:// or amqps:// (a secret: prefer the environment or a file).
+    #[arg(
+        long,
+        env = "EMBER_AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// File holding the RabbitMQ URL (e.g. a mounted secret); wins over --amqp-url.
+    #[arg(long, env = "EMBER_AMQP_URL_FILE")]
+    pub amqp_url_file: Option<PathBuf>,
+    /// CA certificate (PEM) of the broker, for amqps:// (beside the system's roots).
+    #[arg(long, env = "EMBER_AMQP_CA_FILE")]
+    pub amqp_ca_file: Option<PathBuf>,
+    /// Kind of the queues Ember declares.
+    #[arg(long, env = "EMBER_QUEUE_TYPE", value_enum, default_value_t = QueueType::Quorum)]
+    pub queue_type: QueueType,
+}
+
+impl std::fmt::Debug for AmqpArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpArgs")
+            .field("amqp_url", &redact(&self.amqp_url))
+            .field("amqp_url_file", &self.amqp_url_file)
+            .field("amqp_ca_file", &self.amqp_ca_file)
+            .field("queue_type", &self.queue_type)
+            .finish()
+    }
+}
+
+impl AmqpArgs {
+    /// Connects to the broker.
+    pub async fn connect(&self) -> anyhow::Result<AmqpTransport> {
+        let url = match &self.amqp_url_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .trim()
+                .to_owned(),
+            None => self.amqp_url.clone(),
+        };
+        let config = AmqpConfig {
+            ca_file: self.amqp_ca_file.clone(),
+            queue_type: self.queue_type,
+            ..AmqpConfig::new(url)
+        };
+        Ok(AmqpTransport::connect(config).await?)
+    }
+}
+
+/// Which transport, and how to reach it.
+#[derive(Debug, Args)]
+pub struct TransportArgs {
+    /// Transport requests arrive on.
+    #[arg(long, env = "EMBER_TRANSPORT", value_enum, default_value_t = TransportKind::Memory)]
+    pub transport: TransportKind,
+    /// The broker (with --transport amqp).
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }
 
 /// `ember models ...`.
@@ -157,9 +244,46 @@ pub struct InferArgs {
     /// Request file (OIP V2 JSON), or - for stdin.
     #[arg(long)]
     pub input: String,
-    /// Pipeline limits.
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Where the request goes: memory runs a worker in this process; amqp asks the workers
+    /// serving the model through RabbitMQ (direct reply-to).
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Pipeline limits (of the in-process worker).
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+/// `ember send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Model to ask.
+    #[arg(long)]
+    pub model: ModelName,
+    /// Version or alias (default: production).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Queue lane.
+    #[arg(long, default_value = "batch", value_parser = parse_lane)]
+    pub lane: Lane,
+    /// Requests: one OIP V2 JSON document, or JSON Lines (one request per line); - for stdin.
+    #[arg(long)]
+    pub input: String,
+    /// Answer to this queue instead of the model's result queue.
+    #[arg(long)]
+    pub reply_to: Option<String>,
+    /// Requests not computed within this long (from now) are answered DEADLINE_EXCEEDED.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// The broker.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+}
+
+fn parse_lane(value: &str) -> Result<Lane, String> {
+    Lane::parse(value).ok_or_else(|| format!("{value:?} is not a lane (realtime, batch)"))
 }
 
 /// `ember train`.
@@ -191,12 +315,16 @@ pub struct ServeArgs {
     /// Models to serve (default: every model in the repository).
     #[arg(long = "model", env = "EMBER_MODELS", value_delimiter = ',')]
     pub models: Vec<ModelName>,
-    /// Transport requests arrive on.
-    #[arg(long, env = "EMBER_TRANSPORT", value_enum, default_value_t = TransportKind::Memory)]
-    pub transport: TransportKind,
-    /// Internal failures are retried this often before the request is dead-lettered.
+    /// Where requests come from.
+    #[command(flatten)]
+    pub transport: TransportArgs,
+    /// Failed or crashing requests are retried this often, then dead-lettered.
     #[arg(long, env = "EMBER_MAX_REDELIVERIES", default_value_t = DEFAULT_MAX_REDELIVERIES)]
     pub max_redeliveries: u32,
+    /// After SIGTERM, longest to spend answering requests already taken; what is left is
+    /// redelivered by the broker.
+    #[arg(long, env = "EMBER_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
     /// Pipeline limits.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -207,6 +335,8 @@ pub struct ServeArgs {
 pub enum TransportKind {
     /// In-process queues (only in-process producers can reach them).
     Memory,
+    /// RabbitMQ.
+    Amqp,
 }
 
 /// Runs a parsed command; returns the process exit status.
@@ -214,6 +344,23 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
     match command {
         Command::Demo(args) => demo(args).await,
         Command::Infer(args) => infer(args).await,
+        Command::Send(args) => send(args).await,
+        Command::Queues {
+            command: QueuesCommand::Declare { models, amqp },
+        } => {
+            let transport = amqp.connect().await?;
+            for model in &models {
+                transport.declare(model.as_str()).await?;
+                let names = [
+                    queues::requests(model.as_str(), Lane::Realtime),
+                    queues::requests(model.as_str(), Lane::Batch),
+                    queues::results(model.as_str()),
+                    queues::dead(model.as_str()),
+                ];
+                println!("{}", names.join(" "));
+            }
+            Ok(0)
+        }
         Command::Train(args) => {
             let repo = Repository::open(&args.out)?;
             let options = TrainOptions {
@@ -290,13 +437,58 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
+    let request = Message {
+        body: body.into(),
+        properties: Properties {
+            message_id: Some(format!("cli-{}", std::process::id())),
+            version: args.version,
+            lane: Some(Lane::Realtime),
+            model: Some(model.to_string()),
+            ..Properties::default()
+        },
+    };
+    let queue = queues::requests(model.as_str(), Lane::Realtime);
+    let reply = match args.transport.transport {
+        TransportKind::Amqp => {
+            let transport = args.transport.amqp.connect().await?;
+            transport
+                .call(&queue, request, args.timeout)
+                .await
+                .map_err(|e| match e {
+                    TransportError::Unroutable(_) => anyhow::anyhow!(
+                        "no queue {queue}: no worker serves {model} (or run `ember queues declare --model {model}`)"
+                    ),
+                    e => e.into(),
+                })?
+        }
+        TransportKind::Memory => {
+            infer_in_process(&args.pipeline, model, request, args.timeout).await?
+        }
+    };
+    println!("{}", String::from_utf8_lossy(&reply.body));
+    Ok(match decode_reply(&reply.body) {
+        Ok(Reply::Ok(_)) => 0,
+        Ok(Reply::Err(e)) if e.code == ErrorCode::Internal => 1,
+        Ok(Reply::Err(_)) => 2,
+        Err(_) => 1,
+    })
+}
+
+/// Answers `request` with a worker started in this process, over the memory transport.
+async fn infer_in_process(
+    pipeline: &PipelineArgs,
+    model: ModelName,
+    mut request: Message,
+    timeout: Duration,
+) -> anyhow::Result<Message> {
     let transport = MemoryTransport::new();
     let worker = Worker::new(
         Arc::new(transport.clone()),
-        args.pipeline.registry()?,
-        args.pipeline.worker(0),
+        pipeline.registry()?,
+        pipeline.worker(0),
     );
     let shutdown = CancellationToken::new();
+    let queue = queues::requests(model.as_str(), Lane::Realtime);
     let models = [model];
     let serving = {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());
@@ -306,33 +498,107 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
     let mut replies = transport
         .subscribe(std::slice::from_ref(&reply_queue), 1)
         .await?;
-    let request = Message {
-        body: body.into(),
-        properties: Properties {
-            message_id: Some("cli".into()),
-            reply_to: Some(reply_queue),
-            version: args.version,
-            lane: Some(Lane::Realtime),
-            ..Properties::default()
-        },
-    };
-    transport
-        .publish(&queues::requests(&args.model, Lane::Realtime), request)
-        .await?;
-    let reply = replies
-        .next()
+    request.properties.reply_to = Some(reply_queue);
+    transport.publish(&queue, request).await?;
+    let reply = tokio::time::timeout(timeout, replies.next())
         .await
+        .context("no answer in time")?
         .context("the worker stopped without answering")?;
     reply.settle.ack().await?;
     shutdown.cancel();
     serving.await??;
-    println!("{}", String::from_utf8_lossy(&reply.message.body));
-    Ok(match decode_reply(&reply.message.body) {
-        Ok(Reply::Ok(_)) => 0,
-        Ok(Reply::Err(e)) if e.code == ErrorCode::Internal => 1,
-        Ok(Reply::Err(_)) => 2,
-        Err(_) => 1,
-    })
+    Ok(reply.message)
+}
+
+async fn send(args: SendArgs) -> anyhow::Result<i32> {
+    let mut input = Vec::new();
+    match args.input.as_str() {
+        "-" => std::io::stdin().read_to_end(&mut input)?,
+        path => std::fs::File::open(path)
+            .with_context(|| format!("cannot open {path}"))?
+            .read_to_end(&mut input)?,
+    };
+    // One JSON document (pretty-printed or not), else JSON Lines.
+    let bodies: Vec<&[u8]> = if serde_json::from_slice::<serde::de::IgnoredAny>(&input).is_ok() {
+        vec![&input[..]]
+    } else {
+        input
+            .split(|&b| b == b'\n')
+            .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
+            .collect()
+    };
+    let transport = args.amqp.connect().await?;
+    let queue = queues::requests(args.model.as_str(), args.lane);
+    let run = format!(
+        "send-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
+    let mut pending = tokio::task::JoinSet::new();
+    let (mut sent, mut failed) = (0usize, 0usize);
+    for (line, body) in bodies.into_iter().enumerate() {
+        let mut properties = Properties {
+            message_id: Some(request_id(body).unwrap_or_else(|| format!("{run}-{line}"))),
+            reply_to: args.reply_to.clone(),
+            model: Some(args.model.to_string()),
+            version: args.version.clone(),
+            lane: Some(args.lane),
+            ..Properties::default()
+        };
+        if let Some(deadline) = args.deadline {
+            properties = properties.with_deadline_in(deadline);
+        }
+        let message = Message {
+            body: bytes::Bytes::copy_from_slice(body),
+            properties,
+        };
+        if pending.len() >= SEND_WINDOW {
+            tally(pending.join_next().await, &mut sent, &mut failed);
+        }
+        let (transport, queue) = (transport.clone(), queue.clone());
+        pending.spawn(async move {
+            transport
+                .publish(&queue, message)
+                .await
+                .map_err(|e| (line + 1, e))
+        });
+    }
+    while let Some(result) = pending.join_next().await {
+        tally(Some(result), &mut sent, &mut failed);
+    }
+    eprintln!("sent {sent} request(s) to {queue} (confirmed by the broker), {failed} failed");
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// Publishes awaiting their confirm at once.
+const SEND_WINDOW: usize = 256;
+
+type SendResult = Result<Result<(), (usize, TransportError)>, tokio::task::JoinError>;
+
+fn tally(result: Option<SendResult>, sent: &mut usize, failed: &mut usize) {
+    match result {
+        Some(Ok(Ok(()))) => *sent += 1,
+        Some(Ok(Err((line, e)))) => {
+            eprintln!("request {line}: {e}");
+            *failed += 1;
+        }
+        Some(Err(e)) => {
+            eprintln!("{e}");
+            *failed += 1;
+        }
+        None => {}
+    }
+}
+
+/// The `id` of an OIP request body, if it has one.
+fn request_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(body).ok()?.id
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -347,11 +613,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         "no models in {}",
         registry.repository().describe()
     );
-    let transport: Arc<dyn Transport> = match args.transport {
+    let transport: Arc<dyn Transport> = match args.transport.transport {
         TransportKind::Memory => {
             tracing::warn!("memory transport: only in-process producers can reach this worker");
             Arc::new(MemoryTransport::new())
         }
+        TransportKind::Amqp => Arc::new(args.transport.amqp.connect().await?),
     };
     let worker = Worker::new(
         transport,
@@ -367,8 +634,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             shutdown.cancel();
         }
     });
-    worker.run(&models, shutdown).await?;
-    Ok(0)
+    let drain_timeout = args.drain_timeout;
+    let drain_expired = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        served = worker.run(&models, shutdown.clone()) => {
+            served?;
+            Ok(0)
+        }
+        () = drain_expired => {
+            tracing::error!(?drain_timeout, "drain timed out; unanswered requests go back to the broker");
+            Ok(1)
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -5,9 +5,9 @@
 use crate::batcher::Job;
 use crate::protocol::{ErrorResponse, InferError, Lane, decode_request, validate};
 use crate::registry::Registry;
-use crate::results::{self, finish};
+use crate::results::{self, Publisher};
 use crate::store::ModelName;
-use crate::transport::{Delivery, Transport, TransportError, queues};
+use crate::transport::{Delivery, Subscription, Transport, TransportError, queues};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,15 +17,15 @@ use tokio_util::task::TaskTracker;
 pub struct WorkerConfig {
     /// Requests with larger bodies are answered RESOURCE_EXHAUSTED unparsed.
     pub max_request_bytes: usize,
-    /// Unsettled deliveries per model.
+    /// Unsettled deliveries per request queue (each model has two).
     pub prefetch: usize,
     /// Internal failures are retried this often before dead-lettering.
     pub max_redeliveries: u32,
 }
 
 impl WorkerConfig {
-    /// Defaults for a batcher of `max_batch_size`: prefetch `2 × max_batch_size`, so one full
-    /// batch can form while the previous one computes.
+    /// Defaults for a batcher of `max_batch_size`: prefetch `2 × max_batch_size` per queue, so
+    /// one full batch can form while the previous one computes.
     pub fn for_batch_size(max_batch_size: usize) -> Self {
         Self {
             max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
@@ -39,6 +39,7 @@ impl WorkerConfig {
 #[derive(Clone)]
 pub struct Worker {
     transport: Arc<dyn Transport>,
+    publisher: Publisher,
     registry: Arc<Registry>,
     config: WorkerConfig,
     in_flight: TaskTracker,
@@ -52,6 +53,7 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         Self {
+            publisher: Publisher::new(transport.clone(), config.max_redeliveries),
             transport,
             registry,
             config,
@@ -59,8 +61,8 @@ impl Worker {
         }
     }
 
-    /// Loads `models` and serves them until `shutdown`; then stops taking requests and returns
-    /// once every request already taken is answered and settled (graceful drain).
+    /// Declares and loads `models` and serves them until `shutdown`; then stops taking
+    /// requests, answers those already taken (graceful drain) and returns once each is settled.
     pub async fn run(
         &self,
         models: &[ModelName],
@@ -68,6 +70,7 @@ impl Worker {
     ) -> Result<(), TransportError> {
         let mut consumers = tokio::task::JoinSet::new();
         for model in models {
+            self.transport.declare(model.as_str()).await?;
             if let Err(e) = self.registry.preload(model).await {
                 tracing::error!(%model, error = %e, "cannot read model; its requests will be answered with the error");
             }
@@ -81,7 +84,8 @@ impl Worker {
             consumers.spawn(async move { worker.consume(model, subscription, shutdown).await });
         }
         tracing::info!(served = ?self.registry.served(), "worker ready");
-        consumers.join_all().await;
+        // Subscriptions live until every delivery they handed out is settled.
+        let _subscriptions = consumers.join_all().await;
         self.in_flight.close();
         self.in_flight.wait().await;
         tracing::info!("worker stopped: every request taken was answered and settled");
@@ -91,13 +95,19 @@ impl Worker {
     async fn consume(
         &self,
         model: String,
-        mut subscription: Box<dyn crate::transport::Subscription>,
+        mut subscription: Box<dyn Subscription>,
         shutdown: CancellationToken,
-    ) {
+    ) -> Box<dyn Subscription> {
         let realtime = queues::requests(&model, Lane::Realtime);
+        let mut stopping = false;
         loop {
             let delivery = tokio::select! {
-                () = shutdown.cancelled() => break,
+                () = shutdown.cancelled(), if !stopping => {
+                    // Stop taking new requests, then answer the ones already taken.
+                    subscription.stop().await;
+                    stopping = true;
+                    continue;
+                }
                 delivery = subscription.next() => match delivery {
                     Some(delivery) => delivery,
                     None => break,
@@ -110,16 +120,30 @@ impl Worker {
             };
             self.accept(&model, lane, delivery).await;
         }
+        subscription
     }
 
     /// Takes one delivery into the pipeline; its answer is published by a tracked task.
     async fn accept(&self, model: &str, lane: Lane, delivery: Delivery) {
+        let publisher = self.publisher.clone();
+        if publisher.was_answered(&delivery) {
+            self.in_flight
+                .spawn(async move { publisher.skip(delivery).await });
+            return;
+        }
         let properties = &delivery.message.properties;
         // Errors and id-less requests are answered with the message id; copied only then.
         let fallback_id = || properties.message_id.clone().unwrap_or_default();
         let deadline = properties.deadline();
         let prepared = async {
             let unread = |e| (e, fallback_id());
+            if delivery.redeliveries > publisher.max_redeliveries() {
+                // Taken this often without being settled: it crashes or stalls workers.
+                return Err(unread(InferError::internal(format!(
+                    "delivered {} times without an answer (the worker failed each time)",
+                    delivery.redeliveries + 1
+                ))));
+            }
             let served = self
                 .registry
                 .get(model, properties.version.as_deref())
@@ -131,18 +155,13 @@ impl Worker {
             let inputs = validate(request, &served.manifest.inputs).map_err(|e| (e, id.clone()))?;
             Ok::<_, (InferError, String)>((served, id, inputs))
         };
-        let (transport, model, max) = (
-            self.transport.clone(),
-            model.to_owned(),
-            self.config.max_redeliveries,
-        );
+        let model = model.to_owned();
         let (served, id, inputs) = match prepared.await {
             Ok(ok) => ok,
             Err((error, id)) => {
                 let reply = Err(ErrorResponse::new(id, &error));
-                self.in_flight.spawn(async move {
-                    finish(transport.as_ref(), &model, delivery, reply, max).await
-                });
+                self.in_flight
+                    .spawn(async move { publisher.finish(&model, delivery, reply).await });
                 return;
             }
         };
@@ -159,7 +178,7 @@ impl Worker {
                 Ok(outputs) => Ok(results::response(&served.manifest, id, outputs, rows)),
                 Err(error) => Err(ErrorResponse::new(id, &error)),
             };
-            finish(transport.as_ref(), &model, delivery, reply, max).await;
+            publisher.finish(&model, delivery, reply).await;
         });
     }
 }

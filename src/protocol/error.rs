@@ -30,6 +30,19 @@ impl ErrorCode {
             Self::Internal => "INTERNAL",
         }
     }
+
+    /// The code named `value` on the wire.
+    pub fn parse(value: &str) -> Option<Self> {
+        [
+            Self::InvalidArgument,
+            Self::NotFound,
+            Self::DeadlineExceeded,
+            Self::ResourceExhausted,
+            Self::Internal,
+        ]
+        .into_iter()
+        .find(|code| code.as_str() == value)
+    }
 }
 
 impl fmt::Display for ErrorCode {

@@ -78,9 +78,15 @@ impl MemoryTransport {
 
 #[async_trait]
 impl Transport for MemoryTransport {
+    async fn declare(&self, _model: &str) -> Result<(), TransportError> {
+        Ok(())
+    }
+
     async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError> {
         if self.broker.closed.load(Ordering::SeqCst) {
-            return Err(TransportError("memory transport is closed".into()));
+            return Err(TransportError::Unavailable(
+                "memory transport is closed".into(),
+            ));
         }
         let stored = Stored {
             message,
@@ -99,6 +105,7 @@ impl Transport for MemoryTransport {
             broker: self.broker.clone(),
             queues: queues.to_vec(),
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
+            stopped: false,
         }))
     }
 }
@@ -107,11 +114,19 @@ struct MemorySubscription {
     broker: Arc<Broker>,
     queues: Vec<String>,
     permits: Arc<Semaphore>,
+    stopped: bool,
 }
 
 #[async_trait]
 impl Subscription for MemorySubscription {
+    async fn stop(&mut self) {
+        self.stopped = true;
+    }
+
     async fn next(&mut self) -> Option<Delivery> {
+        if self.stopped {
+            return None;
+        }
         let permit = tokio::select! {
             permit = self.permits.clone().acquire_owned() => permit.ok()?,
             () = closed(&self.broker) => return None,

@@ -5,6 +5,7 @@
 //! Every transport behaves like [`memory::MemoryTransport`], the reference; the shared suite in
 //! `tests/transport_suite/` runs against each one.
 
+pub mod amqp;
 pub mod memory;
 
 use crate::protocol::{ErrorCode, Lane};
@@ -93,10 +94,19 @@ pub struct Message {
     pub properties: Properties,
 }
 
-/// A transport failure; the operation may be retried.
+/// A transport failure.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("transport: {0}")]
-pub struct TransportError(pub String);
+pub enum TransportError {
+    /// The broker could not be reached or refused the operation; it may be retried.
+    #[error("transport unavailable: {0}")]
+    Unavailable(String),
+    /// Nothing consumes the destination (no such queue): retrying will not help.
+    #[error("no queue to deliver to: {0}")]
+    Unroutable(String),
+    /// The broker refused a declaration (e.g. a queue exists with other arguments).
+    #[error("topology: {0}")]
+    Topology(String),
+}
 
 /// How a delivery is settled with its broker. Exactly one method is called, once; a delivery
 /// dropped unsettled is requeued (as when a consumer's channel closes).
@@ -139,13 +149,20 @@ impl std::fmt::Debug for Delivery {
 /// A consumer of one or more queues.
 #[async_trait]
 pub trait Subscription: Send {
-    /// The next delivery, taking from earlier queues first; `None` once the transport closed.
+    /// The next delivery, taking from earlier queues first; `None` once the transport closed
+    /// or, after [`stop`](Self::stop), once the deliveries already taken are handed out.
     async fn next(&mut self) -> Option<Delivery>;
+    /// Stops taking new deliveries (graceful drain). Deliveries already taken keep coming from
+    /// `next` and stay settleable while the subscription lives.
+    async fn stop(&mut self);
 }
 
 /// A broker client.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
+    /// Creates `model`'s queues (requests, results, dead letters) if they do not exist yet;
+    /// idempotent.
+    async fn declare(&self, model: &str) -> Result<(), TransportError>;
     /// Publishes `message` to `queue`; returns once the broker has taken responsibility for it.
     async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError>;
     /// Consumes `queues`, earlier ones first, with at most `prefetch` deliveries unsettled.

@@ -9,14 +9,15 @@ use ember::transport::{Delivery, Message, Properties, Subscription, Transport, q
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// A queue name no other case uses.
-pub fn unique(case: &str, lane: Lane) -> (String, String) {
+/// A model no other case uses, its queues declared on `t`: its `lane` queue and its name.
+pub async fn unique(t: &impl Transport, case: &str, lane: Lane) -> (String, String) {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let model = format!(
         "suite-{case}-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     );
+    t.declare(&model).await.unwrap();
     (queues::requests(&model, lane), model)
 }
 
@@ -48,7 +49,7 @@ async fn nothing_within(sub: &mut Box<dyn Subscription>, wait: Duration) -> bool
 }
 
 pub async fn round_trip_preserves_body_and_properties(t: impl Transport) {
-    let (queue, _) = unique("roundtrip", Lane::Batch);
+    let (queue, _) = unique(&t, "roundtrip", Lane::Batch).await;
     let sent = message("1");
     t.publish(&queue, sent.clone()).await.unwrap();
     let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
@@ -60,7 +61,7 @@ pub async fn round_trip_preserves_body_and_properties(t: impl Transport) {
 }
 
 pub async fn ack_removes_the_message(t: impl Transport) {
-    let (queue, _) = unique("ack", Lane::Batch);
+    let (queue, _) = unique(&t, "ack", Lane::Batch).await;
     t.publish(&queue, message("1")).await.unwrap();
     let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
     next(&mut sub).await.settle.ack().await.unwrap();
@@ -70,7 +71,7 @@ pub async fn ack_removes_the_message(t: impl Transport) {
 }
 
 pub async fn requeue_redelivers_with_a_count(t: impl Transport) {
-    let (queue, _) = unique("requeue", Lane::Batch);
+    let (queue, _) = unique(&t, "requeue", Lane::Batch).await;
     t.publish(&queue, message("1")).await.unwrap();
     let mut sub = t.subscribe(&[queue], 10).await.unwrap();
     next(&mut sub).await.settle.requeue().await.unwrap();
@@ -81,7 +82,7 @@ pub async fn requeue_redelivers_with_a_count(t: impl Transport) {
 }
 
 pub async fn unsettled_delivery_is_redelivered_when_dropped(t: impl Transport) {
-    let (queue, _) = unique("drop", Lane::Batch);
+    let (queue, _) = unique(&t, "drop", Lane::Batch).await;
     t.publish(&queue, message("1")).await.unwrap();
     {
         let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
@@ -96,7 +97,7 @@ pub async fn unsettled_delivery_is_redelivered_when_dropped(t: impl Transport) {
 }
 
 pub async fn dead_letter_carries_the_reason(t: impl Transport) {
-    let (queue, model) = unique("dead", Lane::Batch);
+    let (queue, model) = unique(&t, "dead", Lane::Batch).await;
     t.publish(&queue, message("1")).await.unwrap();
     let mut sub = t.subscribe(&[queue], 10).await.unwrap();
     next(&mut sub)
@@ -120,7 +121,7 @@ pub async fn dead_letter_carries_the_reason(t: impl Transport) {
 }
 
 pub async fn earlier_queues_are_drained_first(t: impl Transport) {
-    let (batch, model) = unique("priority", Lane::Batch);
+    let (batch, model) = unique(&t, "priority", Lane::Batch).await;
     let realtime = queues::requests(&model, Lane::Realtime);
     for i in 0..3 {
         t.publish(&batch, message(&format!("b{i}"))).await.unwrap();
@@ -130,8 +131,9 @@ pub async fn earlier_queues_are_drained_first(t: impl Transport) {
             .await
             .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut sub = t.subscribe(&[realtime, batch], 1).await.unwrap();
+    // Priority holds among the deliveries a subscription has taken: let it take them all.
+    let mut sub = t.subscribe(&[realtime, batch], 3).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut order = Vec::new();
     for _ in 0..6 {
         let d = next(&mut sub).await;
@@ -142,7 +144,7 @@ pub async fn earlier_queues_are_drained_first(t: impl Transport) {
 }
 
 pub async fn prefetch_bounds_unsettled_deliveries(t: impl Transport) {
-    let (queue, _) = unique("prefetch", Lane::Batch);
+    let (queue, _) = unique(&t, "prefetch", Lane::Batch).await;
     for i in 0..5 {
         t.publish(&queue, message(&i.to_string())).await.unwrap();
     }
@@ -158,6 +160,42 @@ pub async fn prefetch_bounds_unsettled_deliveries(t: impl Transport) {
     assert_eq!(third.message.properties.message_id.as_deref(), Some("2"));
 }
 
+pub async fn stop_ends_the_subscription_and_leaves_the_rest_queued(t: impl Transport) {
+    let (queue, _) = unique(&t, "stop", Lane::Batch).await;
+    for i in 0..3 {
+        t.publish(&queue, message(&i.to_string())).await.unwrap();
+    }
+    let mut sub = t.subscribe(std::slice::from_ref(&queue), 10).await.unwrap();
+    let first = next(&mut sub).await;
+    sub.stop().await;
+    t.publish(&queue, message("after-stop")).await.unwrap();
+    // What was taken before `stop` may still come, then the subscription ends.
+    let mut taken = vec![first];
+    while let Some(d) = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the stopped subscription ends")
+    {
+        taken.push(d);
+    }
+    let ids: Vec<String> = taken
+        .iter()
+        .map(|d| d.message.properties.message_id.clone().unwrap())
+        .collect();
+    assert!(!ids.contains(&"after-stop".to_owned()), "{ids:?}");
+    for d in taken {
+        d.settle.ack().await.unwrap();
+    }
+    drop(sub);
+    let mut rest = t.subscribe(&[queue], 10).await.unwrap();
+    let mut left = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(500), rest.next()).await {
+        left.push(d.message.properties.message_id.clone().unwrap());
+        d.settle.ack().await.unwrap();
+    }
+    assert_eq!(ids.len() + left.len(), 4, "taken {ids:?}, left {left:?}");
+    assert!(left.contains(&"after-stop".to_owned()));
+}
+
 /// Expands to one `#[tokio::test]` per case, each with a transport from `$factory`.
 #[macro_export]
 macro_rules! transport_suite {
@@ -170,6 +208,7 @@ macro_rules! transport_suite {
             dead_letter_carries_the_reason,
             earlier_queues_are_drained_first,
             prefetch_bounds_unsettled_deliveries,
+            stop_ends_the_subscription_and_leaves_the_rest_queued,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

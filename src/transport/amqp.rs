@@ -1,0 +1,952 @@
+//! The RabbitMQ transport (AMQP 0-9-1 through `lapin`): the queue topology of DESIGN.md,
+//! publisher confirms, manual acks with a prefetch window, reconnection with backoff, and
+//! direct reply-to RPC for clients.
+//!
+//! Settling: `ack` acks; `requeue` republishes the message to the tail of its queue with
+//! `ember-redeliveries` raised by one, then acks (so classic queues count redeliveries too and a
+//! failing request does not block the head); `dead_letter` publishes it to `ember.dlx` with
+//! `ember-error`/`ember-error-code` added to its headers (`x-death` and the rest kept), then acks.
+//! Whatever cannot be settled is left unacked, and the broker redelivers it.
+
+use super::{
+    Delivery, Message, Properties, Settle, Subscription, Transport, TransportError, queues,
+};
+use crate::protocol::{ErrorCode, Lane};
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::tcp::OwnedTLSConfig;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{
+    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
+    ExchangeKind,
+};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+/// The dead-letter exchange; it routes by the source queue's name into `ember.<model>.dead`.
+pub const DEAD_LETTER_EXCHANGE: &str = "ember.dlx";
+/// RabbitMQ's direct reply-to pseudo-queue (RPC replies without a reply queue).
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Header counting the redeliveries Ember made itself (by republishing).
+pub const REDELIVERIES_HEADER: &str = "ember-redeliveries";
+
+const MODEL_HEADER: &str = "ember-model";
+const VERSION_HEADER: &str = "ember-model-version";
+const LANE_HEADER: &str = "ember-lane";
+const DEADLINE_HEADER: &str = "ember-deadline-ms";
+const ERROR_CODE_HEADER: &str = "ember-error-code";
+const ERROR_HEADER: &str = "ember-error";
+/// Quorum queues count every delivery attempt in this header.
+const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
+
+const PUBLISH_ATTEMPTS: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The kind of the durable queues Ember declares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    /// Replicated, and every redelivery is counted (`x-delivery-count`).
+    #[default]
+    Quorum,
+    /// Single-node queues.
+    Classic,
+}
+
+/// How to reach the broker and shape the queues.
+#[derive(Clone)]
+pub struct AmqpConfig {
+    /// `amqp://user:password@host:port/vhost` or `amqps://...`; a secret (never logged).
+    pub url: String,
+    /// PEM file of the CA that signed the broker's certificate (for `amqps://`), beside the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Kind of queues `declare` creates.
+    pub queue_type: QueueType,
+    /// Queues unused this long are deleted by the broker (`x-expires`); `None` keeps them.
+    pub queue_expiry: Option<Duration>,
+}
+
+impl AmqpConfig {
+    /// Defaults (quorum queues that never expire) for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ca_file: None,
+            queue_type: QueueType::default(),
+            queue_expiry: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact(&self.url))
+            .field("ca_file", &self.ca_file)
+            .field("queue_type", &self.queue_type)
+            .field("queue_expiry", &self.queue_expiry)
+            .finish()
+    }
+}
+
+/// `url` with its password replaced by `***`, for logs and errors.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// A RabbitMQ client; clones share one connection, reopened when it breaks.
+#[derive(Clone)]
+pub struct AmqpTransport {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: AmqpConfig,
+    ca_chain: Option<String>,
+    current: ArcSwapOption<Session>,
+    connecting: tokio::sync::Mutex<()>,
+    tags: AtomicU64,
+}
+
+/// One connection and its confirm-mode publishing channel.
+struct Session {
+    connection: Connection,
+    publisher: Channel,
+}
+
+impl Session {
+    fn usable(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Unavailable(e.to_string())
+}
+
+impl AmqpTransport {
+    /// Connects to the broker of `config` (once, so a wrong URL fails here).
+    pub async fn connect(config: AmqpConfig) -> Result<Self, TransportError> {
+        let ca_chain = match &config.ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                TransportError::Unavailable(format!("cannot read CA file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            config,
+            ca_chain,
+            current: ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+            tags: AtomicU64::new(0),
+        });
+        shared.session().await?;
+        Ok(Self { shared })
+    }
+
+    /// Sends `message` to `queue` and waits up to `timeout` for the reply, through RabbitMQ's
+    /// direct reply-to (no reply queue is declared). The request's correlation id is its
+    /// message id unless set.
+    pub async fn call(
+        &self,
+        queue: &str,
+        mut message: Message,
+        timeout: Duration,
+    ) -> Result<Message, TransportError> {
+        let session = self.shared.session().await?;
+        let channel = session
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)?;
+        let result = async {
+            let options = BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            };
+            let mut replies = channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    self.shared.tag().into(),
+                    options,
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(unavailable)?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let properties = &mut message.properties;
+            let correlation_id = match &properties.correlation_id {
+                Some(id) => id.clone(),
+                None => {
+                    let id = properties
+                        .message_id
+                        .clone()
+                        .unwrap_or_else(|| self.shared.tag());
+                    properties.correlation_id = Some(id.clone());
+                    id
+                }
+            };
+            properties.reply_to = Some(DIRECT_REPLY_TO.into());
+            publish_on(&channel, "", queue, &message.body, to_amqp(properties)).await?;
+            let reply = async {
+                loop {
+                    match next_of(std::slice::from_mut(&mut replies)).await.1 {
+                        Some(Ok(reply))
+                            if reply
+                                .properties
+                                .correlation_id()
+                                .as_ref()
+                                .map(|c| c.as_str())
+                                == Some(correlation_id.as_str()) =>
+                        {
+                            return Ok(Message {
+                                properties: from_amqp(&reply.properties),
+                                body: Bytes::from(reply.data),
+                            });
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(unavailable(e)),
+                        None => return Err(unavailable("the reply channel closed")),
+                    }
+                }
+            };
+            tokio::time::timeout(timeout, reply).await.map_err(|_| {
+                TransportError::Unavailable(format!(
+                    "no reply from {queue} within {}",
+                    humantime::format_duration(timeout)
+                ))
+            })?
+        }
+        .await;
+        let _ = channel.close(200, "done".into()).await;
+        result
+    }
+
+    /// Deletes `model`'s queues (requests, results, dead letters) with whatever they hold.
+    pub async fn delete(&self, model: &str) -> Result<(), TransportError> {
+        let channel = self.shared.channel().await?;
+        let names = [
+            queues::requests(model, Lane::Realtime),
+            queues::requests(model, Lane::Batch),
+            queues::results(model),
+            queues::dead(model),
+        ];
+        for name in names {
+            channel
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        let _ = channel.close(200, "deleted".into()).await;
+        Ok(())
+    }
+
+    /// Messages ready in `queue` (not counting unacked deliveries).
+    pub async fn depth(&self, queue: &str) -> Result<u32, TransportError> {
+        let channel = self.shared.channel().await?;
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declared = channel
+            .queue_declare(queue.into(), options, FieldTable::default())
+            .await
+            .map_err(unavailable)?;
+        let _ = channel.close(200, "done".into()).await;
+        Ok(declared.message_count())
+    }
+}
+
+impl Shared {
+    /// The open session, reconnecting (once) if it broke.
+    async fn session(&self) -> Result<Arc<Session>, TransportError> {
+        if let Some(session) = self.current.load_full().filter(|s| s.usable()) {
+            return Ok(session);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(session) = self.current.load_full().filter(|s| s.usable()) {
+            return Ok(session);
+        }
+        let session = Arc::new(self.open().await.map_err(|e| {
+            TransportError::Unavailable(format!(
+                "cannot connect to {}: {e}",
+                redact(&self.config.url)
+            ))
+        })?);
+        tracing::info!(broker = %redact(&self.config.url), "connected to RabbitMQ");
+        self.current.store(Some(session.clone()));
+        Ok(session)
+    }
+
+    async fn open(&self) -> lapin::Result<Session> {
+        let tls = OwnedTLSConfig {
+            identity: None,
+            cert_chain: self.ca_chain.clone(),
+        };
+        let properties = ConnectionProperties::default()
+            .with_connection_name(format!("ember-{}", std::process::id()).into());
+        let runtime = lapin::runtime::default_runtime()?;
+        let connection =
+            Connection::connect_with_config(&self.config.url, properties, tls, runtime).await?;
+        let publisher = connection.create_channel().await?;
+        publisher
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Session {
+            connection,
+            publisher,
+        })
+    }
+
+    /// A fresh channel for one-off operations (a failed declaration closes its channel).
+    async fn channel(&self) -> Result<Channel, TransportError> {
+        let session = self.session().await?;
+        session
+            .connection
+            .create_channel()
+            .await
+            .map_err(unavailable)
+    }
+
+    fn tag(&self) -> String {
+        format!(
+            "ember-{}-{}",
+            std::process::id(),
+            self.tags.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Publishes and waits for the broker's confirm, reconnecting and retrying on failures
+    /// of the connection (not on refusals).
+    async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), TransportError> {
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 1;
+        loop {
+            let published = match self.session().await {
+                Ok(session) => {
+                    publish_on(
+                        &session.publisher,
+                        exchange,
+                        routing_key,
+                        body,
+                        properties.clone(),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match published {
+                Err(TransportError::Unavailable(e)) if attempt < PUBLISH_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "publish failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn queue_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        let kind = match self.config.queue_type {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        };
+        arguments.insert("x-queue-type".into(), text(kind));
+        if let Some(expiry) = self.config.queue_expiry {
+            let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
+            arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
+        }
+        arguments
+    }
+
+    async fn declare_topology(&self, channel: &Channel, model: &str) -> lapin::Result<()> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let exchange = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                DEAD_LETTER_EXCHANGE.into(),
+                ExchangeKind::Direct,
+                exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        let arguments = self.queue_arguments();
+        let dead = queues::dead(model);
+        channel
+            .queue_declare(dead.as_str().into(), durable, arguments.clone())
+            .await?;
+        for lane in [Lane::Realtime, Lane::Batch] {
+            let queue = queues::requests(model, lane);
+            let mut with_dlx = arguments.clone();
+            with_dlx.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+            channel
+                .queue_declare(queue.as_str().into(), durable, with_dlx)
+                .await?;
+            channel
+                .queue_bind(
+                    dead.as_str().into(),
+                    DEAD_LETTER_EXCHANGE.into(),
+                    queue.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        channel
+            .queue_declare(queues::results(model).into(), durable, arguments)
+            .await?;
+        Ok(())
+    }
+
+    /// Opens a channel consuming `queues` with `prefetch` unacked deliveries per queue.
+    async fn consume(&self, queues: &[String], prefetch: u16) -> Result<Consumers, TransportError> {
+        let channel = self.channel().await?;
+        let consuming = async {
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let mut consumers = Vec::with_capacity(queues.len());
+            for queue in queues {
+                let consumer = channel
+                    .basic_consume(
+                        queue.as_str().into(),
+                        self.tag().into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+                consumers.push(consumer);
+            }
+            Ok::<_, lapin::Error>(consumers)
+        };
+        match consuming.await {
+            Ok(consumers) => Ok(Consumers {
+                channel,
+                consumers,
+                queue_of: (0..queues.len()).collect(),
+            }),
+            Err(e) => {
+                let _ = channel.close(200, "cannot consume".into()).await;
+                Err(TransportError::Unavailable(format!(
+                    "cannot consume {}: {e}",
+                    queues.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// Publishes on `channel` (in confirm mode, `mandatory`) and waits for the confirm.
+async fn publish_on(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), TransportError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            body,
+            properties,
+        )
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))
+            if returned.reply_code == 312 =>
+        {
+            Err(TransportError::Unroutable(routing_key.to_owned()))
+        }
+        Confirmation::Nack(_) | Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(
+            format!("the broker refused the message for {routing_key}"),
+        )),
+        Confirmation::NotRequested => Err(TransportError::Unavailable(
+            "publisher confirms are off on this channel".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Transport for AmqpTransport {
+    async fn declare(&self, model: &str) -> Result<(), TransportError> {
+        let channel = self.shared.channel().await?;
+        let declared = self.shared.declare_topology(&channel, model).await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared.map_err(|e| {
+            TransportError::Topology(format!(
+                "declaring the queues of {model}: {e} (if they exist with other arguments, \
+                 --queue-type must match how they were created)"
+            ))
+        })
+    }
+
+    async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError> {
+        let properties = to_amqp(&message.properties);
+        self.shared
+            .publish("", queue, &message.body, properties)
+            .await
+    }
+
+    async fn subscribe(
+        &self,
+        queues: &[String],
+        prefetch: usize,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
+        let prefetch = u16::try_from(prefetch.max(1)).unwrap_or(u16::MAX);
+        let active = self.shared.consume(queues, prefetch).await?;
+        Ok(Box::new(AmqpSubscription {
+            shared: self.shared.clone(),
+            queues: queues.to_vec(),
+            prefetch,
+            active: Some(active),
+            stopping: false,
+        }))
+    }
+}
+
+/// A channel and its consumers, with the index of the queue each consumes.
+struct Consumers {
+    channel: Channel,
+    consumers: Vec<Consumer>,
+    queue_of: Vec<usize>,
+}
+
+impl Consumers {
+    fn remove(&mut self, position: usize) {
+        self.consumers.remove(position);
+        self.queue_of.remove(position);
+    }
+}
+
+impl Drop for Consumers {
+    fn drop(&mut self) {
+        // Closing the channel hands its unacked deliveries back to the broker.
+        if self.channel.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let channel = self.channel.clone();
+            runtime.spawn(async move { channel.close(200, "unsubscribed".into()).await });
+        }
+    }
+}
+
+/// The first item any of `consumers` has ready, earlier ones first.
+async fn next_of(
+    consumers: &mut [Consumer],
+) -> (usize, Option<lapin::Result<lapin::message::Delivery>>) {
+    std::future::poll_fn(|cx| {
+        for (index, consumer) in consumers.iter_mut().enumerate() {
+            if let Poll::Ready(item) = Pin::new(consumer).poll_next(cx) {
+                return Poll::Ready((index, item));
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+struct AmqpSubscription {
+    shared: Arc<Shared>,
+    queues: Vec<String>,
+    prefetch: u16,
+    active: Option<Consumers>,
+    stopping: bool,
+}
+
+impl AmqpSubscription {
+    /// Consumes again after the channel or connection broke, backing off while it fails.
+    async fn resubscribe(&mut self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            match self.shared.consume(&self.queues, self.prefetch).await {
+                Ok(active) => {
+                    tracing::info!(queues = ?self.queues, "consuming again");
+                    self.active = Some(active);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot consume; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn delivery(&self, queue_index: usize, delivery: lapin::message::Delivery) -> Delivery {
+        let queue = self.queues[queue_index].clone();
+        let redeliveries = redeliveries(&delivery);
+        let body = Bytes::from(delivery.data);
+        Delivery {
+            message: Message {
+                body: body.clone(),
+                properties: from_amqp(&delivery.properties),
+            },
+            queue: queue.clone(),
+            redeliveries,
+            settle: Box::new(AmqpSettle {
+                shared: self.shared.clone(),
+                acker: delivery.acker,
+                queue,
+                body,
+                properties: delivery.properties,
+                redeliveries,
+                settled: false,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Option<Delivery> {
+        loop {
+            let Some(active) = self.active.as_mut() else {
+                if self.stopping {
+                    return None;
+                }
+                self.resubscribe().await;
+                continue;
+            };
+            if active.consumers.is_empty() {
+                // Stopped and drained (the channel stays open for the settles still to come).
+                return None;
+            }
+            let (position, item) = next_of(&mut active.consumers).await;
+            let index = active.queue_of[position];
+            match item {
+                Some(Ok(delivery)) => return Some(self.delivery(index, delivery)),
+                Some(Err(e)) if self.stopping => {
+                    tracing::debug!(error = %e, "consumer ended while stopping");
+                    active.remove(position);
+                }
+                None if self.stopping => active.remove(position),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, queue = %self.queues[index], "lost the broker; reconnecting");
+                    self.active = None;
+                }
+                None => {
+                    tracing::warn!(queue = %self.queues[index], "the broker cancelled consuming; resubscribing");
+                    self.active = None;
+                    tokio::time::sleep(FIRST_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    async fn stop(&mut self) {
+        self.stopping = true;
+        if let Some(active) = &self.active {
+            for consumer in &active.consumers {
+                // On failure the channel is gone: its consumers end by themselves.
+                let _ = active
+                    .channel
+                    .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                    .await;
+            }
+        }
+    }
+}
+
+/// How often the broker delivered this message before: the quorum queue's count, Ember's own
+/// count from republishing, or 1 for a classic queue's `redelivered` flag.
+fn redeliveries(delivery: &lapin::message::Delivery) -> u32 {
+    let headers = delivery.properties.headers().as_ref();
+    let count = |name| {
+        headers
+            .and_then(|h| h.inner().get(name))
+            .and_then(integer)
+            .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+    };
+    count(DELIVERY_COUNT_HEADER)
+        .max(count(REDELIVERIES_HEADER))
+        .max(u32::from(delivery.redelivered))
+}
+
+struct AmqpSettle {
+    shared: Arc<Shared>,
+    acker: Acker,
+    queue: String,
+    body: Bytes,
+    properties: BasicProperties,
+    redeliveries: u32,
+    settled: bool,
+}
+
+/// An acker's answer as a result: `Ok(false)` means its channel is gone (the broker redelivers).
+fn acked(result: lapin::Result<bool>) -> Result<(), TransportError> {
+    match result {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TransportError::Unavailable(
+            "the delivery's channel closed; the broker redelivers it".into(),
+        )),
+        Err(e) => Err(unavailable(e)),
+    }
+}
+
+impl AmqpSettle {
+    /// The message's properties with `entries` added to its headers (the others kept).
+    fn with_headers(&self, entries: &[(&str, AMQPValue)]) -> BasicProperties {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        for (name, value) in entries {
+            headers.insert((*name).into(), value.clone());
+        }
+        self.properties.clone().with_headers(headers)
+    }
+}
+
+#[async_trait]
+impl Settle for AmqpSettle {
+    async fn ack(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settled = true;
+        acked(self.acker.ack(BasicAckOptions::default()).await)
+    }
+
+    async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
+        self.settled = true;
+        let count = i64::from(self.redeliveries) + 1;
+        let properties = self.with_headers(&[(REDELIVERIES_HEADER, AMQPValue::LongLongInt(count))]);
+        let republished = self
+            .shared
+            .publish("", &self.queue, &self.body, properties)
+            .await;
+        match republished {
+            Ok(()) => acked(self.acker.ack(BasicAckOptions::default()).await),
+            Err(e) => {
+                tracing::debug!(error = %e, "republishing failed; requeueing in place");
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                acked(self.acker.nack(options).await)
+            }
+        }
+    }
+
+    async fn dead_letter(
+        mut self: Box<Self>,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        self.settled = true;
+        let properties = self.with_headers(&[
+            (ERROR_CODE_HEADER, text(code.as_str())),
+            (ERROR_HEADER, text(reason)),
+        ]);
+        let published = self
+            .shared
+            .publish(DEAD_LETTER_EXCHANGE, &self.queue, &self.body, properties)
+            .await;
+        match published {
+            Ok(()) => acked(self.acker.ack(BasicAckOptions::default()).await),
+            Err(e) => {
+                // Let the broker dead-letter it instead (x-death, without Ember's reason).
+                tracing::warn!(error = %e, "publishing the dead letter failed; rejecting it");
+                acked(self.acker.reject(BasicRejectOptions::default()).await)
+            }
+        }
+    }
+}
+
+impl Drop for AmqpSettle {
+    fn drop(&mut self) {
+        if !self.settled
+            && self.acker.usable()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let acker = self.acker.clone();
+            let options = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            runtime.spawn(async move { acker.nack(options).await });
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::ShortShortInt(n) => Some((*n).into()),
+        AMQPValue::ShortShortUInt(n) => Some((*n).into()),
+        AMQPValue::ShortInt(n) => Some((*n).into()),
+        AMQPValue::ShortUInt(n) => Some((*n).into()),
+        AMQPValue::LongInt(n) => Some((*n).into()),
+        AMQPValue::LongUInt(n) => Some((*n).into()),
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        other => string(other)?.trim().parse().ok(),
+    }
+}
+
+fn string(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The AMQP properties and headers of `properties` (persistent, JSON content).
+fn to_amqp(properties: &Properties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut put = |name: &str, value: Option<AMQPValue>| {
+        if let Some(value) = value {
+            headers.insert(name.into(), value);
+        }
+    };
+    put(MODEL_HEADER, properties.model.as_deref().map(text));
+    put(VERSION_HEADER, properties.version.as_deref().map(text));
+    put(LANE_HEADER, properties.lane.map(|lane| text(lane.as_str())));
+    put(
+        DEADLINE_HEADER,
+        properties
+            .deadline_ms
+            .map(|ms| AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX))),
+    );
+    put(
+        ERROR_CODE_HEADER,
+        properties.error_code.map(|code| text(code.as_str())),
+    );
+    put(ERROR_HEADER, properties.error.as_deref().map(text));
+    let short = |value: &Option<String>| value.as_deref().map(ShortString::from);
+    let mut amqp = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    if let Some(id) = short(&properties.message_id) {
+        amqp = amqp.with_message_id(id);
+    }
+    if let Some(id) = short(&properties.correlation_id) {
+        amqp = amqp.with_correlation_id(id);
+    }
+    if let Some(queue) = short(&properties.reply_to) {
+        amqp = amqp.with_reply_to(queue);
+    }
+    amqp
+}
+
+/// The wire-protocol properties of an AMQP message. Header values may be long or short
+/// strings; the deadline any integer type or a decimal string (as other clients send them).
+fn from_amqp(amqp: &BasicProperties) -> Properties {
+    let headers = amqp.headers().as_ref();
+    let header = |name: &str| headers.and_then(|h| h.inner().get(name));
+    let header_text = |name: &str| header(name).and_then(string);
+    let owned = |value: &Option<ShortString>| value.as_ref().map(|s| s.as_str().to_owned());
+    Properties {
+        message_id: owned(amqp.message_id()),
+        correlation_id: owned(amqp.correlation_id()),
+        reply_to: owned(amqp.reply_to()),
+        model: header_text(MODEL_HEADER),
+        version: header_text(VERSION_HEADER),
+        lane: header_text(LANE_HEADER).and_then(|lane| Lane::parse(&lane)),
+        deadline_ms: header(DEADLINE_HEADER)
+            .and_then(integer)
+            .and_then(|ms| u64::try_from(ms).ok()),
+        error_code: header_text(ERROR_CODE_HEADER).and_then(|code| ErrorCode::parse(&code)),
+        error: header_text(ERROR_HEADER),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_the_password_only() {
+        assert_eq!(
+            redact("amqps://ember:s3cret@mq.example:5671/prod"),
+            "amqps://ember:***@mq.example:5671/prod"
+        );
+        assert_eq!(
+            redact("amqp://127.0.0.1:5672/%2f"),
+            "amqp://127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://user@host"), "amqp://user:***@host");
+        let config = AmqpConfig::new("amqp://u:pw@h/v");
+        assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[test]
+    fn properties_survive_the_amqp_mapping() {
+        let properties = Properties {
+            message_id: Some("m".into()),
+            correlation_id: Some("c".into()),
+            reply_to: Some("r".into()),
+            model: Some("digits".into()),
+            version: Some("production".into()),
+            lane: Some(Lane::Realtime),
+            deadline_ms: Some(1_700_000_000_123),
+            error_code: Some(ErrorCode::DeadlineExceeded),
+            error: Some("late".into()),
+        };
+        assert_eq!(from_amqp(&to_amqp(&properties)), properties);
+    }
+
+    #[test]
+    fn headers_from_other_clients_are_read_leniently() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            DEADLINE_HEADER.into(),
+            AMQPValue::ShortString("1700000000000".into()),
+        );
+        headers.insert(LANE_HEADER.into(), AMQPValue::ShortString("batch".into()));
+        headers.insert(MODEL_HEADER.into(), AMQPValue::LongInt(7));
+        let properties = from_amqp(&BasicProperties::default().with_headers(headers));
+        assert_eq!(properties.deadline_ms, Some(1_700_000_000_000));
+        assert_eq!(properties.lane, Some(Lane::Batch));
+        assert_eq!(properties.model, None);
+    }
+}
