@@ -4,45 +4,23 @@
 use bytes::Bytes;
 use ember::batcher::BatchConfig;
 use ember::protocol::{
-    DataType, ErrorCode, ErrorResponse, InferResponse, Lane, Reply, Tensor, TensorData,
-    decode_reply, encode_request,
+    ErrorCode, ErrorResponse, InferResponse, Lane, Reply, TensorData, decode_reply,
 };
 use ember::registry::Registry;
 use ember::store::Repository;
-use ember::train::digits;
 use ember::transport::memory::MemoryTransport;
 use ember::transport::{Message, Properties, Subscription, Transport, queues};
 use ember::worker::{Worker, WorkerConfig};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+use common::{held_out, image_request, repo_with};
+
 const REPLIES: &str = "test.replies";
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
-
-/// A temporary repository holding the shipped digits model under each of `names`.
-fn repo_with(names: &[&str]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits");
-    for name in names {
-        let version_dir = dir.path().join(name).join("1");
-        std::fs::create_dir_all(&version_dir).unwrap();
-        std::fs::copy(shipped.join("1/model.bin"), version_dir.join("model.bin")).unwrap();
-        let mut manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(shipped.join("1/manifest.json")).unwrap())
-                .unwrap();
-        manifest["name"] = (*name).into();
-        std::fs::write(version_dir.join("manifest.json"), manifest.to_string()).unwrap();
-        std::fs::write(
-            dir.path().join(name).join("aliases.json"),
-            r#"{"production":"1"}"#,
-        )
-        .unwrap();
-    }
-    dir
-}
 
 struct Pipeline {
     transport: MemoryTransport,
@@ -123,20 +101,6 @@ impl Pipeline {
         self.shutdown.cancel();
         self.serving.await.unwrap();
     }
-}
-
-fn held_out() -> digits::Digits {
-    digits::split(&digits::load(), 7, 0.2).1
-}
-
-fn image_request(id: &str, pixels: &[f32], rows: usize) -> Vec<u8> {
-    let input = Tensor {
-        name: "input".into(),
-        shape: vec![rows, digits::PIXELS],
-        datatype: DataType::Fp32,
-        data: TensorData::F32(pixels.to_vec()),
-    };
-    encode_request(id, &[input])
 }
 
 fn ok(reply: Reply) -> InferResponse {

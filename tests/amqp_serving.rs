@@ -1,0 +1,471 @@
+//! Serving through a real RabbitMQ: a worker (in this process, or `ember serve` processes that
+//! get killed) answers requests from its queues; every request is answered, none lost.
+
+mod common;
+
+use bytes::Bytes;
+use common::{broker, held_out, image_request, repo_with, unique_model};
+use ember::batcher::BatchConfig;
+use ember::protocol::{ErrorCode, Lane, Reply, TensorData, decode_reply};
+use ember::registry::Registry;
+use ember::store::Repository;
+use ember::transport::amqp::AmqpTransport;
+use ember::transport::{Message, Properties, Subscription, Transport, TransportError, queues};
+use ember::worker::{Worker, WorkerConfig};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// A worker in this process serving one fresh model over RabbitMQ.
+struct Served {
+    model: String,
+    transport: AmqpTransport,
+    shutdown: CancellationToken,
+    serving: JoinHandle<()>,
+    _repo: tempfile::TempDir,
+}
+
+impl Served {
+    async fn start(prefix: &str) -> Self {
+        let model = unique_model(prefix);
+        let transport = broker(|c| c).await;
+        transport.declare(&model).await.unwrap();
+        Self::start_on(model, transport).await
+    }
+
+    async fn start_on(model: String, transport: AmqpTransport) -> Self {
+        let repo = repo_with(&[&model]);
+        let registry = Arc::new(Registry::new(
+            Repository::open(repo.path().to_str().unwrap()).unwrap(),
+            BatchConfig::default(),
+        ));
+        let config = WorkerConfig {
+            max_request_bytes: MAX_REQUEST_BYTES,
+            ..WorkerConfig::for_batch_size(32)
+        };
+        let worker = Worker::new(Arc::new(transport.clone()), registry, config);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn({
+            let (shutdown, models) = (shutdown.clone(), vec![model.parse().unwrap()]);
+            async move { worker.run(&models, shutdown).await.unwrap() }
+        });
+        Self {
+            model,
+            transport,
+            shutdown,
+            serving,
+            _repo: repo,
+        }
+    }
+
+    /// Realtime RPC through direct reply-to.
+    async fn call(&self, body: impl Into<Bytes>, properties: Properties) -> (Properties, Reply) {
+        let message = Message {
+            body: body.into(),
+            properties,
+        };
+        let queue = queues::requests(&self.model, Lane::Realtime);
+        let reply = self
+            .transport
+            .call(&queue, message, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let decoded = decode_reply(&reply.body).expect("a well-formed reply");
+        (reply.properties, decoded)
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.serving.await.unwrap();
+        self.transport.delete(&self.model).await.unwrap();
+    }
+}
+
+fn with_id(id: &str) -> Properties {
+    Properties {
+        message_id: Some(id.into()),
+        ..Properties::default()
+    }
+}
+
+fn code(reply: &Reply) -> Option<ErrorCode> {
+    match reply {
+        Reply::Ok(_) => None,
+        Reply::Err(e) => Some(e.code),
+    }
+}
+
+async fn next(sub: &mut Box<dyn Subscription>) -> Message {
+    let delivery = tokio::time::timeout(Duration::from_secs(30), sub.next())
+        .await
+        .expect("a message within 30 s")
+        .expect("subscription open");
+    let message = delivery.message.clone();
+    delivery.settle.ack().await.unwrap();
+    message
+}
+
+#[tokio::test]
+async fn realtime_rpc_is_answered_through_direct_reply_to() {
+    let served = Served::start("rpc").await;
+    let data = held_out();
+    for i in 0..3 {
+        let properties = Properties {
+            correlation_id: Some(format!("corr-{i}")),
+            ..with_id(&format!("m-{i}"))
+        };
+        let (reply_properties, reply) = served
+            .call(
+                image_request(&format!("r-{i}"), data.image(i), 1),
+                properties,
+            )
+            .await;
+        assert_eq!(
+            reply_properties.correlation_id.as_deref(),
+            Some(format!("corr-{i}").as_str())
+        );
+        let Reply::Ok(response) = reply else {
+            panic!("an answer")
+        };
+        assert_eq!(response.id, format!("r-{i}"));
+        assert_eq!(
+            response.outputs[1].data,
+            TensorData::I64(vec![data.labels[i].into()])
+        );
+    }
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn batch_results_go_to_the_result_queue_keyed_by_message_id() {
+    let served = Served::start("batch").await;
+    let data = held_out();
+    let mut results = served
+        .transport
+        .subscribe(&[queues::results(&served.model)], 100)
+        .await
+        .unwrap();
+    for i in 0..20 {
+        let message = Message {
+            body: image_request(&format!("r-{i}"), data.image(i), 1).into(),
+            properties: with_id(&format!("m-{i}")),
+        };
+        let queue = queues::requests(&served.model, Lane::Batch);
+        served.transport.publish(&queue, message).await.unwrap();
+    }
+    let mut seen = HashMap::new();
+    for _ in 0..20 {
+        let message = next(&mut results).await;
+        let correlation = message.properties.correlation_id.clone().unwrap();
+        let Reply::Ok(response) = decode_reply(&message.body).unwrap() else {
+            panic!("an answer")
+        };
+        assert_eq!(
+            message.properties.model.as_deref(),
+            Some(served.model.as_str())
+        );
+        seen.insert(correlation, response.id);
+    }
+    for i in 0..20 {
+        assert_eq!(seen[&format!("m-{i}")], format!("r-{i}"));
+    }
+    drop(results);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn poison_is_answered_with_errors_and_the_queue_keeps_flowing() {
+    let served = Served::start("poison").await;
+    let data = held_out();
+    let valid = image_request("ok", data.image(0), 1);
+    let wrong_shape = image_request("shape", &data.image(0)[..32], 1);
+    let cases: Vec<(Vec<u8>, Properties, ErrorCode)> = vec![
+        (
+            b"not json".to_vec(),
+            with_id("a"),
+            ErrorCode::InvalidArgument,
+        ),
+        (Vec::new(), with_id("b"), ErrorCode::InvalidArgument),
+        (
+            vec![0xff, 0xfe, 0x00],
+            with_id("c"),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            br#"{"inputs":[]}"#.to_vec(),
+            with_id("d"),
+            ErrorCode::InvalidArgument,
+        ),
+        (
+            br#"{"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":["x"]}]}"#
+                .to_vec(),
+            with_id("e"),
+            ErrorCode::InvalidArgument,
+        ),
+        (wrong_shape, with_id("f"), ErrorCode::InvalidArgument),
+        (
+            vec![b' '; MAX_REQUEST_BYTES + 1],
+            with_id("g"),
+            ErrorCode::ResourceExhausted,
+        ),
+        (
+            valid.clone(),
+            Properties {
+                version: Some("no-such-version".into()),
+                ..with_id("h")
+            },
+            ErrorCode::NotFound,
+        ),
+        (
+            valid.clone(),
+            Properties {
+                deadline_ms: Some(1_000),
+                ..with_id("i")
+            },
+            ErrorCode::DeadlineExceeded,
+        ),
+    ];
+    for (body, properties, expected) in cases {
+        let id = properties.message_id.clone();
+        let (_, reply) = served.call(body, properties).await;
+        assert_eq!(code(&reply), Some(expected), "message {id:?}: {reply:?}");
+    }
+    // Poison without reply_to is answered on the result queue, and acked.
+    let mut results = served
+        .transport
+        .subscribe(&[queues::results(&served.model)], 10)
+        .await
+        .unwrap();
+    let batch = queues::requests(&served.model, Lane::Batch);
+    let poison = Message {
+        body: Bytes::from_static(b"{{{"),
+        properties: with_id("no-reply"),
+    };
+    served.transport.publish(&batch, poison).await.unwrap();
+    let answered = next(&mut results).await;
+    assert_eq!(
+        answered.properties.correlation_id.as_deref(),
+        Some("no-reply")
+    );
+    assert_eq!(
+        answered.properties.error_code,
+        Some(ErrorCode::InvalidArgument)
+    );
+    let (_, after) = served.call(valid, with_id("valid")).await;
+    assert_eq!(code(&after), None, "a valid request after the poison");
+    assert_eq!(served.transport.depth(&batch).await.unwrap(), 0);
+    drop(results);
+    served.stop().await;
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_failing_workers_is_dead_lettered_with_the_reason() {
+    let model = unique_model("crashloop");
+    let transport = broker(|c| c).await;
+    transport.declare(&model).await.unwrap();
+    let batch = queues::requests(&model, Lane::Batch);
+    let data = held_out();
+    let message = Message {
+        body: image_request("doomed", data.image(0), 1).into(),
+        properties: with_id("doomed"),
+    };
+    transport.publish(&batch, message).await.unwrap();
+    // Workers that die holding it: each unsettled delivery goes back to the queue.
+    {
+        let mut sub = transport
+            .subscribe(std::slice::from_ref(&batch), 1)
+            .await
+            .unwrap();
+        loop {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .unwrap()
+                .unwrap();
+            if delivery.redeliveries > ember::results::DEFAULT_MAX_REDELIVERIES {
+                break;
+            }
+            drop(delivery);
+        }
+    }
+    let mut dead = transport
+        .subscribe(&[queues::dead(&model)], 10)
+        .await
+        .unwrap();
+    let mut results = transport
+        .subscribe(&[queues::results(&model)], 10)
+        .await
+        .unwrap();
+    let served = Served::start_on(model, transport.clone()).await;
+    let letter = next(&mut dead).await;
+    assert_eq!(letter.properties.message_id.as_deref(), Some("doomed"));
+    assert_eq!(letter.properties.error_code, Some(ErrorCode::Internal));
+    let reason = letter.properties.error.unwrap();
+    assert!(reason.contains("without an answer"), "{reason}");
+    let answer = next(&mut results).await;
+    assert_eq!(answer.properties.error_code, Some(ErrorCode::Internal));
+    drop((dead, results));
+    served.stop().await;
+}
+
+/// `ember serve` in its own process.
+fn spawn_worker(repo: &std::path::Path, model: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["serve", "--transport", "amqp", "--model", model])
+        .arg("--model-repo")
+        .arg(repo)
+        .env("EMBER_AMQP_URL", common::amqp_url())
+        .env("EMBER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ember serve")
+}
+
+/// Publishes `count` batch requests (message ids `m-0`...) to `model`, 256 awaiting confirms.
+async fn publish_many(transport: &AmqpTransport, model: &str, count: usize) {
+    let data = held_out();
+    let queue = queues::requests(model, Lane::Batch);
+    let mut pending: tokio::task::JoinSet<Result<(), TransportError>> = Default::default();
+    for i in 0..count {
+        let message = Message {
+            body: image_request(&format!("r-{i}"), data.image(i % data.len()), 1).into(),
+            properties: with_id(&format!("m-{i}")),
+        };
+        if pending.len() == 256 {
+            pending.join_next().await.unwrap().unwrap().unwrap();
+        }
+        let (transport, queue) = (transport.clone(), queue.clone());
+        pending.spawn(async move { transport.publish(&queue, message).await });
+    }
+    while let Some(published) = pending.join_next().await {
+        published.unwrap().unwrap();
+    }
+}
+
+/// Answers on `model`'s result queue, counted by correlation id.
+struct Answers {
+    results: Box<dyn Subscription>,
+    seen: HashMap<String, usize>,
+}
+
+impl Answers {
+    async fn open(transport: &AmqpTransport, model: &str) -> Self {
+        let results = transport
+            .subscribe(&[queues::results(model)], 1000)
+            .await
+            .unwrap();
+        Self {
+            results,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// Collects answers until `distinct` requests are answered.
+    async fn until(&mut self, distinct: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.seen.len() < distinct {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(delivery)) = tokio::time::timeout(left, self.results.next()).await else {
+                panic!("{} of {distinct} answered in time", self.seen.len());
+            };
+            let message = &delivery.message;
+            assert_eq!(message.properties.error_code, None, "an error answer");
+            let id = message.properties.correlation_id.clone().unwrap();
+            *self.seen.entry(id).or_default() += 1;
+            delivery.settle.ack().await.unwrap();
+        }
+    }
+
+    fn duplicates(&self) -> usize {
+        self.seen.values().map(|n| n - 1).sum()
+    }
+}
+
+async fn wait_for_queues(transport: &AmqpTransport, model: &str) {
+    let queue = queues::requests(model, Lane::Batch);
+    for _ in 0..300 {
+        if transport.depth(&queue).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the worker never declared {queue}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing() {
+    const REQUESTS: usize = 10_000;
+    let model = unique_model("kill");
+    let repo = repo_with(&[&model]);
+    let transport = broker(|c| c).await;
+    let mut first = spawn_worker(repo.path(), &model);
+    wait_for_queues(&transport, &model).await;
+    let mut answers = Answers::open(&transport, &model).await;
+    publish_many(&transport, &model, REQUESTS).await;
+    answers.until(REQUESTS / 5, Duration::from_secs(120)).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let mut second = spawn_worker(repo.path(), &model);
+    answers.until(REQUESTS, Duration::from_secs(300)).await;
+    eprintln!(
+        "kill -9: {} answered, {} duplicates",
+        answers.seen.len(),
+        answers.duplicates()
+    );
+    // Only what the killed worker held unacked can be answered twice: its prefetch window.
+    let window = 2 * WorkerConfig::for_batch_size(32).prefetch;
+    assert!(
+        answers.duplicates() <= window,
+        "{} duplicates",
+        answers.duplicates()
+    );
+    assert_eq!(
+        transport.depth(&queues::dead(&model)).await.unwrap(),
+        0,
+        "nothing dead-lettered"
+    );
+    second.kill().unwrap();
+    second.wait().unwrap();
+    transport.delete(&model).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
+    const REQUESTS: usize = 3_000;
+    let model = unique_model("term");
+    let repo = repo_with(&[&model]);
+    let transport = broker(|c| c).await;
+    let mut first = spawn_worker(repo.path(), &model);
+    wait_for_queues(&transport, &model).await;
+    let mut answers = Answers::open(&transport, &model).await;
+    publish_many(&transport, &model, REQUESTS).await;
+    answers.until(REQUESTS / 10, Duration::from_secs(120)).await;
+    let signalled = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = loop {
+        if let Some(exit) = first.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(30),
+            "no exit within the drain timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+    let mut second = spawn_worker(repo.path(), &model);
+    answers.until(REQUESTS, Duration::from_secs(300)).await;
+    // A drained worker settled everything it took: nothing was redelivered.
+    assert_eq!(answers.duplicates(), 0);
+    second.kill().unwrap();
+    second.wait().unwrap();
+    transport.delete(&model).await.unwrap();
+}
