@@ -208,9 +208,9 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     })
 }
 
-/// The ceiling: the same images through the same model, on batches of `max_batch_size`, with
-/// no transport, decoding or batching in between.
-async fn model_only_rps(
+/// The ceiling: `options.requests` held-out images through the model, on batches of
+/// `max_batch_size`, with no transport, decoding or batching in between (images per second).
+pub async fn model_only_rps(
     repo: &Repository,
     model: &ModelName,
     version: &crate::store::Version,

@@ -82,5 +82,6 @@ async fn worker_survives_a_broker_restart() {
     );
     worker.kill().unwrap();
     worker.wait().unwrap();
+    results.stop().await;
     transport.delete(&model).await.unwrap();
 }

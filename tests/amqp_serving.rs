@@ -174,7 +174,7 @@ async fn batch_results_go_to_the_result_queue_keyed_by_message_id() {
     for i in 0..20 {
         assert_eq!(seen[&format!("m-{i}")], format!("r-{i}"));
     }
-    drop(results);
+    results.stop().await;
     served.stop().await;
 }
 
@@ -259,7 +259,7 @@ async fn poison_is_answered_with_errors_and_the_queue_keeps_flowing() {
     let (_, after) = served.call(valid, with_id("valid")).await;
     assert_eq!(code(&after), None, "a valid request after the poison");
     assert_eq!(served.transport.depth(&batch).await.unwrap(), 0);
-    drop(results);
+    results.stop().await;
     served.stop().await;
 }
 
@@ -308,7 +308,8 @@ async fn a_request_that_keeps_failing_workers_is_dead_lettered_with_the_reason()
     assert!(reason.contains("without an answer"), "{reason}");
     let answer = next(&mut results).await;
     assert_eq!(answer.properties.error_code, Some(ErrorCode::Internal));
-    drop((dead, results));
+    dead.stop().await;
+    results.stop().await;
     served.stop().await;
 }
 
@@ -430,6 +431,7 @@ async fn kill_9_mid_stream_loses_nothing() {
     );
     second.kill().unwrap();
     second.wait().unwrap();
+    answers.results.stop().await;
     transport.delete(&model).await.unwrap();
 }
 
@@ -467,5 +469,107 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     assert_eq!(answers.duplicates(), 0);
     second.kill().unwrap();
     second.wait().unwrap();
+    answers.results.stop().await;
     transport.delete(&model).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_python_pika_client_gets_its_answer() {
+    let served = Served::start("pika").await;
+    let data = held_out();
+    let pixels: Vec<String> = data.image(3).iter().map(|p| p.to_string()).collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pika_rpc.py");
+    let mut client = Command::new("python3");
+    client.args([
+        script,
+        &common::amqp_url(),
+        &served.model,
+        &pixels.join(","),
+    ]);
+    let output = tokio::task::spawn_blocking(move || client.output())
+        .await
+        .unwrap()
+        .expect("python3 (with pika: bash .ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["correlation_id"], "py-corr");
+    assert_eq!(printed["error_code"], serde_json::Value::Null);
+    let reply = &printed["reply"];
+    assert_eq!(reply["id"], "py-1");
+    assert_eq!(reply["model_name"], served.model.as_str());
+    assert_eq!(reply["outputs"][1]["name"], "label");
+    assert_eq!(reply["outputs"][1]["data"][0], i64::from(data.labels[3]));
+    served.stop().await;
+}
+
+fn ember(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(args)
+        .env("EMBER_AMQP_URL", common::amqp_url())
+        .env("EMBER_LOG", "warn")
+        .output()
+        .expect("run ember")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_declares_sends_and_asks_through_the_broker() {
+    let model = unique_model("cli");
+    let declared = ember(&["queues", "declare", "--model", &model]);
+    assert!(declared.status.success(), "{declared:?}");
+    let transport = broker(|c| c).await;
+    let batch = queues::requests(&model, Lane::Batch);
+    assert_eq!(transport.depth(&batch).await.unwrap(), 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = held_out();
+    let lines: Vec<String> = (0..3)
+        .map(|i| String::from_utf8(image_request(&format!("line-{i}"), data.image(i), 1)).unwrap())
+        .collect();
+    let jsonl = dir.path().join("requests.jsonl");
+    std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
+    let sent = ember(&[
+        "send",
+        "--model",
+        &model,
+        "--input",
+        jsonl.to_str().unwrap(),
+    ]);
+    assert!(sent.status.success(), "{sent:?}");
+    assert_eq!(transport.depth(&batch).await.unwrap(), 3);
+
+    let served = Served::start_on(model.clone(), transport.clone()).await;
+    let mut answers = Answers::open(&transport, &model).await;
+    answers.until(3, Duration::from_secs(30)).await;
+    // `ember send` used each request's id as its message id.
+    for i in 0..3 {
+        assert!(answers.seen.contains_key(&format!("line-{i}")));
+    }
+
+    let request = dir.path().join("request.json");
+    std::fs::write(&request, &lines[1]).unwrap();
+    let model_arg = model.clone();
+    let request_arg = request.to_str().unwrap().to_owned();
+    let asked = tokio::task::spawn_blocking(move || {
+        ember(&[
+            "infer",
+            "--transport",
+            "amqp",
+            "--model",
+            &model_arg,
+            "--input",
+            &request_arg,
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(asked.status.success(), "{asked:?}");
+    let reply: serde_json::Value = serde_json::from_slice(&asked.stdout).unwrap();
+    assert_eq!(reply["id"], "line-1");
+    assert_eq!(reply["outputs"][1]["data"][0], i64::from(data.labels[1]));
+    answers.results.stop().await;
+    served.stop().await;
 }

@@ -17,6 +17,12 @@ pub type WeightsRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 pub enum Architecture {
     /// [`digits::DigitsCnn`].
     DigitsCnn(DigitsCnnConfig),
+    /// Answers each FP32 row of `width` values with itself, without weights: measures the
+    /// serving path alone (`benches/amqp.rs`) and smoke-tests deployments.
+    Identity {
+        /// Values per row.
+        width: usize,
+    },
 }
 
 impl Architecture {
@@ -34,6 +40,10 @@ impl Architecture {
                     spec("probabilities", DataType::Fp32, &[-1, c.classes as i64]),
                     spec("label", DataType::Int64, &[-1]),
                 ],
+            ),
+            Self::Identity { width } => (
+                vec![spec("input", DataType::Fp32, &[-1, *width as i64])],
+                vec![spec("output", DataType::Fp32, &[-1, *width as i64])],
             ),
         }
     }
@@ -55,6 +65,7 @@ impl Architecture {
                     device: device.clone(),
                 }))
             }
+            Self::Identity { .. } => Ok(Box::new(Identity)),
         }
     }
 }
@@ -64,6 +75,15 @@ pub trait Model {
     /// Runs `rows` rows; `inputs` are the manifest's inputs in order, concatenated across the
     /// batch. Returns the manifest's outputs in order, each with `rows` rows.
     fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String>;
+}
+
+/// [`Architecture::Identity`].
+struct Identity;
+
+impl Model for Identity {
+    fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+        Ok(inputs)
+    }
 }
 
 /// A module with the device its inputs go to.

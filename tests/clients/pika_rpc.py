@@ -1,0 +1,31 @@
+"""A third-party producer: realtime RPC to an Ember worker with pika, following DESIGN.md's wire
+protocol to the letter. Usage: pika_rpc.py AMQP_URL MODEL PIXELS(comma-separated 64 values).
+Prints the reply's correlation id, error code header and body as one JSON line."""
+import json
+import sys
+
+import pika
+
+url, model, pixels = sys.argv[1], sys.argv[2], [float(v) for v in sys.argv[3].split(",")]
+connection = pika.BlockingConnection(pika.URLParameters(url))
+channel = connection.channel()
+replies = []
+channel.basic_consume("amq.rabbitmq.reply-to", lambda _c, _m, props, body: replies.append((props, body)), auto_ack=True)
+request = {"id": "py-1", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": pixels}]}
+properties = pika.BasicProperties(
+    message_id="py-1", correlation_id="py-corr", reply_to="amq.rabbitmq.reply-to",
+    content_type="application/json", delivery_mode=2,
+    headers={"ember-model": model, "ember-model-version": "production", "ember-lane": "realtime"},
+)
+channel.basic_publish("", f"ember.{model}.realtime", json.dumps(request), properties)
+for _ in range(30):
+    if replies:
+        break
+    connection.process_data_events(time_limit=1)
+props, body = replies[0]
+print(json.dumps({
+    "correlation_id": props.correlation_id,
+    "error_code": (props.headers or {}).get("ember-error-code"),
+    "reply": json.loads(body),
+}))
+connection.close()
