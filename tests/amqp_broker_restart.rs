@@ -26,6 +26,7 @@ async fn worker_survives_a_broker_restart() {
     let model = unique_model("restart");
     let repo = repo_with(&[&model]);
     let transport = broker(|c| c).await;
+    transport.declare(&model).await.unwrap();
     let mut worker = Command::new(env!("CARGO_BIN_EXE_ember"))
         .args(["serve", "--transport", "amqp", "--model", &model])
         .arg("--model-repo")
@@ -36,11 +37,6 @@ async fn worker_survives_a_broker_restart() {
         .spawn()
         .unwrap();
     let batch = queues::requests(&model, Lane::Batch);
-    let started = Instant::now();
-    while transport.depth(&batch).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "no queues");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let data = held_out();
     for i in 0..REQUESTS {
         let message = Message {

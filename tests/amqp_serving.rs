@@ -386,25 +386,15 @@ impl Answers {
     }
 }
 
-async fn wait_for_queues(transport: &AmqpTransport, model: &str) {
-    let queue = queues::requests(model, Lane::Batch);
-    for _ in 0..300 {
-        if transport.depth(&queue).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the worker never declared {queue}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing() {
     const REQUESTS: usize = 10_000;
     let model = unique_model("kill");
     let repo = repo_with(&[&model]);
     let transport = broker(|c| c).await;
+    // Declared here too (idempotent, same arguments) so the test can consume results at once.
+    transport.declare(&model).await.unwrap();
     let mut first = spawn_worker(repo.path(), &model);
-    wait_for_queues(&transport, &model).await;
     let mut answers = Answers::open(&transport, &model).await;
     publish_many(&transport, &model, REQUESTS).await;
     answers.until(REQUESTS / 5, Duration::from_secs(120)).await;
@@ -441,8 +431,9 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     let model = unique_model("term");
     let repo = repo_with(&[&model]);
     let transport = broker(|c| c).await;
+    // Declared here too (idempotent, same arguments) so the test can consume results at once.
+    transport.declare(&model).await.unwrap();
     let mut first = spawn_worker(repo.path(), &model);
-    wait_for_queues(&transport, &model).await;
     let mut answers = Answers::open(&transport, &model).await;
     publish_many(&transport, &model, REQUESTS).await;
     answers.until(REQUESTS / 10, Duration::from_secs(120)).await;
