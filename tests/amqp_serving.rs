@@ -386,18 +386,48 @@ impl Answers {
     }
 }
 
+/// `requests` batch requests streaming through an `ember serve` process.
+struct Stream {
+    model: String,
+    repo: tempfile::TempDir,
+    transport: AmqpTransport,
+    answers: Answers,
+}
+
+impl Stream {
+    /// Starts the worker, publishes, and returns once `answered` requests are answered.
+    async fn start(prefix: &str, requests: usize, answered: usize) -> (Child, Self) {
+        let model = unique_model(prefix);
+        let repo = repo_with(&[&model]);
+        let transport = broker(|c| c).await;
+        // Declared here too (idempotent, same arguments) so the test can consume results at once.
+        transport.declare(&model).await.unwrap();
+        let worker = spawn_worker(repo.path(), &model);
+        let mut answers = Answers::open(&transport, &model).await;
+        publish_many(&transport, &model, requests).await;
+        answers.until(answered, Duration::from_secs(120)).await;
+        let stream = Self {
+            model,
+            repo,
+            transport,
+            answers,
+        };
+        (worker, stream)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing() {
     const REQUESTS: usize = 10_000;
-    let model = unique_model("kill");
-    let repo = repo_with(&[&model]);
-    let transport = broker(|c| c).await;
-    // Declared here too (idempotent, same arguments) so the test can consume results at once.
-    transport.declare(&model).await.unwrap();
-    let mut first = spawn_worker(repo.path(), &model);
-    let mut answers = Answers::open(&transport, &model).await;
-    publish_many(&transport, &model, REQUESTS).await;
-    answers.until(REQUESTS / 5, Duration::from_secs(120)).await;
+    let (
+        mut first,
+        Stream {
+            model,
+            repo,
+            transport,
+            mut answers,
+        },
+    ) = Stream::start("kill", REQUESTS, REQUESTS / 5).await;
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     let mut second = spawn_worker(repo.path(), &model);
@@ -428,15 +458,15 @@ async fn kill_9_mid_stream_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
     const REQUESTS: usize = 3_000;
-    let model = unique_model("term");
-    let repo = repo_with(&[&model]);
-    let transport = broker(|c| c).await;
-    // Declared here too (idempotent, same arguments) so the test can consume results at once.
-    transport.declare(&model).await.unwrap();
-    let mut first = spawn_worker(repo.path(), &model);
-    let mut answers = Answers::open(&transport, &model).await;
-    publish_many(&transport, &model, REQUESTS).await;
-    answers.until(REQUESTS / 10, Duration::from_secs(120)).await;
+    let (
+        mut first,
+        Stream {
+            model,
+            repo,
+            transport,
+            mut answers,
+        },
+    ) = Stream::start("term", REQUESTS, REQUESTS / 10).await;
     let signalled = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &first.id().to_string()])
