@@ -21,7 +21,7 @@ use ember::train::digits;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use ember::transport::{Message, Properties, Transport, TransportError, queues};
 use ember::worker::{Worker, WorkerConfig};
-use futures_core::Stream;
+use futures::Stream;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -332,7 +332,7 @@ async fn main() {
             max_batch_size: MAX_BATCH,
             ..BatchConfig::default()
         },
-        model_repo: String::new(),
+        repo: shipped.clone(),
         model: digits_model.clone(),
     };
     let production = Version::parse("production").unwrap();

@@ -8,7 +8,10 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::results::DEFAULT_MAX_REDELIVERIES;
-use crate::store::{ModelName, Repository};
+use crate::runtime::Executor;
+use crate::store::{
+    BlobAuth, DEFAULT_ALIAS, ModelName, Repository, StoreOptions, Version, WeightCache,
+};
 use crate::train::{self, TrainOptions};
 use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
 use crate::transport::memory::MemoryTransport;
@@ -160,22 +163,142 @@ pub enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Upload a version directory (model.bin + manifest.json): weights first, manifest last.
+    Push {
+        /// Model repository to upload to.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Directory holding the version's model.bin and manifest.json.
+        dir: PathBuf,
+    },
+    /// Point an alias of a model at one of its versions (workers switch within --reload-interval).
+    Promote {
+        /// Model repository.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// Model name.
+        model: ModelName,
+        /// Version to promote.
+        version: Version,
+        /// Alias to move.
+        #[arg(long, default_value = DEFAULT_ALIAS)]
+        alias: Version,
+    },
+    /// Fetch a version into the local cache, verify and load it (an init container's job).
+    Pull {
+        /// Model repository.
+        #[command(flatten)]
+        repo: RepoArgs,
+        /// `<model>[:<version or alias>]` (default alias: production).
+        target: String,
+        /// Print timings as JSON on the last line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-/// Where models live.
+/// Where models live, and how to reach and cache them.
 #[derive(Debug, Args)]
 pub struct RepoArgs {
-    /// Model repository (a local directory).
+    /// Model repository: `az://<container>[/<prefix>]` (Azure Blob) or a local directory.
     #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
     pub model_repo: String,
+    /// Credentials and cache of remote repositories.
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+impl RepoArgs {
+    fn open(&self) -> anyhow::Result<Repository> {
+        self.store.open(&self.model_repo)
+    }
+}
+
+/// Credentials and local cache for `az://` repositories. Secrets come from the environment
+/// (or a Kubernetes secret mapped into it); they are never printed.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Storage connection string (`UseDevelopmentStorage=true` for Azurite); tried first.
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    pub storage_connection_string: Option<String>,
+    /// Storage account (with a key, a SAS token, or else an Azure workload/managed identity).
+    #[arg(long, env = "AZURE_STORAGE_ACCOUNT")]
+    pub storage_account: Option<String>,
+    /// Storage account key.
+    #[arg(long, env = "AZURE_STORAGE_KEY", hide_env_values = true)]
+    pub storage_key: Option<String>,
+    /// Storage SAS token.
+    #[arg(long, env = "AZURE_STORAGE_SAS_TOKEN", hide_env_values = true)]
+    pub storage_sas_token: Option<String>,
+    /// Blob endpoint, when not `https://<account>.blob.core.windows.net`.
+    #[arg(long, env = "AZURE_STORAGE_BLOB_ENDPOINT")]
+    pub storage_endpoint: Option<String>,
+    /// Local cache of downloaded weights [default: $XDG_CACHE_HOME/ember or ~/.cache/ember].
+    #[arg(long, env = "EMBER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the cache (least recently used weights are evicted), e.g. 20GiB.
+    #[arg(long, env = "EMBER_CACHE_MAX_BYTES", default_value = "20GiB", value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+}
+
+impl StoreArgs {
+    fn open(&self, address: &str) -> anyhow::Result<Repository> {
+        let cache_dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let options = StoreOptions {
+            blob: BlobAuth {
+                connection_string: self.storage_connection_string.clone(),
+                account: self.storage_account.clone(),
+                key: self.storage_key.clone(),
+                sas_token: self.storage_sas_token.clone(),
+                endpoint: self.storage_endpoint.clone(),
+            },
+            cache: Some(WeightCache::new(cache_dir, self.cache_max_bytes)),
+        };
+        Ok(Repository::open_with(address, &options)?)
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("ember")
+}
+
+/// `20GiB`, `500MB`, `1048576`: a size in bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 20GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Pipeline limits shared by the serving subcommands.
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
-    /// Model repository (a local directory).
-    #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
-    pub model_repo: String,
+    /// Model repository.
+    #[command(flatten)]
+    pub repo: RepoArgs,
     /// Most rows in one batch.
     #[arg(long, env = "EMBER_MAX_BATCH_SIZE", default_value_t = DEFAULT_MAX_BATCH_SIZE,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -205,10 +328,7 @@ impl PipelineArgs {
     }
 
     fn registry(&self) -> anyhow::Result<Arc<Registry>> {
-        Ok(Arc::new(Registry::new(
-            Repository::open(&self.model_repo)?,
-            self.batch(),
-        )))
+        Ok(Arc::new(Registry::new(self.repo.open()?, self.batch())))
     }
 }
 
@@ -292,9 +412,12 @@ pub struct TrainArgs {
     /// Model kind to train.
     #[arg(value_parser = clap::builder::PossibleValuesParser::new(train::KINDS))]
     pub kind: String,
-    /// Repository to publish the new version to.
+    /// Repository to publish the new version to (a directory or `az://...`).
     #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
     pub out: String,
+    /// Credentials of an `az://` repository.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Model name (default: the kind).
     #[arg(long)]
     pub name: Option<ModelName>,
@@ -325,6 +448,9 @@ pub struct ServeArgs {
     /// redelivered by the broker.
     #[arg(long, env = "EMBER_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// How often to check the models' aliases for promotions (hot reload).
+    #[arg(long, env = "EMBER_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
     /// Pipeline limits.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -362,7 +488,7 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Train(args) => {
-            let repo = Repository::open(&args.out)?;
+            let repo = args.store.open(&args.out)?;
             let options = TrainOptions {
                 epochs: args.epochs,
                 seed: args.seed,
@@ -378,9 +504,7 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Serve(args) => serve(args).await,
-        Command::Models {
-            command: ModelsCommand::List { repo, json },
-        } => list_models(&repo.model_repo, json).await,
+        Command::Models { command } => models(command).await,
     }
 }
 
@@ -389,7 +513,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         requests: args.requests,
         realtime_every: args.realtime_every,
         batch: args.pipeline.batch(),
-        model_repo: args.pipeline.model_repo.clone(),
+        repo: args.pipeline.repo.open()?,
         model: args.model,
     };
     let report = demo::run(&options).await?;
@@ -620,11 +744,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         }
         TransportKind::Amqp => Arc::new(args.transport.amqp.connect().await?),
     };
-    let worker = Worker::new(
-        transport,
-        registry,
-        args.pipeline.worker(args.max_redeliveries),
-    );
+    let config = WorkerConfig {
+        reload_interval: args.reload_interval,
+        ..args.pipeline.worker(args.max_redeliveries)
+    };
+    let worker = Worker::new(transport, registry, config);
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();
@@ -669,8 +793,63 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn list_models(address: &str, json: bool) -> anyhow::Result<i32> {
-    let repo = Repository::open(address)?;
+async fn models(command: ModelsCommand) -> anyhow::Result<i32> {
+    match command {
+        ModelsCommand::List { repo, json } => list_models(&repo.open()?, json).await,
+        ModelsCommand::Push { repo, dir } => {
+            let manifest = repo.open()?.push(&dir).await?;
+            println!(
+                "pushed {} version {} ({})",
+                manifest.name, manifest.version, manifest.sha256
+            );
+            Ok(0)
+        }
+        ModelsCommand::Promote {
+            repo,
+            model,
+            version,
+            alias,
+        } => {
+            repo.open()?.promote(&model, &version, &alias).await?;
+            println!("{model} {alias} -> {version}");
+            Ok(0)
+        }
+        ModelsCommand::Pull { repo, target, json } => pull(&repo.open()?, &target, json).await,
+    }
+}
+
+/// Fetches, verifies and loads one version, reporting where the time went.
+async fn pull(repo: &Repository, target: &str, json: bool) -> anyhow::Result<i32> {
+    let (model, selector) = target.split_once(':').unwrap_or((target, DEFAULT_ALIAS));
+    let model = ModelName::parse(model)?;
+    let version = repo.resolve(&model, &Version::parse(selector)?).await?;
+    let artifact = repo.load(&model, &version).await?;
+    let started = std::time::Instant::now();
+    Executor::start(&artifact, 1).await?;
+    let load_s = started.elapsed().as_secs_f64();
+    let fetch = artifact.fetch;
+    println!(
+        "{model} version {version}: {} bytes {} in {:.3} s, verified in {:.3} s, loaded in {load_s:.3} s",
+        fetch.bytes,
+        if fetch.cache_hit {
+            "read from the cache"
+        } else {
+            "downloaded"
+        },
+        fetch.download.as_secs_f64(),
+        fetch.verify.as_secs_f64(),
+    );
+    if json {
+        let mut report = serde_json::to_value(fetch)?;
+        report["model"] = model.as_str().into();
+        report["version"] = version.as_str().into();
+        report["load_s"] = load_s.into();
+        println!("{report}");
+    }
+    Ok(0)
+}
+
+async fn list_models(repo: &Repository, json: bool) -> anyhow::Result<i32> {
     let mut rows = Vec::new();
     for model in repo.models().await? {
         let aliases = repo.aliases(&model).await?;

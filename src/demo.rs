@@ -30,7 +30,7 @@ pub struct DemoOptions {
     /// Batching limits (also the batch size of the model-only baseline).
     pub batch: BatchConfig,
     /// Model repository.
-    pub model_repo: String,
+    pub repo: Repository,
     /// Model to ask (a digits model).
     pub model: ModelName,
 }
@@ -69,7 +69,7 @@ pub struct DemoReport {
 /// Runs the demo.
 pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     anyhow::ensure!(options.requests > 0, "--requests must be at least 1");
-    let repo = Repository::open(&options.model_repo)?;
+    let repo = options.repo.clone();
     let registry = Arc::new(Registry::new(repo.clone(), options.batch));
     let served = registry
         .get(options.model.as_str(), None)

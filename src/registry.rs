@@ -3,14 +3,38 @@
 //!
 //! Lookups read an immutable snapshot (lock-free); only a miss takes the loading lock, so one
 //! slow load never stalls requests for models already served.
+//!
+//! Hot reload ([`Registry::watch`]): each served model's `aliases.json` is polled (a conditional
+//! read, so an unchanged file costs one small request); a promoted version is loaded and warmed
+//! up beside the serving one, then the alias is switched in one snapshot swap. Requests already
+//! queued finish on the old version; the next ones go to the new. If the new version cannot be
+//! fetched, verified or loaded, the alias keeps its last good version and the poll tries again.
 
 use crate::batcher::{BatchConfig, Batcher};
 use crate::protocol::{ErrorCode, InferError};
 use crate::runtime::Executor;
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Default for `--reload-interval`.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// An alias of a model that now points at another version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch {
+    /// Model name.
+    pub model: String,
+    /// The alias.
+    pub alias: String,
+    /// Version it served before.
+    pub from: String,
+    /// Version it serves now.
+    pub to: String,
+}
 
 /// A model version being served.
 #[derive(Debug)]
@@ -40,7 +64,10 @@ pub struct Registry {
     repo: Repository,
     batch: BatchConfig,
     snapshot: ArcSwap<HashMap<String, ModelSlots>>,
+    /// Held while loading on a miss, and while swapping the snapshot.
     loading: tokio::sync::Mutex<()>,
+    /// Per model, the tag of the `aliases.json` last applied in full.
+    alias_tags: Mutex<HashMap<String, String>>,
 }
 
 impl Registry {
@@ -51,6 +78,7 @@ impl Registry {
             batch,
             snapshot: ArcSwap::default(),
             loading: tokio::sync::Mutex::new(()),
+            alias_tags: Mutex::default(),
         }
     }
 
@@ -135,6 +163,115 @@ impl Registry {
         served
     }
 
+    /// Polls the aliases of every served model every `interval` until `stop`, switching
+    /// promoted aliases (see the module docs).
+    pub async fn watch(&self, interval: Duration, stop: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => { self.refresh().await; }
+            }
+        }
+    }
+
+    /// One poll of every served model's aliases; returns the aliases switched.
+    pub async fn refresh(&self) -> Vec<Switch> {
+        let models: Vec<String> = self.snapshot.load().keys().cloned().collect();
+        let mut switched = Vec::new();
+        for model in models {
+            switched.extend(self.refresh_model(&model).await);
+        }
+        switched
+    }
+
+    async fn refresh_model(&self, model: &str) -> Vec<Switch> {
+        let Ok(name) = ModelName::parse(model) else {
+            return Vec::new();
+        };
+        let known = self
+            .alias_tags
+            .lock()
+            .expect("not poisoned")
+            .get(model)
+            .cloned();
+        let (aliases, tag) = match self.repo.aliases_if_changed(&name, known.as_deref()).await {
+            Ok(Some(changed)) => changed,
+            Ok(None) => return Vec::new(),
+            Err(e) => {
+                reload_failed(model, "aliases", &e.to_string());
+                return Vec::new();
+            }
+        };
+        let current = self.snapshot.load().get(model).cloned().unwrap_or_default();
+        let mut applied_in_full = true;
+        let mut ready: Vec<(Switch, Slot)> = Vec::new();
+        for (selector, serving) in &current.selectors {
+            let Some(target) = aliases.get(selector) else {
+                continue; // an explicit version, or an alias since removed: keep serving it
+            };
+            if target.as_str() == serving || current.versions.contains_key(selector) {
+                continue;
+            }
+            let loaded = ready.iter().find(|(s, _)| s.to == target.as_str());
+            let slot = match (loaded, current.versions.get(target.as_str())) {
+                (Some((_, slot)), _) | (None, Some(slot)) => slot.clone(),
+                (None, None) => match self.load(&name, target).await {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        // Unreachable store or the like: keep the old version, retry next poll.
+                        applied_in_full = false;
+                        reload_failed(model, target.as_str(), &e.message);
+                        continue;
+                    }
+                },
+            };
+            if let Slot::Failed(e) = &slot {
+                // Broken for good (bad sha256, unloadable): retried only if the aliases change.
+                reload_failed(model, target.as_str(), &e.message);
+                continue;
+            }
+            let switch = Switch {
+                model: model.to_owned(),
+                alias: selector.clone(),
+                from: serving.clone(),
+                to: target.to_string(),
+            };
+            ready.push((switch, slot));
+        }
+        {
+            let _swap = self.loading.lock().await;
+            let mut all = HashMap::clone(&self.snapshot.load());
+            let slots = all.entry(model.to_owned()).or_default();
+            for (switch, slot) in &ready {
+                slots
+                    .selectors
+                    .insert(switch.alias.clone(), switch.to.clone());
+                slots.versions.insert(switch.to.clone(), slot.clone());
+            }
+            // Versions nothing points at any more stop once their queued requests are done.
+            let used: HashSet<String> = slots.selectors.values().cloned().collect();
+            slots.versions.retain(|version, _| used.contains(version));
+            self.snapshot.store(Arc::new(all));
+        }
+        if applied_in_full {
+            self.alias_tags
+                .lock()
+                .expect("not poisoned")
+                .insert(model.to_owned(), tag);
+        }
+        ready
+            .into_iter()
+            .map(|(switch, _)| {
+                tracing::info!(model, alias = %switch.alias, from = %switch.from, to = %switch.to, "switched to the promoted version");
+                metrics::counter!("ember_model_reloads_total", "model" => model.to_owned(), "outcome" => "switched").increment(1);
+                switch
+            })
+            .collect()
+    }
+
     fn lookup(&self, model: &str, selector: &str) -> Option<Result<Arc<Served>, InferError>> {
         let snapshot = self.snapshot.load();
         let slots = snapshot.get(model)?;
@@ -178,6 +315,17 @@ impl Registry {
             Err(e) => failed(e.to_string()),
         }
     }
+}
+
+fn reload_failed(model: &str, target: &str, error: &str) {
+    tracing::error!(
+        model,
+        target,
+        error,
+        "reload failed; still serving the last good version"
+    );
+    metrics::counter!("ember_model_reloads_total", "model" => model.to_owned(), "outcome" => "failed")
+        .increment(1);
 }
 
 fn store_error(e: StoreError) -> InferError {

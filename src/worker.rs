@@ -9,6 +9,7 @@ use crate::results::{self, Publisher};
 use crate::store::ModelName;
 use crate::transport::{Delivery, Subscription, Transport, TransportError, queues};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +22,8 @@ pub struct WorkerConfig {
     pub prefetch: usize,
     /// Internal failures are retried this often before dead-lettering.
     pub max_redeliveries: u32,
+    /// How often to poll the models' aliases for promotions (hot reload).
+    pub reload_interval: Duration,
 }
 
 impl WorkerConfig {
@@ -31,6 +34,7 @@ impl WorkerConfig {
             max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
             prefetch: 2 * max_batch_size.max(1),
             max_redeliveries: results::DEFAULT_MAX_REDELIVERIES,
+            reload_interval: crate::registry::DEFAULT_RELOAD_INTERVAL,
         }
     }
 }
@@ -61,7 +65,8 @@ impl Worker {
         }
     }
 
-    /// Declares and loads `models` and serves them until `shutdown`; then stops taking
+    /// Declares and loads `models` and serves them (switching promoted versions in as
+    /// [`Registry::watch`] finds them) until `shutdown`; then stops taking
     /// requests, answers those already taken (graceful drain) and returns once each is settled.
     pub async fn run(
         &self,
@@ -84,8 +89,14 @@ impl Worker {
             consumers.spawn(async move { worker.consume(model, subscription, shutdown).await });
         }
         tracing::info!(served = ?self.registry.served(), "worker ready");
+        let watcher = tokio::spawn({
+            let (registry, interval) = (self.registry.clone(), self.config.reload_interval);
+            let stop = shutdown.clone();
+            async move { registry.watch(interval, stop).await }
+        });
         // Subscriptions live until every delivery they handed out is settled.
         let _subscriptions = consumers.join_all().await;
+        watcher.abort();
         self.in_flight.close();
         self.in_flight.wait().await;
         tracing::info!("worker stopped: every request taken was answered and settled");

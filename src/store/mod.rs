@@ -5,9 +5,13 @@
 //! `<model>/aliases.json`. A store only moves bytes by key ([`ModelStore`]); [`Repository`]
 //! builds keys from validated names only, so no request can reach outside the repository.
 
+mod blob;
+mod cache;
 mod fs;
 mod names;
 
+pub use blob::{BLOCK_SIZE, BlobAuth, BlobStore};
+pub use cache::{DEFAULT_CACHE_MAX_BYTES, WeightCache};
 pub use fs::FsStore;
 pub use names::{ModelName, NameError, Version};
 
@@ -19,9 +23,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The alias every request without a version gets.
 pub const DEFAULT_ALIAS: &str = "production";
+
+/// The tag of a model without `aliases.json`.
+const NO_ALIASES: &str = "none";
 
 /// Why the repository could not give what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,8 +68,27 @@ pub trait ModelStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Writes `bytes` at `key`; readers see the old object or the whole new one, never a part.
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError>;
+    /// The object at `key` and its tag, or `None` if its tag is still `known` (a cheap poll).
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&str>,
+    ) -> Result<Option<Tagged>, StoreError> {
+        let bytes = self.get(key).await?;
+        let tag = sha256_hex(&bytes);
+        Ok((known != Some(tag.as_str())).then_some(Tagged { bytes, tag }))
+    }
     /// Where the store is, for logs (never with credentials).
     fn describe(&self) -> String;
+}
+
+/// An object and the tag that changes whenever it does (an ETag, or a hash).
+#[derive(Debug, Clone)]
+pub struct Tagged {
+    /// The object.
+    pub bytes: Bytes,
+    /// Its tag.
+    pub tag: String,
 }
 
 /// What a model version is: written by `ember train`, read by every worker.
@@ -120,6 +147,47 @@ pub struct Artifact {
     pub manifest: Manifest,
     /// The weights (`model.bin`).
     pub weights: Bytes,
+    /// How the weights were fetched.
+    pub fetch: FetchReport,
+}
+
+/// How a version's weights were fetched and checked.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FetchReport {
+    /// Size of the weights.
+    pub bytes: usize,
+    /// Found in the local cache (nothing downloaded).
+    pub cache_hit: bool,
+    /// Time reading them from the store (or the cache).
+    #[serde(rename = "download_s", serialize_with = "seconds")]
+    pub download: Duration,
+    /// Time checking their sha256.
+    #[serde(rename = "verify_s", serialize_with = "seconds")]
+    pub verify: Duration,
+}
+
+impl FetchReport {
+    fn new(weights: &Bytes, cache_hit: bool, download: Duration, verify: Duration) -> Self {
+        Self {
+            bytes: weights.len(),
+            cache_hit,
+            download,
+            verify,
+        }
+    }
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// How to open a repository: credentials for remote stores and where to cache their weights.
+#[derive(Debug, Clone, Default)]
+pub struct StoreOptions {
+    /// Credentials for `az://` repositories.
+    pub blob: BlobAuth,
+    /// Cache for weights from remote stores (none: fetch every time).
+    pub cache: Option<WeightCache>,
 }
 
 /// `aliases.json`: alias → version.
@@ -134,6 +202,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ModelStore>,
+    cache: Option<WeightCache>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -145,14 +214,28 @@ impl std::fmt::Debug for Repository {
 impl Repository {
     /// A repository over `store`.
     pub fn new(store: Arc<dyn ModelStore>) -> Self {
-        Self { store }
+        Self { store, cache: None }
     }
 
-    /// Opens the repository at `address` (a local directory for now).
+    /// Opens the local directory at `address` (or `az://` with no credentials set).
     pub fn open(address: &str) -> Result<Self, StoreError> {
+        Self::open_with(address, &StoreOptions::default())
+    }
+
+    /// Opens the repository at `address`: `az://<container>[/<prefix>]` (Azure Blob, with the
+    /// weights cached locally) or a local directory. Makes no request.
+    pub fn open_with(address: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        if address.starts_with("az://") {
+            let store = BlobStore::open(address, &options.blob)?;
+            return Ok(Self {
+                store: Arc::new(store),
+                cache: options.cache.clone(),
+            });
+        }
         if address.contains("://") {
             return Err(StoreError::Invalid(format!(
-                "unsupported model repository {address:?}; give a local directory"
+                "unsupported model repository {address:?}; give az://<container>[/<prefix>] or a \
+                 local directory"
             )));
         }
         Ok(Self::new(Arc::new(FsStore::new(address))))
@@ -190,10 +273,28 @@ impl Repository {
 
     /// The aliases of `model`; none when it has no `aliases.json`.
     pub async fn aliases(&self, model: &ModelName) -> Result<Aliases, StoreError> {
-        match self.store.get(&format!("{model}/aliases.json")).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StoreError::Invalid(format!("{model}/aliases.json: {e}"))),
-            Err(StoreError::NotFound(_)) => Ok(Aliases::new()),
+        Ok(self
+            .aliases_if_changed(model, None)
+            .await?
+            .unwrap_or_default()
+            .0)
+    }
+
+    /// The aliases of `model` and their tag, or `None` if the tag is still `known`: what a
+    /// worker polls for promotions.
+    pub async fn aliases_if_changed(
+        &self,
+        model: &ModelName,
+        known: Option<&str>,
+    ) -> Result<Option<(Aliases, String)>, StoreError> {
+        let key = format!("{model}/aliases.json");
+        match self.store.get_if_changed(&key, known).await {
+            Ok(Some(Tagged { bytes, tag })) => serde_json::from_slice(&bytes)
+                .map(|aliases| Some((aliases, tag)))
+                .map_err(|e| StoreError::Invalid(format!("{key}: {e}"))),
+            Ok(None) => Ok(None),
+            Err(StoreError::NotFound(_)) if known == Some(NO_ALIASES) => Ok(None),
+            Err(StoreError::NotFound(_)) => Ok(Some((Aliases::new(), NO_ALIASES.into()))),
             Err(e) => Err(e),
         }
     }
@@ -245,23 +346,66 @@ impl Repository {
         }
     }
 
-    /// Reads `model` `version` and verifies its weights against the manifest's sha256.
+    /// Reads `model` `version` and verifies its weights against the manifest's sha256, from
+    /// the local cache when they are there (a remote store's weights are cached once verified).
     pub async fn load(&self, model: &ModelName, version: &Version) -> Result<Artifact, StoreError> {
         let manifest = self.manifest(model, version).await?;
-        let weights = self
-            .store
-            .get(&format!("{model}/{version}/model.bin"))
-            .await?;
-        let actual = sha256_hex(&weights);
-        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+        let expected = manifest.sha256.clone();
+        let verified = |weights: &Bytes| {
+            let started = Instant::now();
+            let actual = sha256_hex(weights);
+            (
+                actual.eq_ignore_ascii_case(&expected),
+                actual,
+                started.elapsed(),
+            )
+        };
+        let started = Instant::now();
+        if let Some(cache) = &self.cache
+            && let Some(weights) = cache.get(&expected).await?
+        {
+            let download = started.elapsed();
+            match verified(&weights) {
+                (true, _, verify) => {
+                    metrics::counter!("ember_model_cache_hits_total").increment(1);
+                    let fetch = FetchReport::new(&weights, true, download, verify);
+                    return Ok(Artifact {
+                        manifest,
+                        weights,
+                        fetch,
+                    });
+                }
+                (false, ..) => cache.remove(&expected).await?,
+            }
+        }
+        let key = format!("{model}/{version}/model.bin");
+        let started = Instant::now();
+        let weights = self.store.get(&key).await.map_err(|e| match e {
+            StoreError::NotFound(_) => StoreError::Invalid(format!(
+                "model {model} version {version} has a manifest but no weights ({key})"
+            )),
+            e => e,
+        })?;
+        let download = started.elapsed();
+        let (matches, actual, verify) = verified(&weights);
+        if !matches {
             return Err(StoreError::Integrity {
                 model: model.to_string(),
                 version: version.to_string(),
-                expected: manifest.sha256,
+                expected,
                 actual,
             });
         }
-        Ok(Artifact { manifest, weights })
+        if let Some(cache) = &self.cache {
+            metrics::counter!("ember_model_cache_misses_total").increment(1);
+            cache.put(&actual, weights.clone()).await?;
+        }
+        let fetch = FetchReport::new(&weights, false, download, verify);
+        Ok(Artifact {
+            manifest,
+            weights,
+            fetch,
+        })
     }
 
     /// The next free numeric version of `model` (1 for a new model).
@@ -288,6 +432,56 @@ impl Repository {
         self.store
             .put(&format!("{model}/{version}/manifest.json"), json.into())
             .await
+    }
+
+    /// Uploads the version in local directory `dir` (its `model.bin` and `manifest.json`),
+    /// checked first: the weights must match the manifest, and an existing version of that
+    /// name must be the same one (versions are immutable; pushing one twice is a no-op).
+    pub async fn push(&self, dir: &std::path::Path) -> Result<Manifest, StoreError> {
+        let local = Repository::new(Arc::new(FsStore::new(dir)));
+        let manifest: Manifest = serde_json::from_slice(&local.store.get("manifest.json").await?)
+            .map_err(|e| {
+            StoreError::Invalid(format!("{}/manifest.json: {e}", dir.display()))
+        })?;
+        let weights = local.store.get("model.bin").await?;
+        let actual = sha256_hex(&weights);
+        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+            return Err(StoreError::Integrity {
+                model: manifest.name.to_string(),
+                version: manifest.version.to_string(),
+                expected: manifest.sha256,
+                actual,
+            });
+        }
+        match self.manifest(&manifest.name, &manifest.version).await {
+            Ok(existing) if existing.sha256.eq_ignore_ascii_case(&manifest.sha256) => {
+                return Ok(existing);
+            }
+            Ok(_) => {
+                return Err(StoreError::Invalid(format!(
+                    "model {} version {} already exists in {} with other weights; versions are \
+                     immutable, push it under a new version",
+                    manifest.name,
+                    manifest.version,
+                    self.describe()
+                )));
+            }
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.publish(&manifest, weights).await?;
+        Ok(manifest)
+    }
+
+    /// Points `alias` of `model` at `version`, which must exist.
+    pub async fn promote(
+        &self,
+        model: &ModelName,
+        version: &Version,
+        alias: &Version,
+    ) -> Result<(), StoreError> {
+        self.manifest(model, version).await?;
+        self.set_alias(model, alias, version).await
     }
 
     /// Points `alias` of `model` at `version`.

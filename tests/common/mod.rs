@@ -6,6 +6,8 @@ use ember::train::digits;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use std::path::Path;
 
+pub mod proxy;
+
 /// A temporary repository holding the shipped digits model under each of `names`.
 pub fn repo_with(names: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -64,4 +66,83 @@ pub fn unique_model(prefix: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// The connection string of the test Azurite: `EMBER_TEST_STORAGE`, else Azurite's defaults.
+pub fn azurite_connection_string() -> String {
+    std::env::var("EMBER_TEST_STORAGE").unwrap_or_else(|_| "UseDevelopmentStorage=true".into())
+}
+
+/// Azurite's well-known account key, to build connection strings with other endpoints.
+pub const AZURITE_KEY: &str = azure_storage::clients::EMULATOR_ACCOUNT_KEY;
+
+/// A connection string for Azurite's account at `endpoint` (e.g. through a proxy), with `key`.
+pub fn azurite_via(endpoint: &str, key: &str) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={key};BlobEndpoint={endpoint}/devstoreaccount1;"
+    )
+}
+
+/// Options to open `az://` repositories on the test Azurite, caching weights in `cache`.
+pub fn azurite_options(connection_string: &str, cache: &Path) -> ember::store::StoreOptions {
+    ember::store::StoreOptions {
+        blob: ember::store::BlobAuth {
+            connection_string: Some(connection_string.to_owned()),
+            ..Default::default()
+        },
+        cache: Some(ember::store::WeightCache::new(cache, 1 << 30)),
+    }
+}
+
+/// Creates a new, empty container on the test Azurite and returns its name.
+pub async fn azurite_container(prefix: &str) -> String {
+    use azure_storage::{CloudLocation, StorageCredentials};
+    use azure_storage_blobs::prelude::ClientBuilder;
+    let name = unique_model(prefix).replace('_', "-");
+    let location = CloudLocation::Emulator {
+        address: "127.0.0.1".into(),
+        port: 10000,
+    };
+    ClientBuilder::with_location(location, StorageCredentials::emulator())
+        .container_client(&name)
+        .create()
+        .await
+        .expect("Azurite on 127.0.0.1:10000 (bash .ci/run starts one)");
+    name
+}
+
+/// Pushes every version directory of the local repository `local` for `model` to `repo`.
+pub async fn push_all(repo: &ember::store::Repository, local: &Path, model: &str) {
+    for entry in std::fs::read_dir(local.join(model)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            repo.push(&path).await.unwrap();
+        }
+    }
+}
+
+/// The shipped digits model's weights.
+pub fn digits_weights() -> Vec<u8> {
+    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/1/model.bin")).unwrap()
+}
+
+/// Writes `<root>/<model>/<version>/` with `weights` and the shipped digits manifest renamed
+/// to match (its sha256 that of `weights`); returns the version directory.
+pub fn local_version(
+    root: &Path,
+    model: &str,
+    version: &str,
+    weights: &[u8],
+) -> std::path::PathBuf {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/digits/1/manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped).unwrap()).unwrap();
+    manifest["name"] = model.into();
+    manifest["version"] = version.into();
+    manifest["sha256"] = ember::store::sha256_hex(weights).into();
+    let dir = root.join(model).join(version);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.bin"), weights).unwrap();
+    std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+    dir
 }

@@ -1,0 +1,574 @@
+//! The Azure Blob Storage model store: `az://<container>[/<prefix>]`.
+//!
+//! Big objects download as parallel ranged reads pinned to one ETag (so a blob replaced
+//! mid-download is never stitched from two versions), each range retried on its own with
+//! backoff; uploads above [`BLOCK_SIZE`] go up as parallel blocks committed in one list, so
+//! readers see the old blob or the whole new one. The SDK's own retries are off: one policy,
+//! here, that also covers bodies cut short.
+
+use super::{ModelStore, StoreError, Tagged};
+use async_trait::async_trait;
+use azure_core::error::ErrorKind;
+use azure_core::request_options::{IfMatchCondition, Prefix};
+use azure_core::{RetryOptions, StatusCode};
+use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
+use azure_storage_blobs::blob::{BlobBlockType, BlockList};
+use azure_storage_blobs::prelude::{BlobClient, ClientBuilder, ContainerClient};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use std::future::Future;
+use std::time::Duration;
+
+/// Ranged reads and uploaded blocks are this big.
+pub const BLOCK_SIZE: usize = 8 << 20;
+/// Ranges or blocks in flight at once, per object.
+const PARALLEL: usize = 8;
+/// Tries per request before giving up (backoff 200 ms, doubling).
+const ATTEMPTS: u32 = 5;
+/// Longest one request (one range of at most [`BLOCK_SIZE`]) may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to authenticate to the storage account. Tried in this order: connection string,
+/// account + key, account + SAS token, then Azure identity (workload identity, managed
+/// identity, environment, Azure CLI) for the account. `Debug` never shows a secret.
+#[derive(Clone, Default)]
+pub struct BlobAuth {
+    /// A storage connection string (`UseDevelopmentStorage=true` for Azurite).
+    pub connection_string: Option<String>,
+    /// Storage account name.
+    pub account: Option<String>,
+    /// Account access key.
+    pub key: Option<String>,
+    /// SAS token (with or without the leading `?`).
+    pub sas_token: Option<String>,
+    /// Blob endpoint instead of `https://<account>.blob.core.windows.net` (Azurite, sovereign
+    /// clouds, private endpoints).
+    pub endpoint: Option<String>,
+}
+
+impl std::fmt::Debug for BlobAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = |s: &Option<String>| if s.is_some() { "<set>" } else { "<unset>" };
+        f.debug_struct("BlobAuth")
+            .field("connection_string", &set(&self.connection_string))
+            .field("account", &self.account)
+            .field("key", &set(&self.key))
+            .field("sas_token", &set(&self.sas_token))
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// A model repository in a blob container, under an optional prefix.
+pub struct BlobStore {
+    container: ContainerClient,
+    /// `""` or a prefix ending in `/`.
+    prefix: String,
+    address: String,
+}
+
+impl BlobStore {
+    /// Opens `az://<container>[/<prefix>]` with `auth`. Makes no request.
+    pub fn open(address: &str, auth: &BlobAuth) -> Result<Self, StoreError> {
+        let (container, prefix) = parse_address(address)?;
+        let (location, credentials) = connect_with(auth)?;
+        let account = location.account().to_owned();
+        let container_client = ClientBuilder::with_location(location, credentials)
+            .retry(RetryOptions::none())
+            .container_client(container);
+        Ok(Self {
+            container: container_client,
+            prefix,
+            address: format!("{} (account {account})", address.trim_end_matches('/')),
+        })
+    }
+
+    fn blob(&self, key: &str) -> BlobClient {
+        self.container.blob_client(format!("{}{key}", self.prefix))
+    }
+
+    /// `az://<container>/<blob>`, for messages.
+    fn name(&self, blob: &BlobClient) -> String {
+        format!(
+            "az://{}/{}",
+            self.container.container_name(),
+            blob.blob_name()
+        )
+    }
+
+    /// The `len` bytes of `blob` from `start`, pinned to `etag`.
+    async fn read_range(
+        &self,
+        blob: &BlobClient,
+        etag: &str,
+        start: usize,
+        len: usize,
+    ) -> Result<(usize, Bytes), StoreError> {
+        let what = format!("{} bytes {start}..{}", self.name(blob), start + len);
+        let bytes = retry(&what, || async {
+            let response = blob
+                .get()
+                .range(start as u64..(start + len) as u64)
+                .if_match(IfMatchCondition::Match(etag.to_owned()))
+                .into_stream()
+                .next()
+                .await
+                .ok_or_else(|| Attempt::Retry("no response".into()))?
+                .map_err(|e| classify(e, &what))?;
+            let bytes = collect(response.data).await?;
+            if bytes.len() != len {
+                return Err(Attempt::Retry(format!(
+                    "body cut short: {} of {len} bytes",
+                    bytes.len()
+                )));
+            }
+            Ok(bytes)
+        })
+        .await?;
+        Ok((start, bytes))
+    }
+}
+
+/// Splits `az://container/prefix` into the container and `""` or `prefix/`.
+fn parse_address(address: &str) -> Result<(String, String), StoreError> {
+    let invalid = |why: &str| StoreError::Invalid(format!("model repository {address:?}: {why}"));
+    let rest = address
+        .strip_prefix("az://")
+        .ok_or_else(|| invalid("expected az://<container>[/<prefix>]"))?;
+    let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let valid_container = (3..=63).contains(&container.len())
+        && container
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !container.starts_with('-')
+        && !container.ends_with('-')
+        && !container.contains("--");
+    if !valid_container {
+        return Err(invalid(
+            "container names are 3-63 lowercase letters, digits and single hyphens",
+        ));
+    }
+    let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+    if segments
+        .iter()
+        .any(|s| *s == "." || *s == ".." || s.contains('\\'))
+    {
+        return Err(invalid("the prefix may not contain . or .. segments"));
+    }
+    let prefix = segments.iter().map(|s| format!("{s}/")).collect();
+    Ok((container.to_owned(), prefix))
+}
+
+/// Where the account is and how to sign in to it, from `auth` in the documented order.
+fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), StoreError> {
+    let credential_error =
+        |what: &str, e: azure_core::Error| StoreError::Invalid(format!("{what}: {}", e.kind()));
+    if let Some(text) = &auth.connection_string {
+        // The parser's messages may quote the string; never pass them on.
+        let parsed = ConnectionString::new(text).map_err(|_| {
+            StoreError::Invalid("the storage connection string is malformed".into())
+        })?;
+        if parsed.use_development_storage == Some(true) {
+            let location = match &auth.endpoint {
+                Some(uri) => custom(azure_storage::clients::EMULATOR_ACCOUNT, uri),
+                None => CloudLocation::Emulator {
+                    address: "127.0.0.1".into(),
+                    port: 10000,
+                },
+            };
+            return Ok((location, StorageCredentials::emulator()));
+        }
+        let account = parsed.account_name.ok_or_else(|| {
+            StoreError::Invalid("the storage connection string has no AccountName".into())
+        })?;
+        let credentials = parsed
+            .storage_credentials()
+            .map_err(|e| credential_error("storage connection string", e))?;
+        let endpoint = auth.endpoint.as_deref().or(parsed.blob_endpoint);
+        let location = match (endpoint, parsed.endpoint_suffix) {
+            (Some(uri), _) => custom(account, uri),
+            (None, Some(suffix)) if suffix != "core.windows.net" => {
+                let protocol = parsed
+                    .default_endpoints_protocol
+                    .as_ref()
+                    .map_or("https".to_owned(), ToString::to_string);
+                custom(account, &format!("{protocol}://{account}.blob.{suffix}"))
+            }
+            _ => public(account, None),
+        };
+        return Ok((location, credentials));
+    }
+    let account = auth.account.as_deref().ok_or_else(|| {
+        StoreError::Invalid(
+            "az:// repositories need credentials: AZURE_STORAGE_CONNECTION_STRING, or \
+             AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN or an Azure \
+             identity (workload or managed identity)"
+                .into(),
+        )
+    })?;
+    let location = public(account, auth.endpoint.as_deref());
+    let credentials = if let Some(key) = &auth.key {
+        StorageCredentials::access_key(
+            account.to_owned(),
+            azure_core::auth::Secret::new(key.clone()),
+        )
+    } else if let Some(token) = &auth.sas_token {
+        StorageCredentials::sas_token(token.trim_start_matches('?'))
+            .map_err(|_| StoreError::Invalid("the SAS token is malformed".into()))?
+    } else {
+        let identity = azure_identity::create_credential()
+            .map_err(|e| credential_error("Azure identity", e))?;
+        StorageCredentials::token_credential(identity)
+    };
+    Ok((location, credentials))
+}
+
+fn public(account: &str, endpoint: Option<&str>) -> CloudLocation {
+    match endpoint {
+        Some(uri) => custom(account, uri),
+        None => CloudLocation::Public {
+            account: account.to_owned(),
+        },
+    }
+}
+
+fn custom(account: &str, uri: &str) -> CloudLocation {
+    CloudLocation::Custom {
+        account: account.to_owned(),
+        uri: uri.trim_end_matches('/').to_owned(),
+    }
+}
+
+/// How one try of a request ended, when not well.
+enum Attempt {
+    /// Worth another try (connection refused or reset, 5xx, throttling, a body cut short).
+    Retry(String),
+    /// Final (not found, access denied, bad request).
+    Fail(StoreError),
+}
+
+fn classify(e: azure_core::Error, what: &str) -> Attempt {
+    match e.kind() {
+        ErrorKind::HttpResponse { status, error_code } => {
+            let code = error_code.as_deref().unwrap_or("");
+            match *status {
+                StatusCode::NotFound if code == "ContainerNotFound" => {
+                    Attempt::Fail(StoreError::Io(format!(
+                        "the container of {what} does not exist (create it, or check --model-repo)"
+                    )))
+                }
+                StatusCode::NotFound => Attempt::Fail(StoreError::NotFound(what.to_owned())),
+                StatusCode::Forbidden | StatusCode::Unauthorized => {
+                    Attempt::Fail(StoreError::Io(format!(
+                        "access denied to {what} (HTTP {} {code}): check the storage credentials",
+                        u16::from(*status)
+                    )))
+                }
+                StatusCode::PreconditionFailed => Attempt::Fail(StoreError::Io(format!(
+                    "{what} changed while it was being read; try again"
+                ))),
+                s if u16::from(s) >= 500
+                    || s == StatusCode::RequestTimeout
+                    || s == StatusCode::TooManyRequests =>
+                {
+                    Attempt::Retry(format!("HTTP {} {code}", u16::from(s)))
+                }
+                s => Attempt::Fail(StoreError::Io(format!(
+                    "{what}: HTTP {} {code}",
+                    u16::from(s)
+                ))),
+            }
+        }
+        ErrorKind::Credential => Attempt::Fail(StoreError::Io(format!(
+            "cannot get a token for {what}: {e}"
+        ))),
+        ErrorKind::DataConversion => Attempt::Fail(StoreError::Io(format!("{what}: {e}"))),
+        _ => Attempt::Retry(error_chain(&e)),
+    }
+}
+
+/// An error and its causes on one line (the SDK's top-level message is often generic).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Runs `request` until it succeeds, fails for good, or [`ATTEMPTS`] tries (each bounded by
+/// [`REQUEST_TIMEOUT`]) have failed, backing off from 200 ms.
+async fn retry<T, F, Fut>(what: &str, mut request: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Attempt>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    for attempt in 1..=ATTEMPTS {
+        let why = match tokio::time::timeout(REQUEST_TIMEOUT, request()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(Attempt::Fail(e))) => return Err(e),
+            Ok(Err(Attempt::Retry(why))) => why,
+            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+        };
+        if attempt == ATTEMPTS {
+            return Err(StoreError::Io(format!(
+                "{what}: gave up after {ATTEMPTS} attempts: {why}"
+            )));
+        }
+        tracing::warn!(what, attempt, error = %why, "blob request failed; retrying");
+        metrics::counter!("ember_store_retries_total").increment(1);
+        tokio::time::sleep(backoff).await;
+        backoff *= 2;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// A whole response body; a connection lost midway is worth another try.
+async fn collect(body: azure_core::ResponseBody) -> Result<Bytes, Attempt> {
+    body.collect()
+        .await
+        .map_err(|e| Attempt::Retry(error_chain(&e)))
+}
+
+#[async_trait]
+impl ModelStore for BlobStore {
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
+        let blob = self.blob(key);
+        let what = self.name(&blob);
+        // The first range tells the size and ETag; small objects need nothing more.
+        let first = retry(&what, || async {
+            // A chunk size (not a range) so that the SDK tells whether more follows.
+            let response = blob
+                .get()
+                .chunk_size(BLOCK_SIZE as u64)
+                .into_stream()
+                .next()
+                .await
+                .ok_or_else(|| Attempt::Retry("no response".into()))?;
+            match response {
+                Ok(response) => {
+                    let etag = response.blob.properties.etag.to_string();
+                    let more = response.remaining_range.is_some();
+                    let head = collect(response.data).await?;
+                    Ok(Some((head, etag, more)))
+                }
+                // A range read of an empty blob.
+                Err(e)
+                    if e.as_http_error().map(|h| h.status())
+                        == Some(StatusCode::RequestedRangeNotSatisfiable) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(classify(e, &what)),
+            }
+        })
+        .await?;
+        let Some((head, etag, more)) = first else {
+            return Ok(Bytes::new());
+        };
+        if !more {
+            return Ok(head);
+        }
+        let properties = retry(&what, || async {
+            blob.get_properties()
+                .if_match(IfMatchCondition::Match(etag.clone()))
+                .await
+                .map_err(|e| classify(e, &what))
+        })
+        .await?;
+        let total = usize::try_from(properties.blob.properties.content_length)
+            .map_err(|_| StoreError::Io(format!("{what} is too large")))?;
+        let mut buf = vec![0u8; total];
+        buf[..head.len()].copy_from_slice(&head);
+        let ranges = (head.len()..total).step_by(BLOCK_SIZE);
+        let mut chunks = futures::stream::iter(ranges)
+            .map(|start| self.read_range(&blob, &etag, start, BLOCK_SIZE.min(total - start)))
+            .buffer_unordered(PARALLEL);
+        while let Some((start, bytes)) = chunks.try_next().await? {
+            buf[start..start + bytes.len()].copy_from_slice(&bytes);
+        }
+        metrics::counter!("ember_store_download_bytes_total").increment(total as u64);
+        Ok(Bytes::from(buf))
+    }
+
+    async fn get_if_changed(
+        &self,
+        key: &str,
+        known: Option<&str>,
+    ) -> Result<Option<Tagged>, StoreError> {
+        let blob = self.blob(key);
+        let what = self.name(&blob);
+        retry(&what, || async {
+            let mut get = blob.get();
+            if let Some(tag) = known {
+                get = get.if_match(IfMatchCondition::NotMatch(tag.to_owned()));
+            }
+            match get.into_stream().next().await {
+                None => Err(Attempt::Retry("no response".into())),
+                Some(Ok(response)) => {
+                    let tag = response.blob.properties.etag.to_string();
+                    let bytes = collect(response.data).await?;
+                    Ok(Some(Tagged { bytes, tag }))
+                }
+                Some(Err(e))
+                    if e.as_http_error().map(|h| h.status()) == Some(StatusCode::NotModified) =>
+                {
+                    Ok(None)
+                }
+                Some(Err(e)) => Err(classify(e, &what)),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let full = if prefix.is_empty() {
+            self.prefix.clone()
+        } else {
+            format!("{}{prefix}/", self.prefix)
+        };
+        let what = format!("az://{}/{full}", self.container.container_name());
+        let mut names = retry(&what, || async {
+            let mut pages = self
+                .container
+                .list_blobs()
+                .prefix(Prefix::from(full.clone()))
+                .delimiter("/")
+                .into_stream();
+            let mut names = Vec::new();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| classify(e, &what))?;
+                names.extend(page.blobs.prefixes().filter_map(|p| {
+                    let name = p.name.strip_prefix(&full)?.trim_end_matches('/');
+                    (!name.is_empty()).then(|| name.to_owned())
+                }));
+            }
+            Ok(names)
+        })
+        .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let blob = self.blob(key);
+        let what = self.name(&blob);
+        if bytes.len() <= BLOCK_SIZE {
+            return retry(&what, || async {
+                blob.put_block_blob(bytes.clone())
+                    .await
+                    .map(drop)
+                    .map_err(|e| classify(e, &what))
+            })
+            .await;
+        }
+        // Blocks first (invisible until committed), then the list commits them at once.
+        let id = |i: usize| Bytes::from(format!("{i:08}"));
+        let blocks = bytes.len().div_ceil(BLOCK_SIZE);
+        futures::stream::iter(0..blocks)
+            .map(|i| {
+                let block = bytes.slice(i * BLOCK_SIZE..((i + 1) * BLOCK_SIZE).min(bytes.len()));
+                let (blob, what) = (&blob, &what);
+                async move {
+                    retry(what, || async {
+                        blob.put_block(id(i), block.clone())
+                            .await
+                            .map(drop)
+                            .map_err(|e| classify(e, what))
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<()>()
+            .await?;
+        let list = BlockList {
+            blocks: (0..blocks)
+                .map(|i| BlobBlockType::new_uncommitted(id(i)))
+                .collect(),
+        };
+        retry(&what, || async {
+            blob.put_block_list(list.clone())
+                .await
+                .map(drop)
+                .map_err(|e| classify(e, &what))
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        self.address.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_container_and_prefix() {
+        assert_eq!(
+            parse_address("az://models").unwrap(),
+            ("models".into(), String::new())
+        );
+        assert_eq!(
+            parse_address("az://models/team/a/").unwrap(),
+            ("models".into(), "team/a/".into())
+        );
+    }
+
+    #[test]
+    fn rejects_bad_addresses() {
+        for address in [
+            "models",
+            "az://",
+            "az://Models",
+            "az://a",
+            "az://bad_name",
+            "az://models/../x",
+            "az://models/./x",
+        ] {
+            assert!(
+                matches!(parse_address(address), Err(StoreError::Invalid(_))),
+                "{address}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_are_never_shown() {
+        let auth = BlobAuth {
+            connection_string: Some("AccountName=a;AccountKey=c2VjcmV0".into()),
+            key: Some("c2VjcmV0".into()),
+            sas_token: Some("sig=secret".into()),
+            ..BlobAuth::default()
+        };
+        let shown = format!("{auth:?}");
+        assert!(
+            !shown.contains("c2VjcmV0") && !shown.contains("secret"),
+            "{shown}"
+        );
+        let malformed = BlobAuth {
+            connection_string: Some("AccountKey=c2VjcmV0;nonsense".into()),
+            ..BlobAuth::default()
+        };
+        let error = BlobStore::open("az://models", &malformed).err().unwrap();
+        assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
+    }
+
+    #[test]
+    fn needs_some_credentials() {
+        let error = BlobStore::open("az://models", &BlobAuth::default())
+            .err()
+            .unwrap();
+        assert!(
+            error
+                .to_string()
+                .contains("AZURE_STORAGE_CONNECTION_STRING")
+        );
+    }
+}

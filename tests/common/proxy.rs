@@ -1,0 +1,118 @@
+//! A TCP proxy that injects real network faults between a client and a real server: cut a
+//! connection after N bytes, or go down (drop every connection, refuse new ones) and come back.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A running proxy to one upstream address.
+pub struct FaultProxy {
+    /// Where clients connect.
+    pub port: u16,
+    state: Arc<State>,
+}
+
+struct State {
+    upstream: String,
+    /// Bytes sent to clients so far.
+    forwarded: AtomicU64,
+    /// Connections accepted so far.
+    connections: AtomicUsize,
+    /// The next connection is cut after this many bytes to the client (0: none).
+    cut_next_after: AtomicU64,
+    up: AtomicBool,
+    down_signal: watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free local port to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(State {
+            upstream: upstream.to_owned(),
+            forwarded: AtomicU64::new(0),
+            connections: AtomicUsize::new(0),
+            cut_next_after: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            down_signal: watch::channel(0).0,
+        });
+        let accepting = state.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !accepting.up.load(Ordering::SeqCst) {
+                    drop(client); // refused: closed at once
+                    continue;
+                }
+                accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let cut = accepting.cut_next_after.swap(0, Ordering::SeqCst);
+                tokio::spawn(relay(accepting.clone(), client, cut));
+            }
+        });
+        Self { port, state }
+    }
+
+    /// Bytes forwarded to clients so far.
+    pub fn forwarded(&self) -> u64 {
+        self.state.forwarded.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Cuts the next connection once it has sent `bytes` to its client.
+    pub fn cut_next_after(&self, bytes: u64) {
+        self.state.cut_next_after.store(bytes, Ordering::SeqCst);
+    }
+
+    /// Drops every open connection and refuses new ones until [`FaultProxy::up`].
+    pub fn down(&self) {
+        self.state.up.store(false, Ordering::SeqCst);
+        self.state.down_signal.send_modify(|n| *n += 1);
+    }
+
+    /// Accepts connections again.
+    pub fn up(&self) {
+        self.state.up.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn relay(state: Arc<State>, mut client: TcpStream, cut_after: u64) {
+    let Ok(mut server) = TcpStream::connect(&state.upstream).await else {
+        return;
+    };
+    let mut down = state.down_signal.subscribe();
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
+    let downstream = async {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut sent = 0u64;
+        loop {
+            let n = server_read.read(&mut buf).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            let n = if cut_after > 0 {
+                (n as u64).min(cut_after - sent) as usize
+            } else {
+                n
+            };
+            client_write.write_all(&buf[..n]).await?;
+            sent += n as u64;
+            state.forwarded.fetch_add(n as u64, Ordering::SeqCst);
+            if cut_after > 0 && sent >= cut_after {
+                return Ok(()); // cut: both halves are dropped below
+            }
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+        _ = down.changed() => {}
+    }
+}
