@@ -96,36 +96,34 @@ impl BlobStore {
         )
     }
 
-    /// The `len` bytes of `blob` from `start`, pinned to `etag`.
+    /// Fills `buf` with the bytes of `blob` from `start`, pinned to `etag`.
     async fn read_range(
         &self,
         blob: &BlobClient,
         etag: &str,
         start: usize,
-        len: usize,
-    ) -> Result<(usize, Bytes), StoreError> {
-        let what = format!("{} bytes {start}..{}", self.name(blob), start + len);
-        let bytes = retry(&what, || async {
-            let response = blob
-                .get()
-                .range(start as u64..(start + len) as u64)
-                .if_match(IfMatchCondition::Match(etag.to_owned()))
-                .into_stream()
-                .next()
-                .await
-                .ok_or_else(|| Attempt::Retry("no response".into()))?
-                .map_err(|e| classify(e, &what))?;
-            let bytes = collect(response.data).await?;
-            if bytes.len() != len {
-                return Err(Attempt::Retry(format!(
-                    "body cut short: {} of {len} bytes",
-                    bytes.len()
-                )));
+        buf: &mut [u8],
+    ) -> Result<(), StoreError> {
+        let end = start + buf.len();
+        let what = format!("{} bytes {start}..{end}", self.name(blob));
+        let mut retries = Retries::new(&what);
+        loop {
+            let request = async {
+                let response = blob
+                    .get()
+                    .range(start as u64..end as u64)
+                    .if_match(IfMatchCondition::Match(etag.to_owned()))
+                    .into_stream()
+                    .next()
+                    .await
+                    .ok_or_else(|| Attempt::Retry("no response".into()))?
+                    .map_err(|e| classify(e, &what))?;
+                fill(response.data, buf).await
+            };
+            if let Some(()) = retries.run(request).await? {
+                return Ok(());
             }
-            Ok(bytes)
-        })
-        .await?;
-        Ok((start, bytes))
+        }
     }
 }
 
@@ -254,7 +252,7 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
             match *status {
                 StatusCode::NotFound if code == "ContainerNotFound" => {
                     Attempt::Fail(StoreError::Io(format!(
-                        "the container of {what} does not exist (create it, or check --model-repo)"
+                        "{what}: the container does not exist (create it, or check --model-repo)"
                     )))
                 }
                 StatusCode::NotFound => Attempt::Fail(StoreError::NotFound(what.to_owned())),
@@ -299,32 +297,86 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Runs `request` until it succeeds, fails for good, or [`ATTEMPTS`] tries (each bounded by
-/// [`REQUEST_TIMEOUT`]) have failed, backing off from 200 ms.
+/// The retry policy: [`ATTEMPTS`] tries, each bounded by [`REQUEST_TIMEOUT`], backing off
+/// from 200 ms; only [`Attempt::Retry`] failures are tried again.
+struct Retries<'a> {
+    what: &'a str,
+    attempt: u32,
+    backoff: Duration,
+}
+
+impl<'a> Retries<'a> {
+    fn new(what: &'a str) -> Self {
+        Self {
+            what,
+            attempt: 0,
+            backoff: Duration::from_millis(200),
+        }
+    }
+
+    /// Runs one try of `request`: its value, or `None` once it is worth another try.
+    async fn run<T>(
+        &mut self,
+        request: impl Future<Output = Result<T, Attempt>>,
+    ) -> Result<Option<T>, StoreError> {
+        self.attempt += 1;
+        let why = match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(value)) => return Ok(Some(value)),
+            Ok(Err(Attempt::Fail(e))) => return Err(e),
+            Ok(Err(Attempt::Retry(why))) => why,
+            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
+        };
+        if self.attempt == ATTEMPTS {
+            return Err(StoreError::Io(format!(
+                "{}: gave up after {ATTEMPTS} attempts: {why}",
+                self.what
+            )));
+        }
+        tracing::warn!(what = self.what, attempt = self.attempt, error = %why, "blob request failed; retrying");
+        metrics::counter!("ember_store_retries_total").increment(1);
+        tokio::time::sleep(self.backoff).await;
+        self.backoff *= 2;
+        Ok(None)
+    }
+}
+
+/// Runs `request` under the [`Retries`] policy.
 async fn retry<T, F, Fut>(what: &str, mut request: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Attempt>>,
 {
-    let mut backoff = Duration::from_millis(200);
-    for attempt in 1..=ATTEMPTS {
-        let why = match tokio::time::timeout(REQUEST_TIMEOUT, request()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(Attempt::Fail(e))) => return Err(e),
-            Ok(Err(Attempt::Retry(why))) => why,
-            Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
-        };
-        if attempt == ATTEMPTS {
-            return Err(StoreError::Io(format!(
-                "{what}: gave up after {ATTEMPTS} attempts: {why}"
-            )));
+    let mut retries = Retries::new(what);
+    loop {
+        if let Some(value) = retries.run(request()).await? {
+            return Ok(value);
         }
-        tracing::warn!(what, attempt, error = %why, "blob request failed; retrying");
-        metrics::counter!("ember_store_retries_total").increment(1);
-        tokio::time::sleep(backoff).await;
-        backoff *= 2;
     }
-    unreachable!("the last attempt returns")
+}
+
+/// Streams a response body into `buf`, which it must fill exactly; a body cut short (or a
+/// connection lost midway) is worth another try.
+async fn fill(mut body: azure_core::ResponseBody, buf: &mut [u8]) -> Result<(), Attempt> {
+    let mut filled = 0;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| Attempt::Retry(error_chain(&e)))?;
+        let end = filled + chunk.len();
+        let Some(slot) = buf.get_mut(filled..end) else {
+            return Err(Attempt::Retry(format!(
+                "body longer than {} bytes",
+                buf.len()
+            )));
+        };
+        slot.copy_from_slice(&chunk);
+        filled = end;
+    }
+    if filled < buf.len() {
+        return Err(Attempt::Retry(format!(
+            "body cut short: {filled} of {} bytes",
+            buf.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A whole response body; a connection lost midway is worth another try.
@@ -383,14 +435,16 @@ impl ModelStore for BlobStore {
         let total = usize::try_from(properties.blob.properties.content_length)
             .map_err(|_| StoreError::Io(format!("{what} is too large")))?;
         let mut buf = vec![0u8; total];
-        buf[..head.len()].copy_from_slice(&head);
-        let ranges = (head.len()..total).step_by(BLOCK_SIZE);
-        let mut chunks = futures::stream::iter(ranges)
-            .map(|start| self.read_range(&blob, &etag, start, BLOCK_SIZE.min(total - start)))
-            .buffer_unordered(PARALLEL);
-        while let Some((start, bytes)) = chunks.try_next().await? {
-            buf[start..start + bytes.len()].copy_from_slice(&bytes);
+        let (head_part, rest) = buf.split_at_mut(head.len());
+        head_part.copy_from_slice(&head);
+        let mut ranges = Vec::new();
+        for (i, chunk) in rest.chunks_mut(BLOCK_SIZE).enumerate() {
+            ranges.push(self.read_range(&blob, &etag, head.len() + i * BLOCK_SIZE, chunk));
         }
+        futures::stream::iter(ranges)
+            .buffer_unordered(PARALLEL)
+            .try_collect::<()>()
+            .await?;
         metrics::counter!("ember_store_download_bytes_total").increment(total as u64);
         Ok(Bytes::from(buf))
     }
@@ -558,6 +612,47 @@ mod tests {
         };
         let error = BlobStore::open("az://models", &malformed).err().unwrap();
         assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
+    }
+
+    #[test]
+    fn connection_strings_map_to_their_endpoints() {
+        let endpoint = |connection_string: &str| {
+            let auth = BlobAuth {
+                connection_string: Some(connection_string.into()),
+                ..BlobAuth::default()
+            };
+            let (location, _) = connect_with(&auth).unwrap();
+            let url = location
+                .url(azure_storage::clients::ServiceType::Blob)
+                .unwrap();
+            (location.account().to_owned(), url.to_string())
+        };
+        assert_eq!(
+            endpoint("UseDevelopmentStorage=true"),
+            (
+                "devstoreaccount1".into(),
+                "http://127.0.0.1:10000/devstoreaccount1".into()
+            )
+        );
+        assert_eq!(
+            endpoint(
+                "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.windows.net"
+            ),
+            ("acct".into(), "https://acct.blob.core.windows.net/".into())
+        );
+        assert_eq!(
+            endpoint("AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn"),
+            (
+                "acct".into(),
+                "https://acct.blob.core.chinacloudapi.cn/".into()
+            )
+        );
+        assert_eq!(
+            endpoint(
+                "AccountName=acct;SharedAccessSignature=sv=1&sig=x;BlobEndpoint=http://h:1/acct/"
+            ),
+            ("acct".into(), "http://h:1/acct".into())
+        );
     }
 
     #[test]
