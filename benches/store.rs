@@ -88,15 +88,15 @@ fn serve_start(repo: &str, cache: &std::path::Path) -> f64 {
     .spawn()
     .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().contains("worker ready") {
-            let elapsed = started.elapsed().as_secs_f64();
-            let _ = Command::new("kill").arg(child.id().to_string()).status();
-            child.wait().unwrap();
-            return elapsed;
-        }
-    }
-    panic!("ember serve exited before it was ready");
+    let ready = stderr
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("worker ready"));
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    child.wait().unwrap();
+    assert!(ready, "ember serve exited before it was ready");
+    elapsed
 }
 
 #[tokio::main]
