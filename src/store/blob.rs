@@ -9,7 +9,7 @@
 use super::{ModelStore, StoreError, Tagged};
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
-use azure_core::request_options::{IfMatchCondition, Prefix};
+use azure_core::request_options::{IfMatchCondition, Prefix, Range};
 use azure_core::{RetryOptions, StatusCode};
 use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
 use azure_storage_blobs::blob::{BlobBlockType, BlockList};
@@ -96,22 +96,29 @@ impl BlobStore {
         )
     }
 
-    /// Fills `buf` with the bytes of `blob` from `start`, pinned to `etag`.
+    /// Fills `buf` with the bytes of `blob` (`total` long) from `start`, pinned to `etag`.
     async fn read_range(
         &self,
         blob: &BlobClient,
         etag: &str,
-        start: usize,
+        (start, total): (usize, usize),
         buf: &mut [u8],
     ) -> Result<(), StoreError> {
         let end = start + buf.len();
         let what = format!("{} bytes {start}..{end}", self.name(blob));
         let mut retries = Retries::new(&what);
         loop {
+            // The tail is asked for open-ended: a bounded range under 4 MiB makes the SDK ask
+            // for a CRC64 of it, which emulators refuse.
+            let range = if end == total {
+                Range::from(start as u64..)
+            } else {
+                Range::from(start as u64..end as u64)
+            };
             let request = async {
                 let response = blob
                     .get()
-                    .range(start as u64..end as u64)
+                    .range(range.clone())
                     .if_match(IfMatchCondition::Match(etag.to_owned()))
                     .into_stream()
                     .next()
@@ -439,7 +446,8 @@ impl ModelStore for BlobStore {
         head_part.copy_from_slice(&head);
         let mut ranges = Vec::new();
         for (i, chunk) in rest.chunks_mut(BLOCK_SIZE).enumerate() {
-            ranges.push(self.read_range(&blob, &etag, head.len() + i * BLOCK_SIZE, chunk));
+            let start = head.len() + i * BLOCK_SIZE;
+            ranges.push(self.read_range(&blob, &etag, (start, total), chunk));
         }
         futures::stream::iter(ranges)
             .buffer_unordered(PARALLEL)
