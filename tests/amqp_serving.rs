@@ -138,7 +138,15 @@ async fn realtime_rpc_is_answered_through_direct_reply_to() {
             TensorData::I64(vec![data.labels[i].into()])
         );
     }
-    served.stop().await;
+    // Answered requests are acked, never dead-lettered (RabbitMQ returns mandatory direct
+    // replies as unroutable even when it delivers them).
+    served.shutdown.cancel();
+    let dead = queues::dead(&served.model);
+    let transport = served.transport.clone();
+    let model = served.model.clone();
+    served.serving.await.unwrap();
+    assert_eq!(transport.depth(&dead).await.unwrap(), 0);
+    transport.delete(&model).await.unwrap();
 }
 
 #[tokio::test]

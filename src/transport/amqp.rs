@@ -476,6 +476,9 @@ impl Shared {
 }
 
 /// Publishes on `channel` (in confirm mode, `mandatory`) and waits for the confirm.
+///
+/// Replies to direct reply-to are not `mandatory`: RabbitMQ (3.x) returns them as unroutable
+/// even when it delivers them, and a caller gone from direct reply-to cannot be answered anyway.
 async fn publish_on(
     channel: &Channel,
     exchange: &str,
@@ -484,7 +487,7 @@ async fn publish_on(
     properties: BasicProperties,
 ) -> Result<(), TransportError> {
     let options = BasicPublishOptions {
-        mandatory: true,
+        mandatory: !routing_key.starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
     let confirm = channel

@@ -1,0 +1,462 @@
+//! The load generator: requests go to Ember's queues over RabbitMQ exactly as any producer sends
+//! them (DESIGN.md's wire protocol, raw lapin), answers come back on direct reply-to (realtime
+//! lane) or the model's result queue (batch lane), matched by correlation id.
+//!
+//! Open loop (fixed or Poisson arrivals): each request has an intended send time, and latency
+//! is measured from it, so a generator held up by a slow server still charges the wait to the
+//! server (no coordinated omission). Closed loop: a fixed number in flight, for max throughput.
+
+use anyhow::Context;
+use bytes::Bytes;
+use ember::protocol::Lane;
+use ember::transport::amqp::{AmqpConfig, AmqpTransport};
+use ember::transport::{Transport, queues};
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::PublisherConfirm;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+/// RabbitMQ's direct reply-to pseudo-queue.
+const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// When requests are sent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Evenly spaced, `rate` per second.
+    Fixed { rate: f64 },
+    /// Poisson process with mean `rate` per second (exponential gaps).
+    Poisson { rate: f64 },
+    /// `in_flight` requests outstanding at all times.
+    Closed { in_flight: usize },
+}
+
+/// One model under load and the request bodies to send it (cycled).
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Model name.
+    pub model: String,
+    /// OIP V2 request bodies.
+    pub payloads: Arc<Vec<Bytes>>,
+}
+
+/// What load to offer.
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    /// Models under load; requests are spread evenly across them.
+    pub targets: Vec<Target>,
+    /// Arrival process.
+    pub arrival: Arrival,
+    /// Requests to send.
+    pub requests: usize,
+    /// Share of requests on the realtime lane (RPC); the rest go to the batch lane.
+    pub realtime_share: f64,
+    /// Deadline given to each request, from its intended send time.
+    pub deadline: Option<Duration>,
+    /// Seed of arrivals and lane choice.
+    pub seed: u64,
+    /// After the last send, how long to wait for answers before counting the rest lost.
+    pub drain: Duration,
+}
+
+/// Latency and outcomes of one model on one lane.
+#[derive(Debug, Clone, Serialize)]
+pub struct LaneReport {
+    /// Model name.
+    pub model: String,
+    /// `realtime` or `batch`.
+    pub lane: String,
+    /// Answers (successful or not).
+    pub answered: u64,
+    /// Answers that were errors.
+    pub errors: u64,
+    /// Latency percentiles of all answers, from intended send to answer, in ms.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+/// What a load run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Requests published (and confirmed by the broker).
+    pub sent: u64,
+    /// Requests answered (each counted once).
+    pub answered: u64,
+    /// Sent but never answered within the drain time, by message id. Must be 0.
+    pub lost: u64,
+    /// Answers received again for a request already answered.
+    pub duplicates: u64,
+    /// Publishes the broker refused.
+    pub publish_failures: u64,
+    /// Error answers by code.
+    pub errors: BTreeMap<String, u64>,
+    /// First intended send to last answer.
+    pub duration_s: f64,
+    /// Answers per second over `duration_s`.
+    pub throughput_rps: f64,
+    /// Offered rate (open loop), requests per second.
+    pub offered_rps: Option<f64>,
+    /// Per model and lane.
+    pub lanes: Vec<LaneReport>,
+    /// All answers together.
+    pub overall: LaneReport,
+}
+
+struct Pending {
+    intended: Instant,
+    target: usize,
+    lane: Lane,
+}
+
+/// What the sender, the confirm task and the collector share.
+#[derive(Default)]
+struct State {
+    pending: HashMap<u64, Pending>,
+    answered: HashSet<u64>,
+    histograms: HashMap<(usize, Lane), Histogram<u64>>,
+    errors: HashMap<(usize, Lane), u64>,
+    codes: BTreeMap<String, u64>,
+    duplicates: u64,
+    publish_failures: u64,
+    last_answer: Option<Instant>,
+}
+
+struct Ledger {
+    state: Mutex<State>,
+    /// Closed loop: one permit per request that may be in flight, returned on each answer.
+    slots: Option<Semaphore>,
+    /// Woken when nothing is pending any more.
+    idle: Notify,
+}
+
+impl Ledger {
+    /// Frees the slot of a request that was answered or refused.
+    fn release(&self) {
+        if let Some(slots) = &self.slots {
+            slots.add_permits(1);
+        }
+    }
+}
+
+/// A tiny seeded generator (xorshift64*), enough for arrivals and lane choice.
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Offers `spec`'s load to the workers serving its models through the broker at `url`.
+pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
+    anyhow::ensure!(!spec.targets.is_empty(), "no model to load");
+    // The models' queues exist before the first request, whoever starts first.
+    let topology = AmqpTransport::connect(AmqpConfig::new(url)).await?;
+    for target in &spec.targets {
+        topology.declare(&target.model).await?;
+    }
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .context("connecting to RabbitMQ")?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let mut answers = vec![
+        channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "".into(),
+                no_ack,
+                FieldTable::default(),
+            )
+            .await?
+            .boxed(),
+    ];
+    let results_channel = connection.create_channel().await?;
+    results_channel
+        .basic_qos(1000, BasicQosOptions::default())
+        .await?;
+    for target in &spec.targets {
+        let consumer = results_channel
+            .basic_consume(
+                queues::results(&target.model).as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        answers.push(consumer.boxed());
+    }
+
+    let run_id = format!(
+        "lt{:x}",
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let slots = match spec.arrival {
+        Arrival::Closed { in_flight } => Some(Semaphore::new(in_flight.max(1))),
+        _ => None,
+    };
+    let ledger = Arc::new(Ledger {
+        state: Mutex::default(),
+        slots,
+        idle: Notify::new(),
+    });
+    let started = Instant::now();
+    let collector = tokio::spawn(collect(
+        futures::stream::select_all(answers),
+        ledger.clone(),
+        format!("{run_id}-"),
+    ));
+    // Confirms are awaited in order by their own task, so sending never waits on them.
+    let (confirms, mut confirmed) = mpsc::unbounded_channel::<(u64, PublisherConfirm)>();
+    let confirming = tokio::spawn({
+        let ledger = ledger.clone();
+        async move {
+            while let Some((seq, confirm)) = confirmed.recv().await {
+                let refused = confirm.await.map_or(true, |c| c.is_nack());
+                if refused {
+                    let mut state = ledger.state.lock().unwrap();
+                    state.publish_failures += 1;
+                    state.pending.remove(&seq);
+                    drop(state);
+                    ledger.release();
+                }
+            }
+        }
+    });
+
+    let mut rng = Rng(spec.seed.max(1));
+    let mut next_at = started;
+    for seq in 0..spec.requests as u64 {
+        let intended = match spec.arrival {
+            Arrival::Fixed { rate } => started + Duration::from_secs_f64(seq as f64 / rate),
+            Arrival::Poisson { rate } => {
+                next_at += Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate);
+                next_at
+            }
+            Arrival::Closed { .. } => {
+                if let Some(slots) = &ledger.slots {
+                    slots.acquire().await?.forget();
+                }
+                Instant::now()
+            }
+        };
+        tokio::time::sleep_until(intended.into()).await;
+        let target = seq as usize % spec.targets.len();
+        let lane = if rng.unit() < spec.realtime_share {
+            Lane::Realtime
+        } else {
+            Lane::Batch
+        };
+        let t = &spec.targets[target];
+        let body = &t.payloads[(seq as usize / spec.targets.len()) % t.payloads.len()];
+        let id: ShortString = format!("{run_id}-{seq}").into();
+        let mut properties = BasicProperties::default()
+            .with_message_id(id.clone())
+            .with_correlation_id(id)
+            .with_delivery_mode(2);
+        if lane == Lane::Realtime {
+            properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
+        }
+        if let Some(deadline) = spec.deadline {
+            let at = SystemTime::now() + deadline - intended.elapsed().min(deadline);
+            let ms = at.duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
+            let mut headers = FieldTable::default();
+            headers.insert("ember-deadline-ms".into(), AMQPValue::LongLongInt(ms));
+            properties = properties.with_headers(headers);
+        }
+        let pending = Pending {
+            intended,
+            target,
+            lane,
+        };
+        ledger.state.lock().unwrap().pending.insert(seq, pending);
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queues::requests(&t.model, lane).as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?;
+        let _ = confirms.send((seq, confirm));
+    }
+    drop(confirms);
+    confirming.await?;
+
+    // Wait for the stragglers; what is still pending after `drain` is lost.
+    let drained = async {
+        loop {
+            let idle = ledger.idle.notified();
+            if ledger.state.lock().unwrap().pending.is_empty() {
+                return;
+            }
+            idle.await;
+        }
+    };
+    let _ = tokio::time::timeout(spec.drain, drained).await;
+    collector.abort();
+    let _ = connection.close(200, "done".into()).await;
+    let state = std::mem::take(&mut *ledger.state.lock().unwrap());
+    Ok(report(state, spec, started))
+}
+
+/// Matches answers to pending requests and records their latency.
+async fn collect(
+    mut answers: impl futures::Stream<Item = lapin::Result<Delivery>> + Unpin,
+    ledger: Arc<Ledger>,
+    prefix: String,
+) {
+    while let Some(Ok(delivery)) = answers.next().await {
+        let now = Instant::now();
+        if !delivery.routing_key.as_str().starts_with(DIRECT_REPLY_TO) {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        let properties = &delivery.properties;
+        let Some(seq) = properties
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().strip_prefix(&prefix)?.parse::<u64>().ok())
+        else {
+            continue; // not this run's (an earlier run's leftover result)
+        };
+        let mut state = ledger.state.lock().unwrap();
+        let Some(pending) = state.pending.remove(&seq) else {
+            if state.answered.contains(&seq) {
+                state.duplicates += 1;
+            }
+            continue;
+        };
+        state.answered.insert(seq);
+        state.last_answer = Some(now);
+        let key = (pending.target, pending.lane);
+        let micros = now.duration_since(pending.intended).as_micros() as u64;
+        state
+            .histograms
+            .entry(key)
+            .or_insert_with(new_histogram)
+            .saturating_record(micros.max(1));
+        if let Some(code) = error_code(properties) {
+            *state.errors.entry(key).or_default() += 1;
+            *state.codes.entry(code).or_default() += 1;
+        }
+        if state.pending.is_empty() {
+            ledger.idle.notify_waiters();
+        }
+        drop(state);
+        ledger.release();
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+fn error_code(properties: &BasicProperties) -> Option<String> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get("ember-error-code")?
+    {
+        AMQPValue::LongString(code) => Some(code.to_string()),
+        AMQPValue::ShortString(code) => Some(code.to_string()),
+        _ => None,
+    }
+}
+
+fn lane_report(model: &str, lane: &str, histogram: &Histogram<u64>, errors: u64) -> LaneReport {
+    let ms = |micros: u64| micros as f64 / 1000.0;
+    LaneReport {
+        model: model.to_owned(),
+        lane: lane.to_owned(),
+        answered: histogram.len(),
+        errors,
+        p50_ms: ms(histogram.value_at_quantile(0.50)),
+        p90_ms: ms(histogram.value_at_quantile(0.90)),
+        p99_ms: ms(histogram.value_at_quantile(0.99)),
+        p999_ms: ms(histogram.value_at_quantile(0.999)),
+        max_ms: ms(histogram.max()),
+    }
+}
+
+fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
+    let mut overall = new_histogram();
+    let mut lanes = Vec::new();
+    let mut keys: Vec<_> = state.histograms.keys().copied().collect();
+    keys.sort_by_key(|(target, lane)| (*target, lane.as_str()));
+    for key in keys {
+        let histogram = &state.histograms[&key];
+        overall.add(histogram).expect("same bounds");
+        let errors = state.errors.get(&key).copied().unwrap_or(0);
+        lanes.push(lane_report(
+            &spec.targets[key.0].model,
+            key.1.as_str(),
+            histogram,
+            errors,
+        ));
+    }
+    let answered = state.answered.len() as u64;
+    let duration = state
+        .last_answer
+        .map_or(Duration::ZERO, |last| last.duration_since(started));
+    let errors = state.codes.values().sum();
+    LoadReport {
+        sent: spec.requests as u64 - state.publish_failures,
+        answered,
+        lost: state.pending.len() as u64,
+        duplicates: state.duplicates,
+        publish_failures: state.publish_failures,
+        errors: state.codes,
+        duration_s: duration.as_secs_f64(),
+        throughput_rps: answered as f64 / duration.as_secs_f64().max(1e-9),
+        offered_rps: match spec.arrival {
+            Arrival::Fixed { rate } | Arrival::Poisson { rate } => Some(rate),
+            Arrival::Closed { .. } => None,
+        },
+        lanes,
+        overall: lane_report("*", "*", &overall, errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn poisson_gaps_average_to_the_rate() {
+        let mut rng = Rng(7);
+        let n = 100_000;
+        let total: f64 = (0..n).map(|_| -(1.0 - rng.unit()).ln() / 500.0).sum();
+        let rate = n as f64 / total;
+        assert!((rate - 500.0).abs() < 10.0, "{rate}");
+    }
+}

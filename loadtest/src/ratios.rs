@@ -1,0 +1,319 @@
+//! `ember-loadtest ratios`: Ember's efficiency as ratios measured side by side in one run, so
+//! they hold on a noisy machine:
+//!
+//! - `broker_efficiency`: a no-op (identity) model through Ember ÷ the raw lapin loop;
+//! - `e2e_efficiency`: digits through Ember ÷ the same model in-process on batches of the size;
+//! - `batching_gain`: digits through Ember with max batch 64 ÷ with max batch 1;
+//! - `tail_ratio`: realtime p99 at half the max throughput ÷ unloaded realtime p50.
+
+use crate::baseline;
+use crate::load::{self, Arrival, LoadReport, LoadSpec, Target};
+use crate::worker::Worker;
+use bytes::Bytes;
+use ember::batcher::BatchConfig;
+use ember::demo::{DemoOptions, model_only_rps};
+use ember::models::Architecture;
+use ember::protocol::{DataType, Tensor, TensorData, encode_request};
+use ember::store::{Manifest, ModelName, Repository, Version, sha256_hex};
+use ember::train::digits;
+use ember::transport::amqp::{AmqpConfig, AmqpTransport};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The targets the issue sets.
+pub const TARGETS: [(&str, f64, bool); 4] = [
+    ("broker_efficiency", 0.80, true),
+    ("e2e_efficiency", 0.90, true),
+    ("batching_gain", 8.0, true),
+    ("tail_ratio", 3.0, false),
+];
+
+/// How to run the scenario.
+#[derive(Debug, Clone)]
+pub struct RatiosOptions {
+    /// The broker.
+    pub url: String,
+    /// The `ember` binary to serve with.
+    pub ember: PathBuf,
+    /// Repository holding the digits model.
+    pub model_repo: PathBuf,
+    /// Requests per throughput measurement.
+    pub requests: usize,
+    /// Requests in flight in the closed-loop (max throughput) runs.
+    pub in_flight: usize,
+    /// Largest batch of the batched runs.
+    pub max_batch: usize,
+}
+
+/// The scenario's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct RatiosReport {
+    /// The four ratios.
+    pub ratios: BTreeMap<String, f64>,
+    /// Whether each ratio meets its target.
+    pub meets_target: BTreeMap<String, bool>,
+    /// Requests sent and never answered, over every run (must be 0).
+    pub lost: u64,
+    /// The raw loop's requests per second.
+    pub raw_broker_rps: f64,
+    /// The model alone, images per second.
+    pub in_process_rps: f64,
+    /// Request body size.
+    pub body_bytes: usize,
+    /// Each Ember run.
+    pub runs: BTreeMap<String, LoadReport>,
+}
+
+/// Digits requests, one held-out image each.
+pub fn digit_payloads(count: usize) -> Arc<Vec<Bytes>> {
+    let held_out = held_out();
+    Arc::new(
+        (0..count.min(held_out.len()))
+            .map(|i| {
+                let input = Tensor {
+                    name: "input".into(),
+                    shape: vec![1, digits::PIXELS],
+                    datatype: DataType::Fp32,
+                    data: TensorData::F32(held_out.image(i).to_vec()),
+                };
+                encode_request(&i.to_string(), &[input]).into()
+            })
+            .collect(),
+    )
+}
+
+fn held_out() -> digits::Digits {
+    digits::split(&digits::load(), 7, 0.2).1
+}
+
+/// A repository in `dir` with `name` a copy of the digits model and `echo` an identity model of
+/// the same input width; names unique to this run, so no earlier run's queues interfere.
+async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> anyhow::Result<()> {
+    let production = Version::parse("production")?;
+    let source = Repository::open(source.to_str().unwrap_or("models"))?;
+    let digits_model = ModelName::parse("digits")?;
+    let version = source.resolve(&digits_model, &production).await?;
+    let artifact = source.load(&digits_model, &version).await?;
+    let repo = Repository::open(dir.to_str().unwrap_or_default())?;
+    let mut manifest = artifact.manifest;
+    manifest.name = ModelName::parse(name)?;
+    repo.publish(&manifest, artifact.weights).await?;
+    repo.set_alias(&manifest.name, &production, &manifest.version)
+        .await?;
+    let architecture = Architecture::Identity {
+        width: digits::PIXELS,
+    };
+    let (inputs, outputs) = architecture.signature();
+    let echo = Manifest {
+        name: ModelName::parse(echo)?,
+        version: Version::parse("1")?,
+        architecture,
+        inputs,
+        outputs,
+        labels: Vec::new(),
+        sha256: sha256_hex(&[]),
+        metrics: BTreeMap::new(),
+        training: None,
+        created_at: manifest.created_at,
+    };
+    repo.publish(&echo, Bytes::new()).await?;
+    repo.set_alias(&echo.name, &production, &echo.version)
+        .await?;
+    Ok(())
+}
+
+/// Runs the scenario (each measurement against a freshly started worker).
+pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
+    let scratch = tempfile::tempdir()?;
+    let run = std::process::id();
+    let (model, echo) = (format!("lt-digits-{run}"), format!("lt-echo-{run}"));
+    scratch_repo(scratch.path(), &options.model_repo, &model, &echo).await?;
+    let repo_arg = scratch.path().to_str().unwrap_or_default().to_owned();
+    let payloads = digit_payloads(options.requests);
+    let body_bytes = payloads[0].len();
+    let n = options.requests;
+    let batch = options.max_batch.to_string();
+    let prefetch = 2 * options.max_batch as u16;
+
+    let spec = |model: &str, arrival: Arrival, requests: usize, realtime_share: f64| LoadSpec {
+        targets: vec![Target {
+            model: model.to_owned(),
+            payloads: payloads.clone(),
+        }],
+        arrival,
+        requests,
+        realtime_share,
+        deadline: None,
+        seed: 7,
+        drain: Duration::from_secs(30),
+    };
+    let closed = Arrival::Closed {
+        in_flight: options.in_flight,
+    };
+    let mut runs = BTreeMap::new();
+    let serve = |model: &str, batch: &str| {
+        let args = [
+            "--model",
+            model,
+            "--model-repo",
+            &repo_arg,
+            "--max-batch-size",
+            batch,
+        ]
+        .map(str::to_owned);
+        let (ember, url) = (options.ember.clone(), options.url.clone());
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Worker::start(&ember, &url, &args).await
+        }
+    };
+    let measure = async |worker: Worker, spec: LoadSpec| -> anyhow::Result<LoadReport> {
+        let report = load::run(&options.url, &spec).await;
+        worker.stop().await?;
+        report
+    };
+
+    eprintln!("raw broker loop ({n} requests of {body_bytes} B, prefetch {prefetch})");
+    let raw = baseline::raw_broker(&options.url, payloads.clone(), prefetch).await?;
+
+    eprintln!(
+        "no-op model through Ember (closed loop, {} in flight)",
+        options.in_flight
+    );
+    let echo_run = measure(serve(&echo, &batch).await?, spec(&echo, closed, n, 0.0)).await?;
+    runs.insert("echo_max".to_owned(), echo_run);
+
+    eprintln!("digits through Ember, max batch {batch}");
+    let worker = serve(&model, &batch).await?;
+    let max = load::run(&options.url, &spec(&model, closed, n, 0.0)).await?;
+    let unloaded = load::run(
+        &options.url,
+        &spec(
+            &model,
+            Arrival::Fixed { rate: 50.0 },
+            (n / 100).clamp(50, 500),
+            1.0,
+        ),
+    )
+    .await?;
+    let half_rate = max.throughput_rps / 2.0;
+    let half = measure(
+        worker,
+        spec(&model, Arrival::Poisson { rate: half_rate }, n / 2, 1.0),
+    )
+    .await?;
+
+    eprintln!("digits through Ember, max batch 1");
+    let single = measure(serve(&model, "1").await?, spec(&model, closed, n / 4, 0.0)).await?;
+
+    eprintln!("digits in-process on batches of {batch}");
+    let digits_model = ModelName::parse("digits")?;
+    let source = Repository::open(options.model_repo.to_str().unwrap_or("models"))?;
+    let version = source
+        .resolve(&digits_model, &Version::parse("production")?)
+        .await?;
+    let demo = DemoOptions {
+        requests: n,
+        realtime_every: 1,
+        batch: BatchConfig {
+            max_batch_size: options.max_batch,
+            ..BatchConfig::default()
+        },
+        repo: source.clone(),
+        model: digits_model.clone(),
+    };
+    let in_process = model_only_rps(&source, &digits_model, &version, &demo, &held_out()).await?;
+
+    let ratios = BTreeMap::from([
+        (
+            "broker_efficiency".to_owned(),
+            runs["echo_max"].throughput_rps / raw,
+        ),
+        ("e2e_efficiency".to_owned(), max.throughput_rps / in_process),
+        (
+            "batching_gain".to_owned(),
+            max.throughput_rps / single.throughput_rps,
+        ),
+        (
+            "tail_ratio".to_owned(),
+            half.overall.p99_ms / unloaded.overall.p50_ms,
+        ),
+    ]);
+    for (name, report) in [
+        ("digits_max", max),
+        ("digits_unloaded", unloaded),
+        ("digits_half_load", half),
+        ("digits_max_batch_1", single),
+    ] {
+        runs.insert(name.to_owned(), report);
+    }
+    let meets_target = TARGETS
+        .iter()
+        .map(|(name, target, at_least)| {
+            let value = ratios[*name];
+            let met = if *at_least {
+                value >= *target
+            } else {
+                value <= *target
+            };
+            ((*name).to_owned(), met)
+        })
+        .collect();
+    let lost = runs.values().map(|r| r.lost).sum();
+    let cleanup = AmqpTransport::connect(AmqpConfig::new(options.url.clone())).await?;
+    for model in [&model, &echo] {
+        cleanup.delete(model).await?;
+    }
+    Ok(RatiosReport {
+        ratios,
+        meets_target,
+        lost,
+        raw_broker_rps: raw,
+        in_process_rps: in_process,
+        body_bytes,
+        runs,
+    })
+}
+
+/// A Markdown summary of `report`.
+pub fn markdown(report: &RatiosReport) -> String {
+    let mut out = String::from("| ratio | value | target | met |\n|---|---|---|---|\n");
+    for (name, target, at_least) in TARGETS {
+        out += &format!(
+            "| {name} | {:.2} | {} {target} | {} |\n",
+            report.ratios[name],
+            if at_least { "≥" } else { "≤" },
+            if report.meets_target[name] {
+                "yes"
+            } else {
+                "no"
+            }
+        );
+    }
+    out += &format!(
+        "\nraw broker {:.0} req/s, model in-process {:.0} req/s, body {} B, lost {}\n\n",
+        report.raw_broker_rps, report.in_process_rps, report.body_bytes, report.lost
+    );
+    out +=
+        "| run | sent | answered | lost | errors | req/s | p50 ms | p99 ms | p99.9 ms | max ms |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|\n";
+    for (name, run) in &report.runs {
+        let o = &run.overall;
+        out += &format!(
+            "| {name} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            run.sent,
+            run.answered,
+            run.lost,
+            o.errors,
+            run.throughput_rps,
+            o.p50_ms,
+            o.p99_ms,
+            o.p999_ms,
+            o.max_ms
+        );
+    }
+    out
+}
