@@ -84,17 +84,22 @@ fn serve_start(repo: &str, cache: &std::path::Path) -> f64 {
         cache,
     )
     .env("EMBER_LOG", "info")
+    .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let ready = stderr
-        .lines()
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
         .map_while(Result::ok)
         .any(|line| line.contains("worker ready"));
     let elapsed = started.elapsed().as_secs_f64();
     let _ = Command::new("kill").arg(child.id().to_string()).status();
-    child.wait().unwrap();
+    lines.for_each(drop); // its drain log, until it exits
+    assert!(
+        child.wait().unwrap().success(),
+        "ember serve did not drain cleanly"
+    );
     assert!(ready, "ember serve exited before it was ready");
     elapsed
 }

@@ -138,3 +138,39 @@ fn demo_answers_every_request_correctly_enough() {
         assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
     }
 }
+
+#[test]
+fn serve_drains_on_sigterm_even_with_its_log_pipe_closed() {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["serve", "--transport", "memory", "--model", "digits"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("EMBER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ember runs");
+    let ready = BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.contains("worker ready"));
+    assert!(ready, "ember serve exited before it was ready");
+    // The reader is gone: every later log line fails to write. The drain must still happen.
+    let killed = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("ember serve ignored SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
