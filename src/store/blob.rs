@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// Ranged reads and uploaded blocks are this big.
 pub const BLOCK_SIZE: usize = 8 << 20;
+/// Size of the first read of an object (reads under 4 MiB make the SDK ask for a CRC64, which
+/// emulators refuse).
+const FIRST_READ: usize = 4 << 20;
 /// Ranges or blocks in flight at once, per object.
 const PARALLEL: usize = 8;
 /// Tries per request before giving up (backoff 200 ms, doubling).
@@ -272,6 +275,10 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
                 StatusCode::PreconditionFailed => Attempt::Fail(StoreError::Io(format!(
                     "{what} changed while it was being read; try again"
                 ))),
+                s if code == "FeatureNotSupported" => Attempt::Fail(StoreError::Io(format!(
+                    "{what}: the storage does not support this request (HTTP {})",
+                    u16::from(s)
+                ))),
                 s if u16::from(s) >= 500
                     || s == StatusCode::RequestTimeout
                     || s == StatusCode::TooManyRequests =>
@@ -398,12 +405,13 @@ impl ModelStore for BlobStore {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let blob = self.blob(key);
         let what = self.name(&blob);
-        // The first range tells the size and ETag; small objects need nothing more.
+        // The first read tells the ETag and whether more follows; small objects (manifests,
+        // aliases) need nothing more. It is kept short so the parallel reads start early.
         let first = retry(&what, || async {
             // A chunk size (not a range) so that the SDK tells whether more follows.
             let response = blob
                 .get()
-                .chunk_size(BLOCK_SIZE as u64)
+                .chunk_size(FIRST_READ as u64)
                 .into_stream()
                 .next()
                 .await
