@@ -5,6 +5,7 @@
 mod baseline;
 mod load;
 mod ratios;
+mod sweep;
 mod worker;
 
 use anyhow::Context;
@@ -58,6 +59,35 @@ enum Command {
         /// Exit non-zero unless every ratio meets its target (lost requests always fail).
         #[arg(long)]
         strict: bool,
+    },
+    /// One worker's throughput/latency curve up to saturation, its capacity at a p99 target,
+    /// and the KEDA scaler values that follow (starts its own `ember serve`).
+    Sweep {
+        /// Rate steps as fractions of the closed-loop maximum.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0.1,0.25,0.4,0.55,0.7,0.85,1.0,1.15"
+        )]
+        steps: Vec<f64>,
+        /// Length of each step.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        step_duration: Duration,
+        /// Latency objective (p99 of realtime requests).
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        p99_target: Duration,
+        /// Largest batch of the worker.
+        #[arg(long, default_value_t = 64)]
+        max_batch: usize,
+        /// Repository holding the digits model.
+        #[arg(long, default_value = "models")]
+        model_repo: PathBuf,
+        /// The `ember` binary [default: beside this one].
+        #[arg(long)]
+        ember_bin: Option<PathBuf>,
+        /// Also write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
     /// Offer load to workers already serving (started separately) and report.
     Run {
@@ -138,6 +168,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             } else {
                 0
             })
+        }
+        Command::Sweep {
+            steps,
+            step_duration,
+            p99_target,
+            max_batch,
+            model_repo,
+            ember_bin,
+            json,
+        } => {
+            let options = sweep::SweepOptions {
+                url: cli.amqp_url,
+                ember: worker::ember_bin(ember_bin.as_deref())?,
+                model_repo,
+                max_batch,
+                steps,
+                step_duration,
+                p99_target,
+            };
+            let report = sweep::run(&options).await?;
+            println!("{}", sweep::markdown(&report));
+            write_json(json.as_ref(), &report)?;
+            let lost: u64 = report.steps.iter().map(|s| s.lost).sum();
+            Ok(if lost > 0 { 1 } else { 0 })
         }
         Command::Run {
             models,

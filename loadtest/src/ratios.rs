@@ -91,7 +91,7 @@ fn held_out() -> digits::Digits {
 
 /// A repository in `dir` with `name` a copy of the digits model and `echo` an identity model of
 /// the same input width; names unique to this run, so no earlier run's queues interfere.
-async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> anyhow::Result<()> {
+pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> anyhow::Result<()> {
     let production = Version::parse("production")?;
     let source = Repository::open(source.to_str().unwrap_or("models"))?;
     let digits_model = ModelName::parse("digits")?;
