@@ -10,7 +10,7 @@ mod worker;
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use load::{Arrival, LoadSpec, Target};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,18 +44,9 @@ enum Command {
         /// Requests in flight in the max-throughput runs.
         #[arg(long, default_value_t = 512)]
         in_flight: usize,
-        /// Largest batch of the batched runs.
-        #[arg(long, default_value_t = 64)]
-        max_batch: usize,
-        /// Repository holding the digits model.
-        #[arg(long, default_value = "models")]
-        model_repo: PathBuf,
-        /// The `ember` binary [default: beside this one].
-        #[arg(long)]
-        ember_bin: Option<PathBuf>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        /// The workers it starts, and where the report goes.
+        #[command(flatten)]
+        workers: WorkerArgs,
         /// Exit non-zero unless every ratio meets its target (lost requests always fail).
         #[arg(long)]
         strict: bool,
@@ -76,18 +67,9 @@ enum Command {
         /// Latency objective (p99 of realtime requests).
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         p99_target: Duration,
-        /// Largest batch of the worker.
-        #[arg(long, default_value_t = 64)]
-        max_batch: usize,
-        /// Repository holding the digits model.
-        #[arg(long, default_value = "models")]
-        model_repo: PathBuf,
-        /// The `ember` binary [default: beside this one].
-        #[arg(long)]
-        ember_bin: Option<PathBuf>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        /// The worker it starts, and where the report goes.
+        #[command(flatten)]
+        workers: WorkerArgs,
     },
     /// Offer load to workers already serving (started separately) and report.
     Run {
@@ -121,6 +103,23 @@ enum Command {
     },
 }
 
+/// The `ember serve` workers a scenario starts, and where its report goes.
+#[derive(Debug, Args)]
+struct WorkerArgs {
+    /// Largest batch of the (batched) workers.
+    #[arg(long, default_value_t = 64)]
+    max_batch: usize,
+    /// Repository holding the digits model.
+    #[arg(long, default_value = "models")]
+    model_repo: PathBuf,
+    /// The `ember` binary [default: beside this one].
+    #[arg(long)]
+    ember_bin: Option<PathBuf>,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ArrivalKind {
     Fixed,
@@ -145,23 +144,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Ratios {
             requests,
             in_flight,
-            max_batch,
-            model_repo,
-            ember_bin,
-            json,
+            workers,
             strict,
         } => {
             let options = ratios::RatiosOptions {
                 url: cli.amqp_url,
-                ember: worker::ember_bin(ember_bin.as_deref())?,
-                model_repo,
+                ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+                model_repo: workers.model_repo,
                 requests,
                 in_flight,
-                max_batch,
+                max_batch: workers.max_batch,
             };
             let report = ratios::run(&options).await?;
             println!("{}", ratios::markdown(&report));
-            write_json(json.as_ref(), &report)?;
+            write_json(workers.json.as_ref(), &report)?;
             let met = report.meets_target.values().all(|m| *m);
             Ok(if report.lost > 0 || (strict && !met) {
                 1
@@ -173,23 +169,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             steps,
             step_duration,
             p99_target,
-            max_batch,
-            model_repo,
-            ember_bin,
-            json,
+            workers,
         } => {
             let options = sweep::SweepOptions {
                 url: cli.amqp_url,
-                ember: worker::ember_bin(ember_bin.as_deref())?,
-                model_repo,
-                max_batch,
+                ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+                model_repo: workers.model_repo,
+                max_batch: workers.max_batch,
                 steps,
                 step_duration,
                 p99_target,
             };
             let report = sweep::run(&options).await?;
             println!("{}", sweep::markdown(&report));
-            write_json(json.as_ref(), &report)?;
+            write_json(workers.json.as_ref(), &report)?;
             let lost: u64 = report.steps.iter().map(|s| s.lost).sum();
             Ok(if lost > 0 { 1 } else { 0 })
         }
@@ -253,4 +246,13 @@ fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow:
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }
