@@ -58,14 +58,7 @@ impl Serving {
 
     async fn send(&mut self, pixels: &[f32]) {
         self.sent += 1;
-        let message = Message {
-            body: image_request(&self.sent.to_string(), pixels, 1).into(),
-            properties: Properties {
-                message_id: Some(self.sent.to_string()),
-                reply_to: Some(REPLIES.into()),
-                ..Properties::default()
-            },
-        };
+        let message = request(self.sent, pixels);
         self.transport
             .publish(&queues::requests("digits", Lane::Realtime), message)
             .await
@@ -95,6 +88,18 @@ impl Serving {
             self.send(pixels).await;
         }
         self.answers(n).await.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
+/// Realtime request `id` for one image, answered on [`REPLIES`].
+fn request(id: usize, pixels: &[f32]) -> Message {
+    Message {
+        body: image_request(&id.to_string(), pixels, 1).into(),
+        properties: Properties {
+            message_id: Some(id.to_string()),
+            reply_to: Some(REPLIES.into()),
+            ..Properties::default()
+        },
     }
 }
 
@@ -131,14 +136,7 @@ async fn a_promotion_while_requests_flow_switches_versions_with_no_failed_reques
         let pixels = pixels.clone();
         tokio::spawn(async move {
             for i in 1..=REQUESTS {
-                let message = Message {
-                    body: image_request(&i.to_string(), &pixels, 1).into(),
-                    properties: Properties {
-                        message_id: Some(i.to_string()),
-                        reply_to: Some(REPLIES.into()),
-                        ..Properties::default()
-                    },
-                };
+                let message = request(i, &pixels);
                 transport
                     .publish(&queues::requests("digits", Lane::Realtime), message)
                     .await

@@ -109,15 +109,15 @@ impl BlobStore {
     ) -> Result<(), StoreError> {
         let end = start + buf.len();
         let what = format!("{} bytes {start}..{end}", self.name(blob));
+        // The tail is asked for open-ended: a bounded range under 4 MiB makes the SDK ask for a
+        // CRC64 of it, which emulators refuse.
+        let range = if end == total {
+            Range::from(start as u64..)
+        } else {
+            Range::from(start as u64..end as u64)
+        };
         let mut retries = Retries::new(&what);
         loop {
-            // The tail is asked for open-ended: a bounded range under 4 MiB makes the SDK ask
-            // for a CRC64 of it, which emulators refuse.
-            let range = if end == total {
-                Range::from(start as u64..)
-            } else {
-                Range::from(start as u64..end as u64)
-            };
             let request = async {
                 let response = blob
                     .get()
@@ -438,6 +438,7 @@ impl ModelStore for BlobStore {
             return Ok(Bytes::new());
         };
         if !more {
+            metrics::counter!("ember_store_download_bytes_total").increment(head.len() as u64);
             return Ok(head);
         }
         let properties = retry(&what, || async {

@@ -217,7 +217,7 @@ impl Repository {
         Self { store, cache: None }
     }
 
-    /// Opens the local directory at `address` (or `az://` with no credentials set).
+    /// Opens `address` with default options: no credentials and no cache (local directories).
     pub fn open(address: &str) -> Result<Self, StoreError> {
         Self::open_with(address, &StoreOptions::default())
     }
@@ -398,7 +398,11 @@ impl Repository {
         }
         if let Some(cache) = &self.cache {
             metrics::counter!("ember_model_cache_misses_total").increment(1);
-            cache.put(&actual, weights.clone()).await?;
+            // A cache that cannot be written (disk full, read-only) costs the next start a
+            // download; it must not stop verified weights from being served now.
+            if let Err(e) = cache.put(&actual, weights.clone()).await {
+                tracing::warn!(%model, %version, error = %e, "cannot cache the weights");
+            }
         }
         let fetch = FetchReport::new(&weights, false, download, verify);
         Ok(Artifact {
