@@ -6,6 +6,7 @@
 //! is measured from it, so a generator held up by a slow server still charges the wait to the
 //! server (no coordinated omission). Closed loop: a fixed number in flight, for max throughput.
 
+use crate::worker::Probe;
 use anyhow::Context;
 use bytes::Bytes;
 use ember::protocol::Lane;
@@ -13,6 +14,7 @@ use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use ember::transport::{Transport, queues};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
 use lapin::PublisherConfirm;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -25,10 +27,13 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// RabbitMQ's direct reply-to pseudo-queue.
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Length of one timeline interval.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// When requests are sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +72,29 @@ pub struct LoadSpec {
     pub seed: u64,
     /// After the last send, how long to wait for answers before counting the rest lost.
     pub drain: Duration,
+    /// Shown before the progress bar.
+    pub label: String,
+    /// The worker whose resident memory the timeline samples, if known.
+    pub worker_pid: Option<u32>,
+}
+
+/// One interval of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds from the start of the run to the end of the interval.
+    pub t_s: f64,
+    /// Answers per second in the interval.
+    pub answered_rps: f64,
+    /// Median latency of the interval's answers, ms (0 when none).
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// The worker's resident memory at the end of the interval, bytes.
+    pub worker_rss_bytes: Option<u64>,
+    /// CPU cores the worker kept busy during the interval.
+    pub worker_cpu_cores: Option<f64>,
 }
 
 /// Latency and outcomes of one model on one lane.
@@ -117,6 +145,8 @@ pub struct LoadReport {
     pub lanes: Vec<LaneReport>,
     /// All answers together.
     pub overall: LaneReport,
+    /// Rate and latency per interval (one second), in time order.
+    pub timeline: Vec<Sample>,
 }
 
 struct Pending {
@@ -125,12 +155,15 @@ struct Pending {
     lane: Lane,
 }
 
-/// What the sender, the confirm task and the collector share.
+/// What the sender, the confirm task, the collector and the sampler share.
 #[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
     answered: HashSet<u64>,
     histograms: HashMap<(usize, Lane), Histogram<u64>>,
+    /// Latencies of the current timeline interval.
+    interval: Option<Histogram<u64>>,
+    timeline: Vec<Sample>,
     errors: HashMap<(usize, Lane), u64>,
     codes: BTreeMap<String, u64>,
     duplicates: u64,
@@ -155,11 +188,17 @@ impl Ledger {
     }
 }
 
-/// A tiny seeded generator (xorshift64*), enough for arrivals and lane choice.
-struct Rng(u64);
+/// A tiny seeded generator (xorshift64*), enough for arrivals, lane choice and payloads.
+pub struct Rng(u64);
 
 impl Rng {
-    fn unit(&mut self) -> f64 {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed.max(1))
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -234,6 +273,15 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         ledger.clone(),
         format!("{run_id}-"),
     ));
+    let progress = progress_bar(&spec.label, spec.requests);
+    let (finish_sampling, sampling_done) = oneshot::channel();
+    let sampler = tokio::spawn(sample(
+        ledger.clone(),
+        started,
+        spec.worker_pid.map(Probe::new),
+        progress.clone(),
+        sampling_done,
+    ));
     // Confirms are awaited in order by their own task, so sending never waits on them.
     let (confirms, mut confirmed) = mpsc::unbounded_channel::<(u64, PublisherConfirm)>();
     let confirming = tokio::spawn({
@@ -252,7 +300,7 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         }
     });
 
-    let mut rng = Rng(spec.seed.max(1));
+    let mut rng = Rng::new(spec.seed);
     let mut next_at = started;
     for seq in 0..spec.requests as u64 {
         let intended = match spec.arrival {
@@ -327,9 +375,81 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     };
     let _ = tokio::time::timeout(spec.drain, drained).await;
     collector.abort();
+    let _ = finish_sampling.send(());
+    sampler.await?;
+    progress.finish_and_clear();
     let _ = connection.close(200, "done".into()).await;
     let state = std::mem::take(&mut *ledger.state.lock().unwrap());
     Ok(report(state, spec, started))
+}
+
+/// A bar on stderr (hidden when stderr is not a terminal) with the live rate and p99.
+fn progress_bar(label: &str, requests: usize) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} answered  {msg}",
+    )
+    .expect("valid template");
+    let bar = ProgressBar::new(requests as u64)
+        .with_style(style)
+        .with_prefix(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(250));
+    bar
+}
+
+/// Closes a timeline interval every `SAMPLE_EVERY`, and the last one (up to the last answer)
+/// once `done` fires, showing each on the progress bar.
+async fn sample(
+    ledger: Arc<Ledger>,
+    started: Instant,
+    mut probe: Option<Probe>,
+    progress: ProgressBar,
+    mut done: oneshot::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval_at((started + SAMPLE_EVERY).into(), SAMPLE_EVERY);
+    loop {
+        let last = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = &mut done => true,
+        };
+        let (worker_rss_bytes, worker_cpu_cores) = probe.as_mut().map_or((None, None), Probe::read);
+        let now = Instant::now();
+        let mut state = ledger.state.lock().unwrap();
+        let since = state.timeline.last().map_or(0.0, |s| s.t_s);
+        let interval = state.interval.take().unwrap_or_else(new_histogram);
+        let end = match state.last_answer {
+            Some(answer) if last => answer,
+            _ => now,
+        };
+        let t_s = end.duration_since(started).as_secs_f64();
+        if last && (interval.is_empty() || t_s <= since) {
+            return;
+        }
+        let ms = |q: f64| interval.value_at_quantile(q) as f64 / 1000.0;
+        let sample = Sample {
+            t_s,
+            answered_rps: interval.len() as f64 / (t_s - since).max(1e-3),
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            max_ms: interval.max() as f64 / 1000.0,
+            worker_rss_bytes,
+            worker_cpu_cores,
+        };
+        let answered = state.answered.len() as u64;
+        state.timeline.push(sample.clone());
+        drop(state);
+        if last {
+            return;
+        }
+        let worker = match (sample.worker_rss_bytes, sample.worker_cpu_cores) {
+            (Some(rss), Some(cpu)) => format!(", worker {} MiB, {cpu:.2} cores", rss >> 20),
+            _ => String::new(),
+        };
+        progress.set_position(answered);
+        progress.set_message(format!(
+            "{:.0}/s, p99 {:.1} ms{worker}",
+            sample.answered_rps, sample.p99_ms
+        ));
+    }
 }
 
 /// Matches answers to pending requests and records their latency.
@@ -361,12 +481,16 @@ async fn collect(
         state.answered.insert(seq);
         state.last_answer = Some(now);
         let key = (pending.target, pending.lane);
-        let micros = now.duration_since(pending.intended).as_micros() as u64;
+        let micros = now.duration_since(pending.intended).as_micros().max(1) as u64;
         state
             .histograms
             .entry(key)
             .or_insert_with(new_histogram)
-            .saturating_record(micros.max(1));
+            .saturating_record(micros);
+        state
+            .interval
+            .get_or_insert_with(new_histogram)
+            .saturating_record(micros);
         if let Some(code) = error_code(properties) {
             *state.errors.entry(key).or_default() += 1;
             *state.codes.entry(code).or_default() += 1;
@@ -447,7 +571,65 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
         },
         lanes,
         overall: lane_report("*", "*", &overall, errors),
+        timeline: state.timeline,
     }
+}
+
+/// A Markdown summary of `report`: totals, then latency per model and lane.
+pub fn markdown(report: &LoadReport) -> String {
+    let mut out = format!(
+        "sent {}, answered {}, lost {}, duplicates {}, publish failures {}, {:.0} req/s{} over {:.1} s\n",
+        report.sent,
+        report.answered,
+        report.lost,
+        report.duplicates,
+        report.publish_failures,
+        report.throughput_rps,
+        report
+            .offered_rps
+            .map(|r| format!(" (offered {r:.0})"))
+            .unwrap_or_default(),
+        report.duration_s
+    );
+    for (code, count) in &report.errors {
+        out += &format!("- error {code}: {count}\n");
+    }
+    let cpu: Vec<f64> = report
+        .timeline
+        .iter()
+        .filter_map(|s| s.worker_cpu_cores)
+        .collect();
+    let rss = report
+        .timeline
+        .iter()
+        .filter_map(|s| s.worker_rss_bytes)
+        .max();
+    if let (false, Some(rss)) = (cpu.is_empty(), rss) {
+        let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+        out += &format!(
+            "worker: {mean:.2} cores busy on average ({:.0} µs of CPU per answer), peak RSS {:.1} MiB\n",
+            mean * 1e6 / report.throughput_rps.max(1e-9),
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    out +=
+        "\n| model | lane | answered | errors | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms |\n";
+    out += "|---|---|---|---|---|---|---|---|---|\n";
+    for l in report.lanes.iter().chain([&report.overall]) {
+        out += &format!(
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            l.model,
+            l.lane,
+            l.answered,
+            l.errors,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.p999_ms,
+            l.max_ms
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -456,7 +638,7 @@ mod tests {
 
     #[test]
     fn poisson_gaps_average_to_the_rate() {
-        let mut rng = Rng(7);
+        let mut rng = Rng::new(7);
         let n = 100_000;
         let total: f64 = (0..n).map(|_| -(1.0 - rng.unit()).ln() / 500.0).sum();
         let rate = n as f64 / total;

@@ -4,17 +4,21 @@
 
 mod baseline;
 mod load;
+mod payloads;
+mod plot;
 mod ratios;
+mod soak;
 mod sweep;
+mod traffic;
 mod worker;
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ember::store::{ModelName, Repository, Version};
 use load::{Arrival, LoadSpec, Target};
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use traffic::Workers;
 
 /// Load generator for Ember.
 #[derive(Debug, Parser)]
@@ -44,9 +48,10 @@ enum Command {
         /// Requests in flight in the max-throughput runs.
         #[arg(long, default_value_t = 512)]
         in_flight: usize,
-        /// The workers it starts, and where the report goes.
         #[command(flatten)]
         workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
         /// Exit non-zero unless every ratio meets its target (lost requests always fail).
         #[arg(long)]
         strict: bool,
@@ -67,57 +72,126 @@ enum Command {
         /// Latency objective (p99 of realtime requests).
         #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
         p99_target: Duration,
-        /// The worker it starts, and where the report goes.
         #[command(flatten)]
         workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
-    /// Offer load to workers already serving (started separately) and report.
+    /// Offer the load described to the models and report latency, throughput, errors, losses.
     Run {
-        /// Models to load, requests spread evenly.
-        #[arg(long = "model", required = true, value_delimiter = ',')]
-        models: Vec<String>,
-        /// Arrival process.
-        #[arg(long, value_enum, default_value_t = ArrivalKind::Poisson)]
-        arrival: ArrivalKind,
-        /// Offered requests per second (open loop).
-        #[arg(long, default_value_t = 500.0)]
-        rate: f64,
-        /// Requests in flight (closed loop).
-        #[arg(long, default_value_t = 256)]
-        in_flight: usize,
         /// Requests to send.
         #[arg(long, default_value_t = 10_000)]
         requests: usize,
-        /// Share of realtime (RPC) requests; the rest go to the batch lane.
-        #[arg(long, default_value_t = 0.5)]
-        realtime_share: f64,
-        /// Deadline of each request.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        deadline: Option<Duration>,
-        /// Request bodies, one OIP V2 JSON per line [default: held-out digits].
-        #[arg(long)]
-        input: Option<PathBuf>,
-        /// Also write the report as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
+    /// Constant open-loop load for a long time, sampling the worker's memory: fails on any
+    /// lost request or on RSS growing more than 10 % once warm.
+    Soak {
+        /// How long to offer load.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[command(flatten)]
+        traffic: TrafficArgs,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
     },
 }
 
-/// The `ember serve` workers a scenario starts, and where its report goes.
+/// What load `run` and `soak` offer, and to whom.
+#[derive(Debug, Args)]
+struct TrafficArgs {
+    /// Models to load, requests spread evenly.
+    #[arg(long = "model", default_value = "digits", value_delimiter = ',')]
+    models: Vec<String>,
+    /// Arrival process.
+    #[arg(long, value_enum, default_value_t = ArrivalKind::Poisson)]
+    arrival: ArrivalKind,
+    /// Offered requests per second (open loop).
+    #[arg(long, default_value_t = 500.0)]
+    rate: f64,
+    /// Requests in flight (closed loop).
+    #[arg(long, default_value_t = 256)]
+    in_flight: usize,
+    /// Share of realtime (RPC) requests; the rest go to the batch lane.
+    #[arg(long, default_value_t = 0.5)]
+    realtime_share: f64,
+    /// Deadline of each request.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    deadline: Option<Duration>,
+    /// Request bodies, one OIP V2 JSON per line [default: random tensors shaped by each
+    /// model's manifest in --model-repo].
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Load workers already serving the models instead of starting one.
+    #[arg(long)]
+    external: bool,
+    /// With --external: the worker's pid, to sample its memory.
+    #[arg(long, requires = "external")]
+    worker_pid: Option<u32>,
+    /// A further flag for the `ember serve` it starts (repeatable), e.g. --serve-arg=--max-wait=5ms.
+    #[arg(
+        long = "serve-arg",
+        allow_hyphen_values = true,
+        conflicts_with = "external"
+    )]
+    serve_args: Vec<String>,
+}
+
+/// The `ember serve` workers a scenario starts.
 #[derive(Debug, Args)]
 struct WorkerArgs {
     /// Largest batch of the (batched) workers.
     #[arg(long, default_value_t = 64)]
     max_batch: usize,
-    /// Repository holding the digits model.
+    /// Model repository the workers serve from (and request shapes are read from).
     #[arg(long, default_value = "models")]
     model_repo: PathBuf,
     /// The `ember` binary [default: beside this one].
     #[arg(long)]
     ember_bin: Option<PathBuf>,
-    /// Also write the report as JSON here.
+}
+
+/// Where the reports go besides the Markdown summary on stdout.
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Write the full report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Write SVG plots into this directory.
+    #[arg(long)]
+    plots: Option<PathBuf>,
+}
+
+impl ReportArgs {
+    fn write_json(&self, report: &impl serde::Serialize) -> anyhow::Result<()> {
+        if let Some(path) = &self.json {
+            std::fs::write(path, serde_json::to_vec_pretty(report)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Draws into `<plots>/<name>` with `draw`, when plots were asked for.
+    fn plot(
+        &self,
+        name: &str,
+        draw: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        if let Some(dir) = &self.plots {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            let path = dir.join(name);
+            draw(&path)?;
+            eprintln!("plot: {}", path.display());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -131,7 +205,7 @@ enum ArrivalKind {
 async fn main() {
     let cli = Cli::parse();
     match run(cli).await {
-        Ok(code) => std::process::exit(code),
+        Ok(passed) => std::process::exit(if passed { 0 } else { 1 }),
         Err(e) => {
             eprintln!("ember-loadtest: {e:#}");
             std::process::exit(1);
@@ -139,16 +213,19 @@ async fn main() {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<i32> {
+/// Runs the command; false when it measured a failure (lost requests, a missed target).
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let url = cli.amqp_url;
     match cli.command {
         Command::Ratios {
             requests,
             in_flight,
             workers,
+            report: out,
             strict,
         } => {
             let options = ratios::RatiosOptions {
-                url: cli.amqp_url,
+                url,
                 ember: worker::ember_bin(workers.ember_bin.as_deref())?,
                 model_repo: workers.model_repo,
                 requests,
@@ -157,22 +234,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let report = ratios::run(&options).await?;
             println!("{}", ratios::markdown(&report));
-            write_json(workers.json.as_ref(), &report)?;
+            out.write_json(&report)?;
+            out.plot("ratios-half-load.svg", |path| {
+                let half = &report.runs["digits_half_load"];
+                plot::timeline(path, "digits at half the max rate", &half.timeline)
+            })?;
             let met = report.meets_target.values().all(|m| *m);
-            Ok(if report.lost > 0 || (strict && !met) {
-                1
-            } else {
-                0
-            })
+            Ok(report.lost == 0 && (met || !strict))
         }
         Command::Sweep {
             steps,
             step_duration,
             p99_target,
             workers,
+            report: out,
         } => {
             let options = sweep::SweepOptions {
-                url: cli.amqp_url,
+                url,
                 ember: worker::ember_bin(workers.ember_bin.as_deref())?,
                 model_repo: workers.model_repo,
                 max_batch: workers.max_batch,
@@ -182,70 +260,120 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             };
             let report = sweep::run(&options).await?;
             println!("{}", sweep::markdown(&report));
-            write_json(workers.json.as_ref(), &report)?;
-            let lost: u64 = report.steps.iter().map(|s| s.lost).sum();
-            Ok(if lost > 0 { 1 } else { 0 })
+            out.write_json(&report)?;
+            out.plot("sweep.svg", |path| plot::sweep(path, &report))?;
+            Ok(report.steps.iter().all(|s| s.lost == 0))
         }
         Command::Run {
-            models,
-            arrival,
-            rate,
-            in_flight,
             requests,
-            realtime_share,
-            deadline,
-            input,
-            json,
+            traffic,
+            workers,
+            report: out,
         } => {
-            let payloads = match input {
-                Some(path) => read_payloads(&path)?,
-                None => ratios::digit_payloads(requests),
+            let (workers, spec) = traffic_spec(traffic, workers, requests, "run").await?;
+            let report = traffic::run(&url, &workers, spec).await?;
+            println!("{}", load::markdown(&report));
+            out.write_json(&report)?;
+            out.plot("run.svg", |path| {
+                plot::timeline(path, "ember-loadtest run", &report.timeline)
+            })?;
+            Ok(report.lost == 0)
+        }
+        Command::Soak {
+            duration,
+            traffic,
+            workers,
+            report: out,
+        } => {
+            let rate = match traffic.arrival {
+                ArrivalKind::Closed => {
+                    anyhow::bail!("soak offers open-loop load: use --arrival poisson or fixed")
+                }
+                ArrivalKind::Fixed | ArrivalKind::Poisson => traffic.rate,
             };
-            let spec = LoadSpec {
-                targets: models
-                    .into_iter()
-                    .map(|model| Target {
-                        model,
-                        payloads: payloads.clone(),
-                    })
-                    .collect(),
-                arrival: match arrival {
-                    ArrivalKind::Fixed => Arrival::Fixed { rate },
-                    ArrivalKind::Poisson => Arrival::Poisson { rate },
-                    ArrivalKind::Closed => Arrival::Closed { in_flight },
-                },
-                requests,
-                realtime_share,
-                deadline,
-                seed: 7,
-                drain: Duration::from_secs(30),
-            };
-            let report = load::run(&cli.amqp_url, &spec).await?;
-            println!("{}", serde_json::to_string_pretty(&report)?);
-            write_json(json.as_ref(), &report)?;
-            Ok(if report.lost > 0 { 1 } else { 0 })
+            let requests = (rate * duration.as_secs_f64()).ceil() as usize;
+            let (workers, spec) = traffic_spec(traffic, workers, requests, "soak").await?;
+            let report = soak::SoakReport::new(traffic::run(&url, &workers, spec).await?);
+            println!("{}", soak::markdown(&report));
+            out.write_json(&report)?;
+            out.plot("soak.svg", |path| {
+                plot::timeline(path, "soak", &report.load.timeline)
+            })?;
+            Ok(report.passed())
         }
     }
 }
 
-fn read_payloads(path: &PathBuf) -> anyhow::Result<Arc<Vec<Bytes>>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let payloads: Vec<Bytes> = text
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| Bytes::from(l.to_owned()))
-        .collect();
-    anyhow::ensure!(!payloads.is_empty(), "{} holds no requests", path.display());
-    Ok(Arc::new(payloads))
+/// The workers and load `run` and `soak` describe.
+async fn traffic_spec(
+    traffic: TrafficArgs,
+    workers: WorkerArgs,
+    requests: usize,
+    label: &str,
+) -> anyhow::Result<(Workers, LoadSpec)> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&traffic.realtime_share),
+        "--realtime-share must be between 0 and 1"
+    );
+    anyhow::ensure!(traffic.rate > 0.0, "--rate must be positive");
+    let mut targets = Vec::new();
+    for (i, model) in traffic.models.into_iter().enumerate() {
+        let payloads = match &traffic.input {
+            Some(path) => payloads::from_jsonl(path)?,
+            None => {
+                let manifest = production_manifest(&workers.model_repo, &model).await?;
+                payloads::for_manifest(&manifest, i as u64 + 1)
+            }
+        };
+        targets.push(Target { model, payloads });
+    }
+    let spec = LoadSpec {
+        targets,
+        arrival: match traffic.arrival {
+            ArrivalKind::Fixed => Arrival::Fixed { rate: traffic.rate },
+            ArrivalKind::Poisson => Arrival::Poisson { rate: traffic.rate },
+            ArrivalKind::Closed => Arrival::Closed {
+                in_flight: traffic.in_flight,
+            },
+        },
+        requests,
+        realtime_share: traffic.realtime_share,
+        deadline: traffic.deadline,
+        seed: 7,
+        drain: Duration::from_secs(30),
+        label: label.to_owned(),
+        worker_pid: None,
+    };
+    let workers = if traffic.external {
+        Workers::External {
+            pid: traffic.worker_pid,
+        }
+    } else {
+        Workers::Spawn {
+            ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+            model_repo: workers.model_repo,
+            max_batch: workers.max_batch,
+            serve_args: traffic.serve_args,
+        }
+    };
+    Ok((workers, spec))
 }
 
-fn write_json(path: Option<&PathBuf>, report: &impl serde::Serialize) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        std::fs::write(path, serde_json::to_vec_pretty(report)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
+/// The manifest of `model`'s production version in `repo`, to shape its requests.
+async fn production_manifest(repo: &Path, model: &str) -> anyhow::Result<ember::store::Manifest> {
+    let context = || {
+        format!(
+            "reading {model}'s manifest from {} to shape its requests (or give --input)",
+            repo.display()
+        )
+    };
+    let repo = Repository::open(&repo.display().to_string()).with_context(context)?;
+    let name = ModelName::parse(model).with_context(context)?;
+    let version = repo
+        .resolve(&name, &Version::parse("production")?)
+        .await
+        .with_context(context)?;
+    repo.manifest(&name, &version).await.with_context(context)
 }
 
 #[cfg(test)]

@@ -8,19 +8,18 @@
 
 use crate::baseline;
 use crate::load::{self, Arrival, LoadReport, LoadSpec, Target};
+use crate::payloads;
 use crate::worker::Worker;
 use bytes::Bytes;
 use ember::batcher::BatchConfig;
 use ember::demo::{DemoOptions, model_only_rps};
 use ember::models::Architecture;
-use ember::protocol::{DataType, Tensor, TensorData, encode_request};
 use ember::store::{Manifest, ModelName, Repository, Version, sha256_hex};
 use ember::train::digits;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// The targets the issue sets.
@@ -67,28 +66,6 @@ pub struct RatiosReport {
     pub runs: BTreeMap<String, LoadReport>,
 }
 
-/// Digits requests, one held-out image each.
-pub fn digit_payloads(count: usize) -> Arc<Vec<Bytes>> {
-    let held_out = held_out();
-    Arc::new(
-        (0..count.min(held_out.len()))
-            .map(|i| {
-                let input = Tensor {
-                    name: "input".into(),
-                    shape: vec![1, digits::PIXELS],
-                    datatype: DataType::Fp32,
-                    data: TensorData::F32(held_out.image(i).to_vec()),
-                };
-                encode_request(&i.to_string(), &[input]).into()
-            })
-            .collect(),
-    )
-}
-
-fn held_out() -> digits::Digits {
-    digits::split(&digits::load(), 7, 0.2).1
-}
-
 /// A repository in `dir` with `name` a copy of the digits model and `echo` an identity model of
 /// the same input width; names unique to this run, so no earlier run's queues interfere.
 pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> anyhow::Result<()> {
@@ -132,13 +109,15 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
     let (model, echo) = (format!("lt-digits-{run}"), format!("lt-echo-{run}"));
     scratch_repo(scratch.path(), &options.model_repo, &model, &echo).await?;
     let repo_arg = scratch.path().to_str().unwrap_or_default().to_owned();
-    let payloads = digit_payloads(options.requests);
+    let payloads = payloads::digits(options.requests);
     let body_bytes = payloads[0].len();
     let n = options.requests;
     let batch = options.max_batch.to_string();
     let prefetch = 2 * options.max_batch as u16;
 
     let spec = |model: &str, arrival: Arrival, requests: usize, realtime_share: f64| LoadSpec {
+        label: model.to_owned(),
+        worker_pid: None,
         targets: vec![Target {
             model: model.to_owned(),
             payloads: payloads.clone(),
@@ -225,7 +204,14 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
         repo: source.clone(),
         model: digits_model.clone(),
     };
-    let in_process = model_only_rps(&source, &digits_model, &version, &demo, &held_out()).await?;
+    let in_process = model_only_rps(
+        &source,
+        &digits_model,
+        &version,
+        &demo,
+        &payloads::held_out_digits(),
+    )
+    .await?;
 
     let ratios = BTreeMap::from([
         (

@@ -2,7 +2,8 @@
 //! saturation, its capacity at a p99 target, and the KEDA scaler settings that follow.
 
 use crate::load::{self, Arrival, LoadSpec, Target};
-use crate::ratios::{digit_payloads, scratch_repo};
+use crate::payloads;
+use crate::ratios::scratch_repo;
 use crate::worker::Worker;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use serde::Serialize;
@@ -84,8 +85,13 @@ pub async fn run(options: &SweepOptions) -> anyhow::Result<SweepReport> {
         ],
     )
     .await?;
-    let payloads = digit_payloads(10_000);
+    let payloads = payloads::digits(10_000);
     let spec = |arrival: Arrival, requests: usize, realtime_share: f64| LoadSpec {
+        label: match arrival {
+            Arrival::Poisson { rate } => format!("sweep {rate:.0}/s"),
+            _ => "sweep closed-loop".to_owned(),
+        },
+        worker_pid: worker.pid(),
         targets: vec![Target {
             model: model.clone(),
             payloads: payloads.clone(),

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -25,6 +25,61 @@ pub fn ember_bin(given: Option<&Path>) -> anyhow::Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// Reads a process's resident memory and CPU use from `/proc` (Linux).
+pub struct Probe {
+    pid: u32,
+    last_cpu: Option<(Instant, f64)>,
+}
+
+impl Probe {
+    /// A probe of process `pid`.
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            last_cpu: None,
+        }
+    }
+
+    /// Resident memory now (bytes), and the cores kept busy since the previous read.
+    pub fn read(&mut self) -> (Option<u64>, Option<f64>) {
+        let now = Instant::now();
+        let cpu = cpu_seconds(self.pid);
+        let cores = match (self.last_cpu, cpu) {
+            (Some((then, before)), Some(after)) => {
+                Some((after - before) / now.duration_since(then).as_secs_f64().max(1e-3))
+            }
+            _ => None,
+        };
+        self.last_cpu = cpu.map(|c| (now, c));
+        (rss_bytes(self.pid), cores)
+    }
+}
+
+/// `VmRSS` of `/proc/<pid>/status`.
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// User + system CPU time of all of `pid`'s threads (`/proc/<pid>/stat` fields 14 and 15, in
+/// USER_HZ = 100 ticks per second, as on every Linux architecture Ember targets).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), starting at field 3.
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    let utime: u64 = fields.nth(14 - 3)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 impl Worker {
@@ -80,5 +135,37 @@ impl Worker {
             Command::new("kill").arg(pid.to_string()).status().await?;
         }
         Ok(self.child.wait().await?.success())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probes_this_process_memory_and_cpu() {
+        let mut probe = Probe::new(std::process::id());
+        let (_, first) = probe.read();
+        assert_eq!(first, None, "no CPU rate before a second read");
+        let held = std::hint::black_box(vec![1u8; 64 << 20]);
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let (rss, cores) = probe.read();
+        assert!(
+            rss.unwrap() >= 64 << 20,
+            "{rss:?} bytes with 64 MiB touched"
+        );
+        // At least the spinning thread, however busy the machine, and at most every core.
+        let cores = cores.unwrap();
+        let most = std::thread::available_parallelism().unwrap().get() as f64 + 0.1;
+        assert!(
+            (0.2..=most).contains(&cores),
+            "one spinning thread: {cores} cores"
+        );
+        drop(held);
+        assert_eq!(Probe::new(u32::MAX).read(), (None, None));
     }
 }

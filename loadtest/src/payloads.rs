@@ -1,0 +1,117 @@
+//! Request bodies: held-out digits images, lines of a JSONL file, or random tensors shaped by a
+//! model's manifest.
+
+use crate::load::Rng;
+use anyhow::Context;
+use bytes::Bytes;
+use ember::protocol::{DataType, Tensor, TensorData, TensorSpec, encode_request};
+use ember::store::Manifest;
+use ember::train::digits;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Request bodies, cycled through by the generator.
+pub type Payloads = Arc<Vec<Bytes>>;
+
+/// Distinct bodies generated per model: enough that caches see varied inputs.
+const GENERATED: usize = 256;
+
+/// Digits requests, one held-out image each.
+pub fn digits(count: usize) -> Payloads {
+    let held_out = held_out_digits();
+    Arc::new(
+        (0..count.min(held_out.len()))
+            .map(|i| {
+                let input = Tensor {
+                    name: "input".into(),
+                    shape: vec![1, digits::PIXELS],
+                    datatype: DataType::Fp32,
+                    data: TensorData::F32(held_out.image(i).to_vec()),
+                };
+                encode_request(&i.to_string(), &[input]).into()
+            })
+            .collect(),
+    )
+}
+
+/// The digits images the model was not trained on.
+pub fn held_out_digits() -> digits::Digits {
+    digits::split(&digits::load(), 7, 0.2).1
+}
+
+/// One OIP V2 request body per non-empty line of `path`.
+pub fn from_jsonl(path: &Path) -> anyhow::Result<Payloads> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let payloads: Vec<Bytes> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Bytes::from(l.to_owned()))
+        .collect();
+    anyhow::ensure!(!payloads.is_empty(), "{} holds no requests", path.display());
+    Ok(Arc::new(payloads))
+}
+
+/// Single-row requests with random values for every input `manifest` declares (any batch
+/// dimension set to 1; integers in 0..100, so token ids stay inside any vocabulary).
+pub fn for_manifest(manifest: &Manifest, seed: u64) -> Payloads {
+    let mut rng = Rng::new(seed);
+    Arc::new(
+        (0..GENERATED)
+            .map(|i| {
+                let inputs: Vec<Tensor> = manifest
+                    .inputs
+                    .iter()
+                    .map(|spec| random_tensor(spec, &mut rng))
+                    .collect();
+                encode_request(&i.to_string(), &inputs).into()
+            })
+            .collect(),
+    )
+}
+
+fn random_tensor(spec: &TensorSpec, rng: &mut Rng) -> Tensor {
+    let shape: Vec<usize> = spec.shape.iter().map(|&d| d.max(1) as usize).collect();
+    let len = shape.iter().product();
+    let data = match TensorData::zeros(spec.datatype, 0) {
+        TensorData::F32(_) => TensorData::F32((0..len).map(|_| rng.unit() as f32).collect()),
+        TensorData::F64(_) => TensorData::F64((0..len).map(|_| rng.unit()).collect()),
+        TensorData::I64(_) => {
+            TensorData::I64((0..len).map(|_| (rng.unit() * 100.0) as i64).collect())
+        }
+        TensorData::Bool(_) => TensorData::Bool((0..len).map(|_| rng.unit() < 0.5).collect()),
+        TensorData::Bytes(_) => TensorData::Bytes((0..len).map(|i| format!("text {i}")).collect()),
+    };
+    Tensor {
+        name: spec.name.clone(),
+        shape,
+        datatype: spec.datatype,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ember::protocol::{decode_request, validate};
+    use ember::store::{ModelName, Repository, Version};
+
+    #[tokio::test]
+    async fn generated_requests_pass_the_models_own_validation() {
+        let repo = Repository::open(concat!(env!("CARGO_MANIFEST_DIR"), "/../models")).unwrap();
+        let name = ModelName::parse("digits").unwrap();
+        let version = repo
+            .resolve(&name, &Version::parse("production").unwrap())
+            .await
+            .unwrap();
+        let manifest = repo.manifest(&name, &version).await.unwrap();
+        let payloads = for_manifest(&manifest, 3);
+        assert_eq!(payloads.len(), GENERATED);
+        assert_ne!(payloads[0], payloads[1], "bodies differ");
+        for body in payloads.iter().take(8) {
+            let request = decode_request(body, usize::MAX).unwrap();
+            let inputs = validate(request, &manifest.inputs).unwrap();
+            assert_eq!(inputs.rows, 1);
+        }
+    }
+}
