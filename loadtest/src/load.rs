@@ -575,6 +575,18 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
     }
 }
 
+impl LoadReport {
+    /// Mean CPU cores the worker kept busy over the run, when it was sampled.
+    pub fn worker_cpu_cores(&self) -> Option<f64> {
+        let cores: Vec<f64> = self
+            .timeline
+            .iter()
+            .filter_map(|s| s.worker_cpu_cores)
+            .collect();
+        (!cores.is_empty()).then(|| cores.iter().sum::<f64>() / cores.len() as f64)
+    }
+}
+
 /// A Markdown summary of `report`: totals, then latency per model and lane.
 pub fn markdown(report: &LoadReport) -> String {
     let mut out = format!(
@@ -594,21 +606,15 @@ pub fn markdown(report: &LoadReport) -> String {
     for (code, count) in &report.errors {
         out += &format!("- error {code}: {count}\n");
     }
-    let cpu: Vec<f64> = report
-        .timeline
-        .iter()
-        .filter_map(|s| s.worker_cpu_cores)
-        .collect();
     let rss = report
         .timeline
         .iter()
         .filter_map(|s| s.worker_rss_bytes)
         .max();
-    if let (false, Some(rss)) = (cpu.is_empty(), rss) {
-        let mean = cpu.iter().sum::<f64>() / cpu.len() as f64;
+    if let (Some(cores), Some(rss)) = (report.worker_cpu_cores(), rss) {
         out += &format!(
-            "worker: {mean:.2} cores busy on average ({:.0} µs of CPU per answer), peak RSS {:.1} MiB\n",
-            mean * 1e6 / report.throughput_rps.max(1e-9),
+            "worker: {cores:.2} cores busy on average ({:.0} µs of CPU per answer), peak RSS {:.1} MiB\n",
+            cores * 1e6 / report.throughput_rps.max(1e-9),
             rss as f64 / (1 << 20) as f64
         );
     }

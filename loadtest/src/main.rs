@@ -63,7 +63,7 @@ enum Command {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "0.1,0.25,0.4,0.55,0.7,0.85,1.0,1.15"
+            default_value = "0.1,0.25,0.4,0.55,0.7,0.85,1.0,1.15,1.3,1.5"
         )]
         steps: Vec<f64>,
         /// Length of each step.
@@ -90,7 +90,8 @@ enum Command {
         report: ReportArgs,
     },
     /// Constant open-loop load for a long time, sampling the worker's memory: fails on any
-    /// lost request or on RSS growing more than 10 % once warm.
+    /// lost request or on RSS growing more than 10 % once warm (after 20 % of the run, and at
+    /// least until the worker's memory of answered ids has filled).
     Soak {
         /// How long to offer load.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -292,8 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 ArrivalKind::Fixed | ArrivalKind::Poisson => traffic.rate,
             };
             let requests = (rate * duration.as_secs_f64()).ceil() as usize;
+            let warm_up = soak::warm_up(duration, rate)?;
             let (workers, spec) = traffic_spec(traffic, workers, requests, "soak").await?;
-            let report = soak::SoakReport::new(traffic::run(&url, &workers, spec).await?);
+            let report = soak::SoakReport::new(traffic::run(&url, &workers, spec).await?, warm_up);
             println!("{}", soak::markdown(&report));
             out.write_json(&report)?;
             out.plot("soak.svg", |path| {

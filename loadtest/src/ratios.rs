@@ -4,7 +4,9 @@
 //! - `broker_efficiency`: a no-op (identity) model through Ember ÷ the raw lapin loop;
 //! - `e2e_efficiency`: digits through Ember ÷ the same model in-process on batches of the size;
 //! - `batching_gain`: digits through Ember with max batch 64 ÷ with max batch 1;
-//! - `tail_ratio`: realtime p99 at half the max throughput ÷ unloaded realtime p50.
+//! - `tail_ratio`: realtime p99 at half the max throughput ÷ unloaded realtime p50;
+//! - `e2e_vs_ceiling` (no target): digits through Ember ÷ the lower of the two ceilings, raw
+//!   broker and in-process: how close Ember comes to what binds on this machine.
 
 use crate::baseline;
 use crate::load::{self, Arrival, LoadReport, LoadSpec, Target};
@@ -149,8 +151,13 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
             Worker::start(&ember, &url, &args).await
         }
     };
+    // Load on `worker`, its memory and CPU sampled.
+    let load_on = async |worker: &Worker, mut spec: LoadSpec| {
+        spec.worker_pid = worker.pid();
+        load::run(&options.url, &spec).await
+    };
     let measure = async |worker: Worker, spec: LoadSpec| -> anyhow::Result<LoadReport> {
-        let report = load::run(&options.url, &spec).await;
+        let report = load_on(&worker, spec).await;
         worker.stop().await?;
         report
     };
@@ -167,10 +174,10 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
 
     eprintln!("digits through Ember, max batch {batch}");
     let worker = serve(&model, &batch).await?;
-    let max = load::run(&options.url, &spec(&model, closed, n, 0.0)).await?;
-    let unloaded = load::run(
-        &options.url,
-        &spec(
+    let max = load_on(&worker, spec(&model, closed, n, 0.0)).await?;
+    let unloaded = load_on(
+        &worker,
+        spec(
             &model,
             Arrival::Fixed { rate: 50.0 },
             (n / 100).clamp(50, 500),
@@ -219,6 +226,10 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
             runs["echo_max"].throughput_rps / raw,
         ),
         ("e2e_efficiency".to_owned(), max.throughput_rps / in_process),
+        (
+            "e2e_vs_ceiling".to_owned(),
+            max.throughput_rps / raw.min(in_process),
+        ),
         (
             "batching_gain".to_owned(),
             max.throughput_rps / single.throughput_rps,
@@ -280,16 +291,20 @@ pub fn markdown(report: &RatiosReport) -> String {
         );
     }
     out += &format!(
-        "\nraw broker {:.0} req/s, model in-process {:.0} req/s, body {} B, lost {}\n\n",
-        report.raw_broker_rps, report.in_process_rps, report.body_bytes, report.lost
+        "\nraw broker {:.0} req/s, model in-process {:.0} req/s: digits through Ember reaches {:.2} of \
+         the lower ceiling (e2e_vs_ceiling); body {} B, lost {}\n\n",
+        report.raw_broker_rps,
+        report.in_process_rps,
+        report.ratios["e2e_vs_ceiling"],
+        report.body_bytes,
+        report.lost
     );
-    out +=
-        "| run | sent | answered | lost | errors | req/s | p50 ms | p99 ms | p99.9 ms | max ms |\n";
-    out += "|---|---|---|---|---|---|---|---|---|---|\n";
+    out += "| run | sent | answered | lost | errors | req/s | p50 ms | p99 ms | p99.9 ms | max ms | worker cores |\n";
+    out += "|---|---|---|---|---|---|---|---|---|---|---|\n";
     for (name, run) in &report.runs {
         let o = &run.overall;
         out += &format!(
-            "| {name} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |\n",
+            "| {name} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |\n",
             run.sent,
             run.answered,
             run.lost,
@@ -298,7 +313,9 @@ pub fn markdown(report: &RatiosReport) -> String {
             o.p50_ms,
             o.p99_ms,
             o.p999_ms,
-            o.max_ms
+            o.max_ms,
+            run.worker_cpu_cores()
+                .map_or("-".to_owned(), |c| format!("{c:.2}"))
         );
     }
     out

@@ -2,18 +2,40 @@
 //! which must stay flat once warm (a leak shows as steady growth), and on lost requests.
 
 use crate::load::LoadReport;
+use ember::results::ANSWERED_WINDOW;
 use serde::Serialize;
+use std::time::Duration;
 
 /// How far above its warm level the worker's RSS may go and still count as flat.
 pub const RSS_TOLERANCE: f64 = 0.10;
 
-/// Share of the run treated as warm-up (caches, allocator pools, batch buffers filling).
-const WARM_UP: f64 = 0.2;
+/// The warm-up at least, as a share of the run (allocator pools, batch buffers filling).
+const WARM_UP_SHARE: f64 = 0.2;
+
+/// How long a soak at `rate` requests per second warms up before memory must stay flat: 20 % of
+/// `duration`, and at least until the worker's bounded memory of answered ids
+/// (`ember::results::ANSWERED_WINDOW`) has filled, with a margin. Errors when that leaves less
+/// than half the run to judge.
+pub fn warm_up(duration: Duration, rate: f64) -> anyhow::Result<Duration> {
+    let fill = Duration::from_secs_f64(1.2 * ANSWERED_WINDOW as f64 / rate);
+    let warm_up = fill.max(duration.mul_f64(WARM_UP_SHARE));
+    anyhow::ensure!(
+        warm_up <= duration / 2,
+        "a {}-long soak at {rate} req/s is too short to judge memory: the worker remembers the \
+         last {ANSWERED_WINDOW} answered ids, filled after {:.0} s; soak for at least {:.0} s",
+        humantime::format_duration(duration),
+        fill.as_secs_f64(),
+        2.0 * fill.as_secs_f64()
+    );
+    Ok(warm_up)
+}
 
 /// The soak's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct SoakReport {
-    /// Worker RSS at the first sample after the warm-up (the first 20 % of the run), bytes.
+    /// Seconds of warm-up before memory is judged.
+    pub warm_up_s: f64,
+    /// Worker RSS at the first sample after the warm-up, bytes.
     pub rss_warm_bytes: Option<u64>,
     /// Highest RSS after the warm-up, bytes.
     pub rss_peak_bytes: Option<u64>,
@@ -28,13 +50,13 @@ pub struct SoakReport {
 }
 
 impl SoakReport {
-    /// Reads the memory verdict off `load`'s timeline (none when memory was not sampled).
-    pub fn new(load: LoadReport) -> Self {
-        let end = load.timeline.last().map_or(0.0, |s| s.t_s);
+    /// Reads the memory verdict off `load`'s timeline after `warm_up` (none when memory was not
+    /// sampled).
+    pub fn new(load: LoadReport, warm_up: Duration) -> Self {
         let warm: Vec<u64> = load
             .timeline
             .iter()
-            .filter(|s| s.t_s > WARM_UP * end)
+            .filter(|s| s.t_s > warm_up.as_secs_f64())
             .filter_map(|s| s.worker_rss_bytes)
             .collect();
         let (first, peak, last) = (
@@ -44,6 +66,7 @@ impl SoakReport {
         );
         let growth = first.zip(peak).map(|(w, p)| p as f64 / w as f64 - 1.0);
         Self {
+            warm_up_s: warm_up.as_secs_f64(),
             rss_warm_bytes: first,
             rss_peak_bytes: peak,
             rss_end_bytes: last,
@@ -69,7 +92,8 @@ pub fn markdown(report: &SoakReport) -> String {
     let mut out = crate::load::markdown(&report.load);
     out += &match report.rss_growth {
         Some(growth) => format!(
-            "\nworker RSS: warm {} MiB, peak {} MiB, end {} MiB: growth {:+.1} % ({} within {:.0} %)\n",
+            "\nworker RSS after {:.0} s of warm-up: {} MiB, peak {} MiB, end {} MiB: growth {:+.1} % ({} within {:.0} %)\n",
+            report.warm_up_s,
             mib(report.rss_warm_bytes),
             mib(report.rss_peak_bytes),
             mib(report.rss_end_bytes),
@@ -134,19 +158,31 @@ mod tests {
     }
 
     #[test]
+    fn the_warm_up_outlasts_the_answered_id_memory() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(warm_up(10 * minute, 10_000.0).unwrap(), 2 * minute);
+        let slow = warm_up(60 * minute, 100.0).unwrap();
+        assert!(slow > Duration::from_secs(786), "{slow:?}");
+        let error = warm_up(10 * minute, 100.0).unwrap_err().to_string();
+        assert!(error.contains("too short"), "{error}");
+    }
+
+    #[test]
     fn memory_is_judged_after_the_warm_up() {
         // Growth while warming up (the first 20 %) is allowed; 100 → 105 after is flat.
-        let flat = SoakReport::new(load_with_rss(&[
-            20, 60, 100, 102, 105, 101, 103, 100, 104, 100,
-        ]));
+        let flat = SoakReport::new(
+            load_with_rss(&[20, 60, 100, 102, 105, 101, 103, 100, 104, 100]),
+            Duration::from_secs(2),
+        );
         assert_eq!(flat.rss_warm_bytes, Some(100 << 20));
         assert_eq!(flat.rss_peak_bytes, Some(105 << 20));
         assert_eq!(flat.rss_flat, Some(true));
         assert!(flat.passed());
 
-        let leak = SoakReport::new(load_with_rss(&[
-            20, 60, 100, 104, 108, 112, 116, 120, 124, 128,
-        ]));
+        let leak = SoakReport::new(
+            load_with_rss(&[20, 60, 100, 104, 108, 112, 116, 120, 124, 128]),
+            Duration::from_secs(2),
+        );
         assert_eq!(leak.rss_flat, Some(false));
         assert!((leak.rss_growth.unwrap() - 0.28).abs() < 1e-9);
         assert!(!leak.passed());

@@ -42,6 +42,8 @@ pub struct Step {
     pub p99_ms: f64,
     /// Never answered.
     pub lost: u64,
+    /// CPU cores the worker kept busy.
+    pub worker_cpu_cores: Option<f64>,
 }
 
 /// The curve and what it means for scaling.
@@ -127,6 +129,7 @@ pub async fn run(options: &SweepOptions) -> anyhow::Result<SweepReport> {
             p50_ms: report.overall.p50_ms,
             p99_ms: report.overall.p99_ms,
             lost: report.lost,
+            worker_cpu_cores: report.worker_cpu_cores(),
         });
     }
     worker.stop().await?;
@@ -161,13 +164,19 @@ fn capacity(steps: &[Step], p99_target_ms: f64) -> Option<f64> {
 /// A Markdown summary of `report`.
 pub fn markdown(report: &SweepReport) -> String {
     let mut out = format!(
-        "closed-loop maximum {:.0} req/s, p99 target {:.0} ms\n\n| offered req/s | answered req/s | p50 ms | p99 ms | lost |\n|---|---|---|---|---|\n",
+        "closed-loop maximum {:.0} req/s, p99 target {:.0} ms\n\n| offered req/s | answered req/s | p50 ms | p99 ms | lost | worker cores |\n|---|---|---|---|---|---|\n",
         report.max_rps, report.p99_target_ms
     );
     for s in &report.steps {
         out += &format!(
-            "| {:.0} | {:.0} | {:.2} | {:.2} | {} |\n",
-            s.offered_rps, s.throughput_rps, s.p50_ms, s.p99_ms, s.lost
+            "| {:.0} | {:.0} | {:.2} | {:.2} | {} | {} |\n",
+            s.offered_rps,
+            s.throughput_rps,
+            s.p50_ms,
+            s.p99_ms,
+            s.lost,
+            s.worker_cpu_cores
+                .map_or("-".to_owned(), |c| format!("{c:.2}"))
         );
     }
     match (
@@ -198,6 +207,7 @@ mod tests {
             p50_ms: p99_ms / 2.0,
             p99_ms,
             lost: 0,
+            worker_cpu_cores: None,
         }
     }
 
