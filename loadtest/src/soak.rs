@@ -6,8 +6,14 @@ use ember::results::ANSWERED_WINDOW;
 use serde::Serialize;
 use std::time::Duration;
 
-/// How far above its warm level the worker's RSS may go and still count as flat.
+/// How far above its warm level the worker's RSS may go and still count as flat: 10 % of it,
+/// and never less than `RSS_SLACK`.
 pub const RSS_TOLERANCE: f64 = 0.10;
+
+/// The least growth allowed: the allocator keeps the high-water mark of a burst (a backlog
+/// drained, a stall of the broker), a few MiB whatever the worker's size; a leak, growing with
+/// every request, passes any fixed allowance in a long enough soak.
+pub const RSS_SLACK: u64 = 8 << 20;
 
 /// The warm-up at least, as a share of the run (allocator pools, batch buffers filling).
 const WARM_UP_SHARE: f64 = 0.2;
@@ -43,8 +49,13 @@ pub struct SoakReport {
     pub rss_end_bytes: Option<u64>,
     /// Peak ÷ warm − 1.
     pub rss_growth: Option<f64>,
-    /// Whether the peak stayed within `RSS_TOLERANCE` of the warm level.
+    /// Growth allowed: the greater of `RSS_TOLERANCE` × warm and `RSS_SLACK`, bytes.
+    pub rss_allowed_growth_bytes: Option<u64>,
+    /// Whether the peak stayed within the allowed growth of the warm level.
     pub rss_flat: Option<bool>,
+    /// The smallest leak per answered request this soak would have failed on: the allowed
+    /// growth ÷ the answers after the warm-up, bytes.
+    pub leak_detection_limit_bytes_per_request: Option<f64>,
     /// The load run, with its timeline.
     pub load: LoadReport,
 }
@@ -64,14 +75,23 @@ impl SoakReport {
             warm.iter().copied().max(),
             warm.last().copied(),
         );
-        let growth = first.zip(peak).map(|(w, p)| p as f64 / w as f64 - 1.0);
+        let allowed = first.map(|w| ((w as f64 * RSS_TOLERANCE) as u64).max(RSS_SLACK));
+        let judged = load.timeline.last().map_or(0.0, |s| s.t_s) - warm_up.as_secs_f64();
+        let answers_judged = load.throughput_rps * judged.max(0.0);
         Self {
             warm_up_s: warm_up.as_secs_f64(),
             rss_warm_bytes: first,
             rss_peak_bytes: peak,
             rss_end_bytes: last,
-            rss_growth: growth,
-            rss_flat: growth.map(|g| g <= RSS_TOLERANCE),
+            rss_growth: first.zip(peak).map(|(w, p)| p as f64 / w as f64 - 1.0),
+            rss_allowed_growth_bytes: allowed,
+            rss_flat: first
+                .zip(peak)
+                .zip(allowed)
+                .map(|((w, p), allowed)| p <= w + allowed),
+            leak_detection_limit_bytes_per_request: allowed
+                .filter(|_| answers_judged >= 1.0)
+                .map(|a| a as f64 / answers_judged),
             load,
         }
     }
@@ -90,22 +110,26 @@ pub fn markdown(report: &SoakReport) -> String {
         })
     };
     let mut out = crate::load::markdown(&report.load);
-    out += &match report.rss_growth {
-        Some(growth) => format!(
-            "\nworker RSS after {:.0} s of warm-up: {} MiB, peak {} MiB, end {} MiB: growth {:+.1} % ({} within {:.0} %)\n",
+    out += &match (report.rss_growth, report.rss_allowed_growth_bytes) {
+        (Some(growth), Some(allowed)) => format!(
+            "\nworker RSS after {:.0} s of warm-up: {} MiB, peak {} MiB, end {} MiB: growth {:+.1} %, \
+             {} (allowed {} MiB); a leak of {:.1} bytes per request or more would have failed it\n",
             report.warm_up_s,
             mib(report.rss_warm_bytes),
             mib(report.rss_peak_bytes),
             mib(report.rss_end_bytes),
             growth * 100.0,
             if report.rss_flat == Some(true) {
-                "flat,"
+                "flat"
             } else {
-                "NOT flat,"
+                "NOT flat"
             },
-            RSS_TOLERANCE * 100.0
+            mib(Some(allowed)),
+            report
+                .leak_detection_limit_bytes_per_request
+                .unwrap_or(f64::NAN)
         ),
-        None => "\nworker RSS not sampled (pass --worker-pid with --external)\n".into(),
+        _ => "\nworker RSS not sampled (pass --worker-pid with --external)\n".into(),
     };
     out
 }
@@ -178,6 +202,17 @@ mod tests {
         assert_eq!(flat.rss_peak_bytes, Some(105 << 20));
         assert_eq!(flat.rss_flat, Some(true));
         assert!(flat.passed());
+        // 10 MiB allowed over the 8 answers after the warm-up (1 per second).
+        let limit = flat.leak_detection_limit_bytes_per_request.unwrap();
+        assert!((limit - (10 << 20) as f64 / 8.0).abs() < 1.0, "{limit}");
+
+        // A small worker may keep a burst's high-water mark: 40 → 46 MiB is within the slack.
+        let step = SoakReport::new(
+            load_with_rss(&[20, 30, 40, 40, 40, 46, 46, 46, 46, 46]),
+            Duration::from_secs(2),
+        );
+        assert_eq!(step.rss_allowed_growth_bytes, Some(RSS_SLACK));
+        assert!(step.passed());
 
         let leak = SoakReport::new(
             load_with_rss(&[20, 60, 100, 104, 108, 112, 116, 120, 124, 128]),
