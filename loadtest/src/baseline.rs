@@ -1,5 +1,7 @@
 //! The ceilings every Ember figure is divided by, measured in the same run:
 //! - `raw-broker`: a minimal lapin publish → consume → ack loop, same bodies and prefetch;
+//! - `raw-rpc`: the same with a reply per request, published (confirmed) to a second queue
+//!   before the request is acked: the broker work of one answered request, nothing else;
 //! - `in-process`: the model run directly on batches (no transport, decoding or batching).
 
 use bytes::Bytes;
@@ -9,7 +11,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,18 +26,7 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
     let connection = Connection::connect(url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     let queue = format!("ember-loadtest.raw.{}", std::process::id());
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    channel
-        .queue_declare(queue.as_str().into(), durable, arguments)
-        .await?;
+    declare_quorum(&channel, &queue).await?;
     let consuming = connection.create_channel().await?;
     consuming
         .basic_qos(prefetch, BasicQosOptions::default())
@@ -54,31 +45,7 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
         .await?;
     let count = bodies.len();
     let started = Instant::now();
-    let producing = tokio::spawn({
-        let queue = queue.clone();
-        async move {
-            let mut pending = VecDeque::new();
-            for body in bodies.iter() {
-                let confirm = producer
-                    .basic_publish(
-                        "".into(),
-                        queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        body,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await?;
-                pending.push_back(confirm);
-                if pending.len() == WINDOW {
-                    pending.pop_front().expect("full").await?;
-                }
-            }
-            for confirm in pending {
-                confirm.await?;
-            }
-            Ok::<_, lapin::Error>(())
-        }
-    });
+    let producing = tokio::spawn(publish_confirmed(producer, queue.clone(), bodies));
     let mut acks = tokio::task::JoinSet::new();
     for _ in 0..count {
         let delivery = consumer
@@ -96,6 +63,149 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
     channel
         .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
         .await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(rate)
+}
+
+/// Declares `queue` durable and of type quorum, as Ember declares its queues.
+async fn declare_quorum(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await
+        .map(drop)
+}
+
+/// Publishes `bodies` persistent to `queue` on `channel` (in confirm mode), `WINDOW` awaiting
+/// their confirm at once.
+async fn publish_confirmed(
+    channel: Channel,
+    queue: String,
+    bodies: Arc<Vec<Bytes>>,
+) -> lapin::Result<()> {
+    let mut pending = VecDeque::new();
+    for body in bodies.iter() {
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        pending.push_back(confirm);
+        if pending.len() == WINDOW {
+            pending.pop_front().expect("full").await?;
+        }
+    }
+    for confirm in pending {
+        confirm.await?;
+    }
+    Ok(())
+}
+
+/// Requests per second of the minimal at-least-once request → reply exchange over two durable
+/// quorum queues: a client publishing `bodies` with confirms, a server (prefetch `prefetch`)
+/// that publishes each body back as the reply, awaits its confirm and acks the request, and
+/// the client consuming and acking the replies (first publish to last reply).
+pub async fn raw_rpc(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> anyhow::Result<f64> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let setup = connection.create_channel().await?;
+    let run = std::process::id();
+    let (requests, replies) = (
+        format!("ember-loadtest.rpc-requests.{run}"),
+        format!("ember-loadtest.rpc-replies.{run}"),
+    );
+    for queue in [&requests, &replies] {
+        declare_quorum(&setup, queue).await?;
+    }
+    let consumer = |queue: String, prefetch: u16| {
+        let connection = &connection;
+        async move {
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+        }
+    };
+    let mut incoming = consumer(requests.clone(), prefetch).await?;
+    let mut answers = consumer(replies.clone(), 1000).await?;
+    let server_channel = connection.create_channel().await?;
+    server_channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let client = connection.create_channel().await?;
+    client
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let count = bodies.len();
+    let started = Instant::now();
+    let server = tokio::spawn({
+        let replies = replies.clone();
+        async move {
+            let mut settling = tokio::task::JoinSet::new();
+            for _ in 0..count {
+                let delivery = incoming
+                    .next()
+                    .await
+                    .ok_or_else(|| anyhow::anyhow!("request consumer closed"))??;
+                let confirm = server_channel
+                    .basic_publish(
+                        "".into(),
+                        replies.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await?;
+                settling.spawn(async move {
+                    confirm.await?;
+                    delivery.ack(BasicAckOptions::default()).await
+                });
+            }
+            while let Some(settled) = settling.join_next().await {
+                settled??;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    });
+    let producing = tokio::spawn(publish_confirmed(client, requests.clone(), bodies));
+    let mut acks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        let reply = answers
+            .next()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("reply consumer closed"))??;
+        acks.spawn(async move { reply.ack(BasicAckOptions::default()).await });
+    }
+    while let Some(acked) = acks.join_next().await {
+        acked??;
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    producing.await??;
+    server.await??;
+    for queue in [&requests, &replies] {
+        setup
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
 }

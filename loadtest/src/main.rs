@@ -90,8 +90,8 @@ enum Command {
         report: ReportArgs,
     },
     /// Constant open-loop load for a long time, sampling the worker's memory: fails on any
-    /// lost request or on RSS growing more than 10 % once warm (after 20 % of the run, and at
-    /// least until the worker's memory of answered ids has filled).
+    /// lost request or on RSS growing by more than 10 % (and 8 MiB) once warm (after 20 % of
+    /// the run, and at least until the worker's memory of answered ids has filled).
     Soak {
         /// How long to offer load.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -136,7 +136,7 @@ struct TrafficArgs {
     /// With --external: the worker's pid, to sample its memory.
     #[arg(long, requires = "external")]
     worker_pid: Option<u32>,
-    /// A further flag for the `ember serve` it starts (repeatable), e.g. --serve-arg=--max-wait=5ms.
+    /// A further flag for the `ember serve` it starts (repeatable), e.g. --serve-arg=--max-batch-delay=5ms.
     #[arg(
         long = "serve-arg",
         allow_hyphen_values = true,
