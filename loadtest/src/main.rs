@@ -133,10 +133,11 @@ struct TrafficArgs {
     /// Load workers already serving the models instead of starting one.
     #[arg(long)]
     external: bool,
-    /// With --external: the worker's pid, to sample its memory.
+    /// With --external: the worker's pid, to sample its memory and CPU.
     #[arg(long, requires = "external")]
     worker_pid: Option<u32>,
-    /// A further flag for the `ember serve` it starts (repeatable), e.g. --serve-arg=--max-batch-delay=5ms.
+    /// A further flag for the `ember serve` it starts (repeatable), e.g.
+    /// --serve-arg=--max-batch-delay=5ms.
     #[arg(
         long = "serve-arg",
         allow_hyphen_values = true,

@@ -98,21 +98,24 @@ impl Worker {
             .spawn()
             .with_context(|| format!("starting {}", ember.display()))?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+        let mut said = Vec::new();
         let ready = async {
             while let Some(line) = lines.next_line().await? {
                 if line.contains("worker ready") {
                     return Ok(true);
                 }
-                if line.contains("ERROR") {
-                    eprintln!("ember serve: {line}");
-                }
+                said.push(line);
             }
             Ok::<_, std::io::Error>(false)
         };
         let ready = tokio::time::timeout(Duration::from_secs(120), ready)
             .await
             .context("ember serve was not ready within 120 s")??;
-        anyhow::ensure!(ready, "ember serve {args:?} exited before it was ready");
+        anyhow::ensure!(
+            ready,
+            "ember serve {args:?} exited before it was ready:\n{}",
+            said.join("\n")
+        );
         // Keep draining its log so it never blocks on a full pipe; pass errors on.
         tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
