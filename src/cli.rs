@@ -10,7 +10,8 @@ use crate::registry::Registry;
 use crate::results::DEFAULT_MAX_REDELIVERIES;
 use crate::runtime::Executor;
 use crate::store::{
-    BlobAuth, DEFAULT_ALIAS, ModelName, Repository, StoreOptions, Version, WeightCache,
+    BlobAuth, DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, StoreOptions, Version,
+    WeightCache,
 };
 use crate::train::{self, TrainOptions};
 use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
@@ -183,6 +184,11 @@ pub enum ModelsCommand {
         /// Alias to move.
         #[arg(long, default_value = DEFAULT_ALIAS)]
         alias: Version,
+        /// Promote only if the version beats the alias's current version on this metric of
+        /// their manifests (NAME, NAME:max or NAME:min; names with "loss" or "error" default to
+        /// min); otherwise change nothing and exit 3.
+        #[arg(long, value_name = "METRIC", value_parser = MetricGate::parse)]
+        if_better: Option<MetricGate>,
     },
     /// Fetch a version into the local cache, verify and load it (an init container's job).
     Pull {
@@ -699,6 +705,9 @@ async fn send(args: SendArgs) -> anyhow::Result<i32> {
 /// Publishes awaiting their confirm at once.
 const SEND_WINDOW: usize = 256;
 
+/// Exit status of `models promote --if-better` when the candidate is not better.
+pub const NOT_PROMOTED: i32 = 3;
+
 type SendResult = Result<Result<(), (usize, TransportError)>, tokio::task::JoinError>;
 
 fn tally(result: Option<SendResult>, sent: &mut usize, failed: &mut usize) {
@@ -809,10 +818,45 @@ async fn models(command: ModelsCommand) -> anyhow::Result<i32> {
             model,
             version,
             alias,
+            if_better: None,
         } => {
             repo.open()?.promote(&model, &version, &alias).await?;
             println!("{model} {alias} -> {version}");
             Ok(0)
+        }
+        ModelsCommand::Promote {
+            repo,
+            model,
+            version,
+            alias,
+            if_better: Some(gate),
+        } => {
+            let repo = repo.open()?;
+            let metric = &gate.metric;
+            match repo
+                .promote_if_better(&model, &version, &alias, &gate)
+                .await?
+            {
+                Promotion::Promoted { replaced, new, old } => {
+                    let was = match (replaced, old) {
+                        (Some(v), Some(old)) => format!(" (was {v}, {metric} {old})"),
+                        _ => " (first version under this alias)".to_owned(),
+                    };
+                    println!("{model} {alias} -> {version}: {metric} {new}{was}");
+                    Ok(0)
+                }
+                Promotion::AlreadyThere => {
+                    println!("{model} {alias} is already {version}");
+                    Ok(0)
+                }
+                Promotion::NotBetter { current, new, old } => {
+                    eprintln!(
+                        "not promoted: {model} {version} has {metric} {new}, not better than {alias} \
+                         ({current}) with {old}; {alias} stays {current}"
+                    );
+                    Ok(NOT_PROMOTED)
+                }
+            }
         }
         ModelsCommand::Pull { repo, target, json } => pull(&repo.open()?, &target, json).await,
     }

@@ -193,6 +193,73 @@ pub struct StoreOptions {
 /// `aliases.json`: alias → version.
 pub type Aliases = BTreeMap<String, Version>;
 
+/// The metric a gated promotion compares, and which way is better.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricGate {
+    /// Name in the manifests' `metrics`.
+    pub metric: String,
+    /// Whether a smaller value is better (losses, errors).
+    pub lower_is_better: bool,
+}
+
+impl MetricGate {
+    /// Parses `name`, `name:max` or `name:min`; without a suffix, names that hold `loss` or
+    /// `error` are better lower, every other (accuracy, F1, ROC-AUC) higher.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let (metric, lower_is_better) = match value.rsplit_once(':') {
+            Some((metric, "min")) => (metric, true),
+            Some((metric, "max")) => (metric, false),
+            Some((_, other)) => {
+                return Err(format!(
+                    "{other:?} is not a direction: use NAME, NAME:max or NAME:min"
+                ));
+            }
+            None => (value, value.contains("loss") || value.contains("error")),
+        };
+        if metric.is_empty() {
+            return Err("empty metric name".into());
+        }
+        Ok(Self {
+            metric: metric.to_owned(),
+            lower_is_better,
+        })
+    }
+
+    /// Whether `candidate` strictly beats `current`.
+    pub fn better(&self, candidate: f64, current: f64) -> bool {
+        if self.lower_is_better {
+            candidate < current
+        } else {
+            candidate > current
+        }
+    }
+}
+
+/// What a gated promotion did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Promotion {
+    /// The alias now points at the candidate.
+    Promoted {
+        /// The version it pointed at before, if any.
+        replaced: Option<Version>,
+        /// The candidate's score.
+        new: f64,
+        /// The replaced version's score.
+        old: Option<f64>,
+    },
+    /// The alias already pointed at the candidate.
+    AlreadyThere,
+    /// The candidate did not beat the current version; nothing changed.
+    NotBetter {
+        /// The version the alias still points at.
+        current: Version,
+        /// The candidate's score.
+        new: f64,
+        /// The current version's score.
+        old: f64,
+    },
+}
+
 /// Hex sha256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -486,6 +553,56 @@ impl Repository {
     ) -> Result<(), StoreError> {
         self.manifest(model, version).await?;
         self.set_alias(model, alias, version).await
+    }
+
+    /// Points `alias` of `model` at `version` only if `version` beats the version the alias points
+    /// at now on `gate`'s metric (or the alias is new). The comparison is read before the alias is
+    /// written: two gated promotions of one model at once must be serialised by their caller.
+    pub async fn promote_if_better(
+        &self,
+        model: &ModelName,
+        version: &Version,
+        alias: &Version,
+        gate: &MetricGate,
+    ) -> Result<Promotion, StoreError> {
+        let candidate = self.manifest(model, version).await?;
+        let score = |manifest: &Manifest| {
+            manifest.metrics.get(&gate.metric).copied().ok_or_else(|| {
+                let known: Vec<&str> = manifest.metrics.keys().map(String::as_str).collect();
+                StoreError::Invalid(format!(
+                    "{model} version {} has no metric {:?} (it has: {})",
+                    manifest.version,
+                    gate.metric,
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ))
+            })
+        };
+        let new = score(&candidate)?;
+        let Some(current) = self.aliases(model).await?.get(alias.as_str()).cloned() else {
+            self.set_alias(model, alias, version).await?;
+            return Ok(Promotion::Promoted {
+                replaced: None,
+                new,
+                old: None,
+            });
+        };
+        if current == *version {
+            return Ok(Promotion::AlreadyThere);
+        }
+        let old = score(&self.manifest(model, &current).await?)?;
+        if !gate.better(new, old) {
+            return Ok(Promotion::NotBetter { current, new, old });
+        }
+        self.set_alias(model, alias, version).await?;
+        Ok(Promotion::Promoted {
+            replaced: Some(current),
+            new,
+            old: Some(old),
+        })
     }
 
     /// Points `alias` of `model` at `version`.
