@@ -436,6 +436,10 @@ pub struct TrainArgs {
     /// Point `production` at the new version.
     #[arg(long)]
     pub promote: bool,
+    /// Then point `production` at the new version only if it beats the current one on this
+    /// metric (as `models promote --if-better`); exit 3 if it does not.
+    #[arg(long, value_name = "METRIC", value_parser = MetricGate::parse, conflicts_with = "promote")]
+    pub promote_if_better: Option<MetricGate>,
 }
 
 /// `ember serve`.
@@ -507,7 +511,17 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             };
             let manifest = train::train(&repo, &args.kind, &name, &options).await?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
-            Ok(0)
+            let Some(gate) = args.promote_if_better else {
+                return Ok(0);
+            };
+            let alias = Version::parse(DEFAULT_ALIAS)?;
+            let promotion = repo
+                .promote_if_better(&name, &manifest.version, &alias, &gate)
+                .await?;
+            let (message, code) =
+                promotion_outcome(&name, &manifest.version, &alias, &gate, promotion);
+            eprintln!("{message}");
+            Ok(code)
         }
         Command::Serve(args) => serve(args).await,
         Command::Models { command } => models(command).await,
@@ -831,34 +845,50 @@ async fn models(command: ModelsCommand) -> anyhow::Result<i32> {
             alias,
             if_better: Some(gate),
         } => {
-            let repo = repo.open()?;
-            let metric = &gate.metric;
-            match repo
+            let promotion = repo
+                .open()?
                 .promote_if_better(&model, &version, &alias, &gate)
-                .await?
-            {
-                Promotion::Promoted { replaced, new, old } => {
-                    let was = match (replaced, old) {
-                        (Some(v), Some(old)) => format!(" (was {v}, {metric} {old})"),
-                        _ => " (first version under this alias)".to_owned(),
-                    };
-                    println!("{model} {alias} -> {version}: {metric} {new}{was}");
-                    Ok(0)
-                }
-                Promotion::AlreadyThere => {
-                    println!("{model} {alias} is already {version}");
-                    Ok(0)
-                }
-                Promotion::NotBetter { current, new, old } => {
-                    eprintln!(
-                        "not promoted: {model} {version} has {metric} {new}, not better than {alias} \
-                         ({current}) with {old}; {alias} stays {current}"
-                    );
-                    Ok(NOT_PROMOTED)
-                }
+                .await?;
+            let (message, code) = promotion_outcome(&model, &version, &alias, &gate, promotion);
+            if code == 0 {
+                println!("{message}");
+            } else {
+                eprintln!("{message}");
             }
+            Ok(code)
         }
         ModelsCommand::Pull { repo, target, json } => pull(&repo.open()?, &target, json).await,
+    }
+}
+
+/// What a gated promotion did, in words, and the exit status it means.
+fn promotion_outcome(
+    model: &ModelName,
+    version: &Version,
+    alias: &Version,
+    gate: &MetricGate,
+    promotion: Promotion,
+) -> (String, i32) {
+    let metric = &gate.metric;
+    match promotion {
+        Promotion::Promoted { replaced, new, old } => {
+            let was = match (replaced, old) {
+                (Some(v), Some(old)) => format!(" (was {v}, {metric} {old})"),
+                _ => " (first version under this alias)".to_owned(),
+            };
+            (
+                format!("{model} {alias} -> {version}: {metric} {new}{was}"),
+                0,
+            )
+        }
+        Promotion::AlreadyThere => (format!("{model} {alias} is already {version}"), 0),
+        Promotion::NotBetter { current, new, old } => (
+            format!(
+                "not promoted: {model} {version} has {metric} {new}, not better than {alias} \
+                 ({current}) with {old}; {alias} stays {current}"
+            ),
+            NOT_PROMOTED,
+        ),
     }
 }
 

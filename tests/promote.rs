@@ -152,3 +152,40 @@ async fn the_cli_gate_exits_3_and_keeps_production() {
         version("3")
     );
 }
+
+#[tokio::test]
+async fn a_training_job_ends_with_the_gate() {
+    let train = |dir: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["train", "digits", "--epochs", "1", "--out"])
+            .arg(dir)
+            .args(["--promote-if-better", "test_accuracy"])
+            .output()
+            .unwrap()
+    };
+    let model = ModelName::parse("digits").unwrap();
+    let production = version("production");
+
+    // Production scores above any possible accuracy: the new version 2 stays a candidate.
+    let (dir, repo) = scored_repo("digits", &[1.5]).await;
+    let refused = train(dir.path());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{said}");
+    assert!(said.contains("not promoted: digits 2"), "{said}");
+    assert_eq!(
+        repo.resolve(&model, &production).await.unwrap(),
+        version("1")
+    );
+    assert!(repo.versions(&model).await.unwrap().contains(&version("2")));
+
+    // Production scores 0: the trained version replaces it.
+    let (dir, repo) = scored_repo("digits", &[0.0]).await;
+    let promoted = train(dir.path());
+    let said = String::from_utf8_lossy(&promoted.stderr);
+    assert_eq!(promoted.status.code(), Some(0), "{said}");
+    assert!(said.contains("digits production -> 2"), "{said}");
+    assert_eq!(
+        repo.resolve(&model, &production).await.unwrap(),
+        version("2")
+    );
+}
