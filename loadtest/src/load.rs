@@ -74,7 +74,7 @@ pub struct LoadSpec {
     pub drain: Duration,
     /// Shown before the progress bar.
     pub label: String,
-    /// The worker whose resident memory the timeline samples, if known.
+    /// The worker whose memory and CPU the timeline samples, if known.
     pub worker_pid: Option<u32>,
 }
 

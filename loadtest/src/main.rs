@@ -319,10 +319,15 @@ async fn traffic_spec(
         "--realtime-share must be between 0 and 1"
     );
     anyhow::ensure!(traffic.rate > 0.0, "--rate must be positive");
+    let given = traffic
+        .input
+        .as_deref()
+        .map(payloads::from_jsonl)
+        .transpose()?;
     let mut targets = Vec::new();
     for (i, model) in traffic.models.into_iter().enumerate() {
-        let payloads = match &traffic.input {
-            Some(path) => payloads::from_jsonl(path)?,
+        let payloads = match &given {
+            Some(payloads) => payloads.clone(),
             None => {
                 let manifest = production_manifest(&workers.model_repo, &model).await?;
                 payloads::for_manifest(&manifest, i as u64 + 1)
