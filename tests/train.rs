@@ -21,6 +21,15 @@ async fn training_publishes_a_verified_version_that_learned() {
     );
     let record = first.training.as_ref().unwrap();
     assert_eq!(record.train_samples + record.test_samples, 1797);
+    // Built from this checkout (CI, `cargo test`): the commit is recorded.
+    let commit = record
+        .git_commit
+        .as_deref()
+        .expect("built from a git checkout");
+    assert!(
+        commit.len() == 40 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
 
     let artifact = repo.load(&name, &first.version).await.expect("verifies");
     assert_eq!(sha256_hex(&artifact.weights), first.sha256);

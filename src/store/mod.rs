@@ -138,6 +138,9 @@ pub struct TrainingRecord {
     pub train_samples: usize,
     /// Samples held out.
     pub test_samples: usize,
+    /// Commit of the Ember source that trained it, when the build knew it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git_commit: Option<String>,
 }
 
 /// A verified version: its manifest and the weights whose sha256 matched it.

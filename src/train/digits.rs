@@ -185,6 +185,12 @@ mod tests {
     }
 
     #[test]
+    fn the_recorded_provenance_names_the_shipped_bytes() {
+        let hash = crate::store::sha256_hex(DATA_GZ);
+        assert!(DATASET.contains(&hash), "{DATASET} does not name {hash}");
+    }
+
+    #[test]
     fn split_is_deterministic_and_disjoint() {
         let data = load();
         let (train_a, test_a) = split(&data, 7, 0.2);

@@ -91,6 +91,7 @@ pub async fn train(
             learning_rate: options.learning_rate,
             train_samples,
             test_samples,
+            git_commit: option_env!("EMBER_GIT_COMMIT").map(str::to_owned),
         }),
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
