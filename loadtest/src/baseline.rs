@@ -27,18 +27,7 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
     let channel = connection.create_channel().await?;
     let queue = format!("ember-loadtest.raw.{}", std::process::id());
     declare_quorum(&channel, &queue).await?;
-    let consuming = connection.create_channel().await?;
-    consuming
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consuming
-        .basic_consume(
-            queue.as_str().into(),
-            "raw".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let (consuming, mut consumer) = consume(&connection, &queue, prefetch).await?;
     let producer = connection.create_channel().await?;
     producer
         .confirm_select(ConfirmSelectOptions::default())
@@ -65,6 +54,27 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
         .await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(rate)
+}
+
+/// A channel with `prefetch` consuming `queue` (manual acks), and its consumer.
+async fn consume(
+    connection: &Connection,
+    queue: &str,
+    prefetch: u16,
+) -> lapin::Result<(Channel, lapin::Consumer)> {
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((channel, consumer))
 }
 
 /// Declares `queue` durable and of type quorum, as Ember declares its queues.
@@ -128,25 +138,8 @@ pub async fn raw_rpc(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> anyho
     for queue in [&requests, &replies] {
         declare_quorum(&setup, queue).await?;
     }
-    let consumer = |queue: String, prefetch: u16| {
-        let connection = &connection;
-        async move {
-            let channel = connection.create_channel().await?;
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            channel
-                .basic_consume(
-                    queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await
-        }
-    };
-    let mut incoming = consumer(requests.clone(), prefetch).await?;
-    let mut answers = consumer(replies.clone(), 1000).await?;
+    let (request_channel, mut incoming) = consume(&connection, &requests, prefetch).await?;
+    let (reply_channel, mut answers) = consume(&connection, &replies, 1000).await?;
     let server_channel = connection.create_channel().await?;
     server_channel
         .confirm_select(ConfirmSelectOptions::default())
@@ -183,7 +176,10 @@ pub async fn raw_rpc(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> anyho
             while let Some(settled) = settling.join_next().await {
                 settled??;
             }
-            Ok::<_, anyhow::Error>(())
+            // Handed back so that it is dropped after its channel is closed (a consumer
+            // dropped first sends basic.cancel, whose late cancel-ok lapin takes for a
+            // protocol error).
+            Ok::<_, anyhow::Error>(incoming)
         }
     });
     let producing = tokio::spawn(publish_confirmed(client, requests.clone(), bodies));
@@ -200,7 +196,11 @@ pub async fn raw_rpc(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> anyho
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     producing.await??;
-    server.await??;
+    let incoming = server.await??;
+    for channel in [request_channel, reply_channel] {
+        channel.close(200, "done".into()).await?;
+    }
+    drop((incoming, answers));
     for queue in [&requests, &replies] {
         setup
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
