@@ -8,7 +8,7 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::results::DEFAULT_MAX_REDELIVERIES;
-use crate::runtime::Executor;
+use crate::runtime::{Device, Executor};
 use crate::store::{
     BlobAuth, DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, StoreOptions, Version,
     WeightCache,
@@ -51,7 +51,8 @@ pub enum LogFormat {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the embedded pipeline on held-out digits and report accuracy and throughput.
+    /// Run the embedded pipeline on a model's held-out examples (digits, ai4i) and report
+    /// accuracy and throughput.
     Demo(DemoArgs),
     /// Answer one request (OIP V2 JSON) and print the response.
     Infer(InferArgs),
@@ -427,12 +428,19 @@ pub struct TrainArgs {
     /// Model name (default: the kind).
     #[arg(long)]
     pub name: Option<ModelName>,
-    /// Passes over the training data.
-    #[arg(long, default_value_t = TrainOptions::default().epochs)]
-    pub epochs: usize,
-    /// Seed of the split, shuffles and initialisation.
-    #[arg(long, default_value_t = TrainOptions::default().seed)]
-    pub seed: u64,
+    /// Folder holding the data set file (digits: digits.csv[.gz]; ai4i: the UCI
+    /// ai4i2020.csv); default: the copy built into ember.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Passes over the training data [default: the kind's, e.g. digits 30, ai4i 60].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Seed of the split, shuffles and initialisation [default: 7].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Where to compute: cpu, cuda or cuda:N [default: cuda:0 in a CUDA build, else cpu].
+    #[arg(long, env = "EMBER_DEVICE", default_value_t)]
+    pub device: Device,
     /// Point `production` at the new version.
     #[arg(long)]
     pub promote: bool,
@@ -502,8 +510,9 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             let options = TrainOptions {
                 epochs: args.epochs,
                 seed: args.seed,
+                data: args.data,
+                device: args.device,
                 promote: args.promote,
-                ..TrainOptions::default()
             };
             let name = match args.name {
                 Some(name) => name,

@@ -1,13 +1,14 @@
 //! `ember demo`: the embedded pipeline end to end. Starts a worker on the in-memory transport,
-//! sends held-out digits as a realtime + batch mix, checks every answer against its label, and
-//! measures the pipeline against the same model run directly on batches (its ceiling).
+//! sends the model's held-out examples (digits images, AI4I processes) as a realtime + batch mix,
+//! checks every answer against its label, and measures the pipeline against the same model run
+//! directly on batches (its ceiling).
 
 use crate::batcher::BatchConfig;
-use crate::protocol::{DataType, Lane, Reply, Tensor, TensorData, decode_reply, encode_request};
+use crate::protocol::{Lane, Reply, TensorData, decode_reply, encode_request};
 use crate::registry::Registry;
 use crate::runtime::{BACKEND_NAME, ServeBackend};
 use crate::store::{ModelName, Repository};
-use crate::train::digits::{self, PIXELS};
+use crate::train::{self, Example};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::{Message, Properties, Transport, queues};
 use crate::worker::{Worker, WorkerConfig};
@@ -31,7 +32,7 @@ pub struct DemoOptions {
     pub batch: BatchConfig,
     /// Model repository.
     pub repo: Repository,
-    /// Model to ask (a digits model).
+    /// Model to ask (one trained by `ember train`).
     pub model: ModelName,
 }
 
@@ -48,7 +49,7 @@ pub struct DemoReport {
     pub accuracy: f64,
     /// Requests per second through the pipeline, first publish to last reply.
     pub pipeline_rps: f64,
-    /// Images per second of the model alone on batches of `max_batch_size`.
+    /// Examples per second of the model alone on batches of `max_batch_size`.
     pub model_only_rps: f64,
     /// `pipeline_rps ÷ model_only_rps`.
     pub pipeline_efficiency: f64,
@@ -76,14 +77,9 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         .await
         .with_context(|| format!("model {} in {}", options.model, repo.describe()))?;
     let manifest = served.manifest.clone();
-    let training = manifest
-        .training
-        .as_ref()
-        .context("the manifest has no training record")?;
-    let (_, held_out) = digits::split(&digits::load(), training.seed, training.test_fraction);
-    anyhow::ensure!(!held_out.is_empty(), "the held-out split is empty");
-    let image = |i: usize| held_out.image(i % held_out.len());
-    let label = |i: usize| i64::from(held_out.labels[i % held_out.len()]);
+    let examples = train::held_out_examples(&manifest)?;
+    anyhow::ensure!(!examples.is_empty(), "the held-out split is empty");
+    let example = |i: usize| &examples[i % examples.len()];
 
     let transport = MemoryTransport::new();
     let worker = Worker::new(
@@ -112,19 +108,13 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
             } else {
                 Lane::Batch
             };
-            let input = Tensor {
-                name: "input".into(),
-                shape: vec![1, PIXELS],
-                datatype: DataType::Fp32,
-                data: TensorData::F32(image(i).to_vec()),
-            };
             let properties = Properties {
                 message_id: Some(i.to_string()),
                 reply_to: (lane == Lane::Realtime).then(|| REPLY_QUEUE.to_owned()),
                 lane: Some(lane),
                 ..Properties::default()
             };
-            let body = encode_request(&i.to_string(), &[input]).into();
+            let body = encode_request(&i.to_string(), &example(i).inputs).into();
             (queues::requests(model, lane), Message { body, properties })
         })
         .collect();
@@ -163,14 +153,9 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         match decode_reply(&delivery.message.body).map_err(anyhow::Error::msg)? {
             Reply::Ok(response) => {
                 ok += 1;
-                let predicted = response
-                    .outputs
-                    .iter()
-                    .find(|o| o.name == "label")
-                    .map(|o| &o.data);
-                if let Some(TensorData::I64(labels)) = predicted {
-                    correct += usize::from(labels.first() == Some(&label(index)));
-                }
+                let expected = example(index);
+                let predicted = response.outputs.iter().find(|o| o.name == expected.output);
+                correct += usize::from(predicted.is_some_and(|o| o.data == expected.expected));
             }
             Reply::Err(error) => {
                 errors += 1;
@@ -184,7 +169,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     serving.await??;
 
     let model_only_rps =
-        model_only_rps(&repo, &options.model, &manifest.version, options, &held_out).await?;
+        model_only_rps(&repo, &options.model, &manifest.version, options, &examples).await?;
     latencies.sort();
     let percentile = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -208,25 +193,33 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     })
 }
 
-/// The ceiling: `options.requests` held-out images through the model, on batches of
-/// `max_batch_size`, with no transport, decoding or batching in between (images per second).
+/// The ceiling: `options.requests` held-out examples through the model, on batches of
+/// `max_batch_size`, with no transport, decoding or batching in between (examples per second).
 pub async fn model_only_rps(
     repo: &Repository,
     model: &ModelName,
     version: &crate::store::Version,
     options: &DemoOptions,
-    held_out: &digits::Digits,
+    examples: &[Example],
 ) -> anyhow::Result<f64> {
     let artifact = repo.load(model, version).await?;
     let (requests, batch_size) = (options.requests, options.batch.max_batch_size.max(1));
-    let batches: Vec<(usize, Vec<f32>)> = (0..requests)
+    let batches: Vec<(usize, Vec<TensorData>)> = (0..requests)
         .step_by(batch_size)
         .map(|start| {
             let rows = batch_size.min(requests - start);
-            let pixels = (start..start + rows)
-                .flat_map(|i| held_out.image(i % held_out.len()).iter().copied())
+            let first = &examples[start % examples.len()].inputs;
+            let mut inputs: Vec<TensorData> = first
+                .iter()
+                .map(|t| TensorData::with_capacity_like(&t.data, rows * t.data.len()))
                 .collect();
-            (rows, pixels)
+            for i in start..start + rows {
+                let example = &examples[i % examples.len()].inputs;
+                for (all, tensor) in inputs.iter_mut().zip(example) {
+                    all.extend_from(&tensor.data, 0..tensor.data.len());
+                }
+            }
+            (rows, inputs)
         })
         .collect();
     tokio::task::spawn_blocking(move || {
@@ -235,14 +228,13 @@ pub async fn model_only_rps(
             .architecture
             .load::<ServeBackend>(&artifact.weights, &Default::default())
             .map_err(anyhow::Error::msg)?;
-        if let Some((rows, pixels)) = batches.first() {
-            net.infer(*rows, vec![TensorData::F32(pixels.clone())])
+        if let Some((rows, inputs)) = batches.first() {
+            net.infer(*rows, inputs.clone())
                 .map_err(anyhow::Error::msg)?;
         }
         let started = Instant::now();
-        for (rows, pixels) in batches {
-            net.infer(rows, vec![TensorData::F32(pixels)])
-                .map_err(anyhow::Error::msg)?;
+        for (rows, inputs) in batches {
+            net.infer(rows, inputs).map_err(anyhow::Error::msg)?;
         }
         Ok(requests as f64 / started.elapsed().as_secs_f64())
     })

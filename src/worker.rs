@@ -163,7 +163,9 @@ impl Worker {
             let mut request = decode_request(&delivery.message.body, self.config.max_request_bytes)
                 .map_err(|e| (e.error, e.id.unwrap_or_else(fallback_id)))?;
             let id = request.id.take().unwrap_or_else(fallback_id);
-            let inputs = validate(request, &served.manifest.inputs).map_err(|e| (e, id.clone()))?;
+            let inputs = validate(request, &served.manifest.inputs)
+                .and_then(|inputs| served.manifest.architecture.check(&inputs).map(|()| inputs))
+                .map_err(|e| (e, id.clone()))?;
             Ok::<_, (InferError, String)>((served, id, inputs))
         };
         let model = model.to_owned();

@@ -29,7 +29,7 @@ fn stdout_json(output: &Output) -> serde_json::Value {
 }
 
 fn digit_request() -> Vec<u8> {
-    let data = ember::train::digits::split(&ember::train::digits::load(), 7, 0.2).1;
+    let data = ember::train::digits::split(&ember::train::digits::shipped(), 7, 0.2).1;
     let pixels: Vec<String> = data.image(0).iter().map(|p| p.to_string()).collect();
     format!(
         r#"{{"id":"cli-test","inputs":[{{"name":"input","shape":[1,64],"datatype":"FP32","data":[{}]}}]}}"#,

@@ -9,7 +9,7 @@ async fn training_publishes_a_verified_version_that_learned() {
     let repo = Repository::open(dir.path().to_str().unwrap()).unwrap();
     let name = ModelName::parse("digits").unwrap();
     let options = TrainOptions {
-        epochs: 3,
+        epochs: Some(3),
         ..TrainOptions::default()
     };
     let first = train(&repo, "digits", &name, &options).await.unwrap();
@@ -45,7 +45,7 @@ async fn training_publishes_a_verified_version_that_learned() {
         "digits",
         &name,
         &TrainOptions {
-            epochs: 1,
+            epochs: Some(1),
             ..options
         },
     )

@@ -36,7 +36,7 @@ pub fn digits(count: usize) -> Payloads {
 
 /// The digits images the model was not trained on.
 pub fn held_out_digits() -> digits::Digits {
-    digits::split(&digits::load(), 7, 0.2).1
+    digits::split(&digits::shipped(), 7, 0.2).1
 }
 
 /// One OIP V2 request body per non-empty line of `path`.

@@ -19,7 +19,7 @@ use ember::batcher::BatchConfig;
 use ember::demo::{DemoOptions, model_only_rps};
 use ember::models::Architecture;
 use ember::store::{Manifest, ModelName, Repository, Version, sha256_hex};
-use ember::train::digits;
+use ember::train::{digits, held_out_examples};
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -240,14 +240,8 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
         repo: source.clone(),
         model: digits_model.clone(),
     };
-    let in_process = model_only_rps(
-        &source,
-        &digits_model,
-        &version,
-        &demo,
-        &payloads::held_out_digits(),
-    )
-    .await?;
+    let examples = held_out_examples(&source.load(&digits_model, &version).await?.manifest)?;
+    let in_process = model_only_rps(&source, &digits_model, &version, &demo, &examples).await?;
 
     let ratios = BTreeMap::from([
         ("broker_efficiency".to_owned(), echo_rps / raw_rpc),

@@ -1,11 +1,13 @@
 //! The architectures Ember serves and trains, each built from its manifest config and weights.
 
 pub mod digits;
+pub mod failure;
 
-use crate::protocol::{DataType, TensorData, TensorSpec};
+use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use digits::{DigitsCnn, DigitsCnnConfig};
+use failure::{FailureMlp, FailureMlpConfig};
 use serde::{Deserialize, Serialize};
 
 /// How weights are serialised in `model.bin` (named MessagePack, f32).
@@ -17,6 +19,8 @@ pub type WeightsRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
 pub enum Architecture {
     /// [`digits::DigitsCnn`].
     DigitsCnn(DigitsCnnConfig),
+    /// [`failure::FailureMlp`].
+    FailureMlp(FailureMlpConfig),
     /// Answers each FP32 row of `width` values with itself, without weights: measures the
     /// serving path alone (`benches/amqp.rs`) and smoke-tests deployments.
     Identity {
@@ -41,10 +45,69 @@ impl Architecture {
                     spec("label", DataType::Int64, &[-1]),
                 ],
             ),
+            Self::FailureMlp(c) => (
+                vec![
+                    spec("sensors", DataType::Fp32, &[-1, c.sensors.len() as i64]),
+                    spec("product_type", DataType::Bytes, &[-1]),
+                ],
+                vec![
+                    spec(
+                        "probabilities",
+                        DataType::Fp32,
+                        &[-1, c.targets.len() as i64],
+                    ),
+                    spec("failure", DataType::Bool, &[-1]),
+                ],
+            ),
             Self::Identity { width } => (
                 vec![spec("input", DataType::Fp32, &[-1, *width as i64])],
                 vec![spec("output", DataType::Fp32, &[-1, *width as i64])],
             ),
+        }
+    }
+
+    /// Valid inputs of `rows` rows for warming the network up: zeros, or for the failure MLP
+    /// the training means and the first product variant.
+    pub fn warmup_inputs(&self, inputs: &[TensorSpec], rows: usize) -> Vec<TensorData> {
+        if let Self::FailureMlp(c) = self {
+            return vec![
+                TensorData::F32(c.means.repeat(rows)),
+                TensorData::Bytes(vec![c.variants.first().cloned().unwrap_or_default(); rows]),
+            ];
+        }
+        inputs
+            .iter()
+            .map(|spec| {
+                let width: i64 = spec.shape.iter().skip(1).product();
+                TensorData::zeros(spec.datatype, rows * width.max(1) as usize)
+            })
+            .collect()
+    }
+
+    /// Checks what the datatypes and shapes of [`signature`](Self::signature) cannot say about
+    /// a request's values (e.g. a category name), so a bad row fails alone, not its batch.
+    pub fn check(&self, inputs: &ValidatedInputs) -> Result<(), InferError> {
+        match self {
+            Self::FailureMlp(config) => {
+                if let Some(TensorData::Bytes(variants)) = inputs.tensors.get(1) {
+                    for (row, variant) in variants.iter().enumerate() {
+                        config.variant(variant).map_err(|e| {
+                            InferError::invalid(format!("input 'product_type' row {row}: {e}"))
+                        })?;
+                    }
+                }
+                if let Some(TensorData::F32(sensors)) = inputs.tensors.first()
+                    && let Some(at) = sensors.iter().position(|v| !v.is_finite())
+                {
+                    return Err(InferError::invalid(format!(
+                        "input 'sensors' row {}: {} is not a finite number",
+                        at / config.sensors.len().max(1),
+                        sensors[at]
+                    )));
+                }
+                Ok(())
+            }
+            Self::DigitsCnn(_) | Self::Identity { .. } => Ok(()),
         }
     }
 
@@ -54,20 +117,45 @@ impl Architecture {
         weights: &[u8],
         device: &B::Device,
     ) -> Result<Box<dyn Model>, String> {
+        let device = device.clone();
         match self {
             Self::DigitsCnn(config) => {
-                let record = WeightsRecorder::default()
-                    .load(weights.to_vec(), device)
-                    .map_err(|e| format!("weights do not fit {self:?}: {e}"))?;
-                let module = config.init::<B>(device).load_record(record);
+                let module = config
+                    .init::<B>(&device)
+                    .load_record(record(weights, &device)?);
+                Ok(Box::new(OnDevice { module, device }))
+            }
+            Self::FailureMlp(config) => {
+                let columns = config.sensors.len();
+                if config.means.len() != columns
+                    || config.stds.len() != columns
+                    || config.stds.iter().any(|s| !s.is_normal() || *s < 0.0)
+                {
+                    return Err(format!(
+                        "failure-mlp config needs a mean and a positive std per sensor: {config:?}"
+                    ));
+                }
+                let module = config
+                    .init::<B>(&device)
+                    .load_record(record(weights, &device)?);
                 Ok(Box::new(OnDevice {
-                    module,
-                    device: device.clone(),
+                    module: (module, config.clone()),
+                    device,
                 }))
             }
             Self::Identity { .. } => Ok(Box::new(Identity)),
         }
     }
+}
+
+/// Reads a [`WeightsRecorder`] record of a module.
+fn record<B: Backend, R: burn::record::Record<B>>(
+    weights: &[u8],
+    device: &B::Device,
+) -> Result<R, String> {
+    WeightsRecorder::default()
+        .load(weights.to_vec(), device)
+        .map_err(|e| format!("weights do not fit the architecture: {e}"))
 }
 
 /// A loaded network, run on whole batches by one executor thread.
@@ -84,6 +172,23 @@ impl Model for Identity {
     fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
         Ok(inputs)
     }
+}
+
+/// Sigmoid of `logits` `[rows, targets]`, and whether column 0 reaches `threshold`.
+pub fn failure_outputs<B: Backend>(
+    logits: Tensor<B, 2>,
+    threshold: f32,
+) -> Result<(Vec<f32>, Vec<bool>), String> {
+    let [rows, targets] = logits.dims();
+    let probabilities = burn::tensor::activation::sigmoid(logits)
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))?;
+    let failure = (0..rows)
+        .map(|r| probabilities[r * targets] >= threshold)
+        .collect();
+    Ok((probabilities, failure))
 }
 
 /// A module with the device its inputs go to.
@@ -109,6 +214,25 @@ impl<B: Backend> Model for OnDevice<DigitsCnn<B>, B> {
         Ok(vec![
             TensorData::F32(probabilities.map_err(|e| format!("{e:?}"))?),
             TensorData::I64(labels.map_err(|e| format!("{e:?}"))?),
+        ])
+    }
+}
+
+impl<B: Backend> Model for OnDevice<(FailureMlp<B>, FailureMlpConfig), B> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+        let [TensorData::F32(sensors), TensorData::Bytes(variants)] = &inputs[..] else {
+            return Err("failure-mlp takes FP32 sensors and BYTES product_type".into());
+        };
+        let (module, config) = &self.module;
+        let features = config.features(sensors, variants)?;
+        let x = Tensor::<B, 2>::from_data(
+            burn::tensor::TensorData::new(features, [rows, config.width()]),
+            &self.device,
+        );
+        let (probabilities, failure) = failure_outputs(module.logits(x), config.threshold)?;
+        Ok(vec![
+            TensorData::F32(probabilities),
+            TensorData::Bool(failure),
         ])
     }
 }

@@ -18,8 +18,51 @@ pub type ServeBackend = burn::backend::Cuda;
 #[cfg(not(feature = "cuda"))]
 pub type ServeBackend = burn::backend::Flex;
 
-/// The backend `ember train` differentiates through.
-pub type TrainBackend = burn::backend::Autodiff<ServeBackend>;
+/// Where `ember train` computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The CPU backend ([`burn::backend::Flex`]).
+    Cpu,
+    /// NVIDIA GPU number `n` (builds with the `cuda` feature only).
+    Cuda(usize),
+}
+
+impl Default for Device {
+    /// The first GPU in a `cuda` build, else the CPU.
+    fn default() -> Self {
+        if cfg!(feature = "cuda") {
+            Self::Cuda(0)
+        } else {
+            Self::Cpu
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    fn from_str(value: &str) -> Result<Self, String> {
+        match value {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => value
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{value:?} is not a device (cpu, cuda, cuda:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
 
 /// Name of [`ServeBackend`], for logs and reports.
 pub const BACKEND_NAME: &str = if cfg!(feature = "cuda") {
@@ -72,14 +115,7 @@ impl Executor {
                 let loaded = catch_unwind(AssertUnwindSafe(|| {
                     let model = architecture.load::<ServeBackend>(&weights, &device)?;
                     for rows in [1, warmup_rows.max(1)] {
-                        let zeros = inputs
-                            .iter()
-                            .map(|spec| {
-                                let width: i64 = spec.shape.iter().skip(1).product();
-                                TensorData::zeros(spec.datatype, rows * width.max(1) as usize)
-                            })
-                            .collect();
-                        model.infer(rows, zeros)?;
+                        model.infer(rows, architecture.warmup_inputs(&inputs, rows))?;
                     }
                     Ok::<_, String>(model)
                 }))

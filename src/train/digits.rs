@@ -1,22 +1,37 @@
 //! The digits data set and the training loop of the digits CNN.
 //!
 //! Data: the UCI ML hand-written digits (8×8, 1 797 images, pixel values 0–16), shipped as
-//! `data/digits.csv.gz`, byte for byte the file scikit-learn 1.9.1 ships (sha256 below).
+//! `data/digits.csv.gz`, byte for byte the file scikit-learn 1.9.1 ships (see `data/README.md`).
 
-use super::TrainOptions;
+use super::{Epoch, Example, Hyper, Trained};
+use crate::models::Architecture;
 use crate::models::digits::{DigitsCnn, DigitsCnnConfig};
-use crate::runtime::{ServeBackend, TrainBackend};
+use crate::protocol::{DataType, Tensor as WireTensor, TensorData as WireData};
+use crate::store::TrainingRecord;
 use burn::module::AutodiffModule;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams, Optimizer};
 use burn::prelude::*;
-use std::io::Read;
+use burn::tensor::backend::AutodiffBackend;
+use std::collections::BTreeMap;
+use std::path::Path;
 
 const DATA_GZ: &[u8] = include_bytes!("../../data/digits.csv.gz");
 
-/// Provenance of the data, recorded in every manifest.
-pub const DATASET: &str = "UCI ML hand-written digits 8x8 (scikit-learn 1.9.1 digits.csv.gz, \
-                           sha256 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22)";
+/// Provenance of the shipped data, recorded in every manifest (with its sha256).
+pub const DATASET: &str = "UCI ML hand-written digits 8x8 (scikit-learn 1.9.1 digits.csv.gz)";
+
+/// Files `--data DIR` may hold, in order of preference.
+pub const FILES: &[&str] = &["digits.csv.gz", "digits.csv"];
+
+/// Hyper-parameters unless the command line says otherwise.
+pub const DEFAULTS: Hyper = Hyper {
+    epochs: 30,
+    batch_size: 32,
+    learning_rate: 2e-3,
+    seed: 7,
+    test_fraction: 0.2,
+};
 
 /// Pixels per image.
 pub const PIXELS: usize = 64;
@@ -56,94 +71,108 @@ impl Digits {
     }
 }
 
-/// All 1 797 images.
-pub fn load() -> Digits {
-    let mut csv = String::new();
-    flate2::read::GzDecoder::new(DATA_GZ)
-        .read_to_string(&mut csv)
-        .expect("the shipped data set decompresses");
+/// All images of the data set in `dir` (default: the shipped 1 797), and its provenance.
+pub fn load(dir: Option<&Path>) -> anyhow::Result<(Digits, String)> {
+    let (csv, provenance) = super::read_data(dir, FILES, DATA_GZ, DATASET)?;
     let mut data = Digits::default();
-    for line in csv.lines().filter(|l| !l.trim().is_empty()) {
+    for (n, line) in csv
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let values: Vec<f32> = line
             .split(',')
-            .map(|v| v.trim().parse().expect("numeric CSV"))
-            .collect();
-        assert_eq!(
-            values.len(),
-            PIXELS + 1,
-            "each row is 64 pixels and a label"
+            .map(|v| v.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("line {}: {e}", n + 1))?;
+        anyhow::ensure!(
+            values.len() == PIXELS + 1 && (0.0..10.0).contains(&values[PIXELS]),
+            "line {}: expected 64 pixels and a label 0-9",
+            n + 1
         );
         data.pixels.extend_from_slice(&values[..PIXELS]);
         data.labels.push(values[PIXELS] as u8);
     }
-    data
+    anyhow::ensure!(!data.is_empty(), "the data set has no rows");
+    Ok((data, provenance))
+}
+
+/// The shipped 1 797 images.
+pub fn shipped() -> Digits {
+    load(None).expect("the shipped data set parses").0
 }
 
 /// Splits `data` into (train, held-out) by a seeded shuffle; the same seed gives the same split
 /// on every platform.
 pub fn split(data: &Digits, seed: u64, test_fraction: f64) -> (Digits, Digits) {
-    let order = shuffled(data.len(), seed);
-    let test = ((data.len() as f64) * test_fraction).round() as usize;
-    (data.subset(&order[test..]), data.subset(&order[..test]))
+    let (train, test) = super::split_indices(data.len(), seed, test_fraction);
+    (data.subset(&train), data.subset(&test))
 }
 
-/// `0..n` in a seeded pseudo-random order (Fisher–Yates over SplitMix64).
-fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
-    let mut order: Vec<usize> = (0..n).collect();
-    for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
-    }
-    order
+/// The held-out images of the shipped data set, split as `training` says, as requests.
+pub fn examples(training: &TrainingRecord) -> Vec<Example> {
+    let (_, held_out) = split(&shipped(), training.seed, training.test_fraction);
+    (0..held_out.len())
+        .map(|i| Example {
+            inputs: vec![WireTensor {
+                name: "input".into(),
+                shape: vec![1, PIXELS],
+                datatype: DataType::Fp32,
+                data: WireData::F32(held_out.image(i).to_vec()),
+            }],
+            output: "label",
+            expected: WireData::I64(vec![held_out.labels[i].into()]),
+        })
+        .collect()
 }
 
-/// Trains the CNN on the training split, reporting each epoch; returns it with its accuracy
-/// on the held-out split.
-pub fn train(
-    config: &DigitsCnnConfig,
-    options: &TrainOptions,
-    mut progress: impl FnMut(usize, f32, f64),
-) -> (DigitsCnn<ServeBackend>, f64, usize, usize) {
-    let (train, test) = split(&load(), options.seed, options.test_fraction);
-    let device = Default::default();
-    TrainBackend::seed(&device, options.seed);
-    let mut model: DigitsCnn<TrainBackend> = config.init(&device);
+/// Trains the CNN on the training split, reporting each epoch with its held-out accuracy.
+pub fn train<B: AutodiffBackend>(
+    hyper: Hyper,
+    dir: Option<&Path>,
+    device: &B::Device,
+    progress: &mut dyn FnMut(Epoch),
+) -> anyhow::Result<Trained> {
+    let (data, dataset) = load(dir)?;
+    let (train, test) = split(&data, hyper.seed, hyper.test_fraction);
+    let config = DigitsCnnConfig::default();
+    let mut model: DigitsCnn<B> = config.init(device);
     let mut optimizer = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
-    for epoch in 1..=options.epochs {
-        let order = shuffled(train.len(), options.seed.wrapping_add(epoch as u64));
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    for epoch in 1..=hyper.epochs {
+        let order = super::shuffled(train.len(), hyper.seed.wrapping_add(epoch as u64));
         let mut loss_sum = 0.0;
         let mut batches = 0;
-        for chunk in order.chunks(options.batch_size) {
+        for chunk in order.chunks(hyper.batch_size) {
             let batch = train.subset(chunk);
-            let x = Tensor::<TrainBackend, 2>::from_data(
+            let x = Tensor::<B, 2>::from_data(
                 TensorData::new(batch.pixels, [chunk.len(), PIXELS]),
-                &device,
+                device,
             );
             let labels: Vec<i64> = batch.labels.iter().map(|&l| l.into()).collect();
-            let y = Tensor::<TrainBackend, 1, Int>::from_data(
-                TensorData::new(labels, [chunk.len()]),
-                &device,
-            );
+            let y = Tensor::<B, 1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
             let loss = loss_fn.forward(model.logits(x), y);
             loss_sum += loss.clone().into_scalar().elem::<f32>();
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optimizer.step(options.learning_rate, model, grads);
+            model = optimizer.step(hyper.learning_rate, model, grads);
         }
-        let accuracy = accuracy(&model.valid(), &test);
-        progress(epoch, loss_sum / batches.max(1) as f32, accuracy);
+        progress(Epoch {
+            epoch,
+            loss: loss_sum / batches.max(1) as f32,
+            metrics: vec![("test_accuracy", accuracy(&model.valid(), &test))],
+        });
     }
-    let model = model.valid();
-    let held_out = accuracy(&model, &test);
-    (model, held_out, train.len(), test.len())
+    let held_out = accuracy(&model.valid(), &test);
+    Ok(Trained {
+        architecture: Architecture::DigitsCnn(config),
+        labels: (0..10).map(|d| d.to_string()).collect(),
+        weights: super::record(model)?,
+        metrics: BTreeMap::from([("test_accuracy".to_owned(), held_out)]),
+        dataset,
+        train_samples: train.len(),
+        test_samples: test.len(),
+    })
 }
 
 /// Share of `data` the model classifies correctly.
@@ -174,7 +203,7 @@ mod tests {
 
     #[test]
     fn loads_all_1797_images_with_ten_classes() {
-        let data = load();
+        let data = shipped();
         assert_eq!(data.len(), 1797);
         assert_eq!(data.pixels.len(), 1797 * PIXELS);
         assert!(data.pixels.iter().all(|&p| (0.0..=16.0).contains(&p)));
@@ -186,13 +215,33 @@ mod tests {
 
     #[test]
     fn the_recorded_provenance_names_the_shipped_bytes() {
-        let hash = crate::store::sha256_hex(DATA_GZ);
-        assert!(DATASET.contains(&hash), "{DATASET} does not name {hash}");
+        let (_, provenance) = load(None).unwrap();
+        assert!(provenance.starts_with(DATASET));
+        assert!(
+            provenance.ends_with(
+                "sha256 09f66e6debdee2cd2b5ae59e0d6abbb73fc2b0e0185d2e1957e9ebb51e23aa22"
+            )
+        );
+    }
+
+    #[test]
+    fn data_from_a_folder_is_read_and_named_by_its_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = "0,".repeat(64) + "3\n" + &"16,".repeat(64) + "9\n";
+        std::fs::write(dir.path().join("digits.csv"), &rows).unwrap();
+        let (data, provenance) = load(Some(dir.path())).unwrap();
+        assert_eq!(data.labels, [3, 9]);
+        assert!(provenance.contains(&crate::store::sha256_hex(rows.as_bytes())));
+        std::fs::write(dir.path().join("digits.csv"), "1,2,3\n").unwrap();
+        let error = load(Some(dir.path())).unwrap_err().to_string();
+        assert!(error.contains("line 1"), "{error}");
+        let empty = tempfile::tempdir().unwrap();
+        assert!(load(Some(empty.path())).is_err());
     }
 
     #[test]
     fn split_is_deterministic_and_disjoint() {
-        let data = load();
+        let data = shipped();
         let (train_a, test_a) = split(&data, 7, 0.2);
         let (_, test_b) = split(&data, 7, 0.2);
         let (_, test_c) = split(&data, 8, 0.2);

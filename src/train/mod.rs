@@ -1,19 +1,48 @@
 //! `ember train`: trains a model and publishes it as a new version of the repository.
+//!
+//! One module per model kind reads its data set and trains on any autodiff backend; this module
+//! picks the backend for the device, shows progress, and publishes weights and manifest.
 
+pub mod ai4i;
 pub mod digits;
+pub mod metrics;
 
 use crate::models::{Architecture, WeightsRecorder};
+use crate::protocol::Tensor;
+use crate::runtime::Device;
 use crate::store::{
     DEFAULT_ALIAS, Manifest, ModelName, Repository, TrainingRecord, Version, sha256_hex,
 };
-use burn::module::Module;
+use anyhow::Context;
+use burn::module::{AutodiffModule, Module};
 use burn::record::Recorder;
+use burn::tensor::backend::AutodiffBackend;
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-/// Training hyper-parameters.
-#[derive(Debug, Clone)]
+/// Model kinds `ember train` knows.
+pub const KINDS: &[&str] = &["digits", "ai4i"];
+
+/// Training hyper-parameters; `None` takes the kind's default.
+#[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
+    /// Passes over the training split.
+    pub epochs: Option<usize>,
+    /// Seed of the split, the shuffles and initialisation.
+    pub seed: Option<u64>,
+    /// Folder holding the data set's file (default: the copy compiled into the binary).
+    pub data: Option<PathBuf>,
+    /// Where to compute.
+    pub device: Device,
+    /// Point `production` at the new version (it always is for a model's first version).
+    pub promote: bool,
+}
+
+/// The hyper-parameters a run used: the options with the kind's defaults filled in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hyper {
     /// Passes over the training split.
     pub epochs: usize,
     /// Mini-batch size.
@@ -24,25 +53,47 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Share of the data held out for testing.
     pub test_fraction: f64,
-    /// Point `production` at the new version (it always is for a model's first version).
-    pub promote: bool,
 }
 
-impl Default for TrainOptions {
-    fn default() -> Self {
-        Self {
-            epochs: 30,
-            batch_size: 32,
-            learning_rate: 2e-3,
-            seed: 7,
-            test_fraction: 0.2,
-            promote: false,
-        }
-    }
+/// What a kind's training produced, ready to publish.
+pub struct Trained {
+    /// Network and config.
+    pub architecture: Architecture,
+    /// Names of the classes or targets, index = output column.
+    pub labels: Vec<String>,
+    /// The weights, recorded with [`WeightsRecorder`].
+    pub weights: Vec<u8>,
+    /// Held-out figures.
+    pub metrics: BTreeMap<String, f64>,
+    /// Data set and provenance.
+    pub dataset: String,
+    /// Samples trained on.
+    pub train_samples: usize,
+    /// Samples held out.
+    pub test_samples: usize,
 }
 
-/// Model kinds `ember train` knows.
-pub const KINDS: &[&str] = &["digits"];
+/// One finished epoch, for progress reports.
+#[derive(Debug, Clone)]
+pub struct Epoch {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub loss: f32,
+    /// Held-out figures after the epoch.
+    pub metrics: Vec<(&'static str, f64)>,
+}
+
+/// A held-out example as a request: one row of each input, and the answer it should get.
+#[derive(Debug, Clone)]
+pub struct Example {
+    /// The request's inputs, in manifest order.
+    pub inputs: Vec<Tensor>,
+    /// The output to compare.
+    pub output: &'static str,
+    /// Its expected (one-row) value.
+    pub expected: crate::protocol::TensorData,
+}
 
 /// Trains model `kind` and publishes it as the next version of `name` in `repo`.
 pub async fn train(
@@ -52,53 +103,223 @@ pub async fn train(
     options: &TrainOptions,
 ) -> anyhow::Result<Manifest> {
     anyhow::ensure!(
-        kind == "digits",
+        KINDS.contains(&kind),
         "unknown model kind {kind:?}; known: {KINDS:?}"
     );
-    let config = crate::models::digits::DigitsCnnConfig::default();
-    let (opts, cfg) = (options.clone(), config.clone());
-    let (model, accuracy, train_samples, test_samples) = tokio::task::spawn_blocking(move || {
-        digits::train(&cfg, &opts, |epoch, loss, accuracy| {
-            tracing::info!(
-                epoch,
-                epochs = opts.epochs,
-                loss,
-                held_out_accuracy = accuracy,
-                "epoch done"
-            );
+    let hyper = hyper(kind, options);
+    let (kind_owned, opts) = (kind.to_owned(), options.clone());
+    let progress = Progress::new(hyper.epochs);
+    let trained = tokio::task::spawn_blocking(move || {
+        on_device(&kind_owned, hyper, &opts, &mut |epoch| {
+            progress.epoch(epoch)
         })
     })
-    .await?;
-    let weights = WeightsRecorder::default().record(model.into_record(), ())?;
-    let architecture = Architecture::DigitsCnn(config);
-    let (inputs, outputs) = architecture.signature();
+    .await??;
+    let (inputs, outputs) = trained.architecture.signature();
     let version = repo.next_version(name).await?;
     let manifest = Manifest {
         name: name.clone(),
         version: version.clone(),
-        architecture,
+        architecture: trained.architecture,
         inputs,
         outputs,
-        labels: (0..10).map(|d| d.to_string()).collect(),
-        sha256: sha256_hex(&weights),
-        metrics: BTreeMap::from([("test_accuracy".to_owned(), accuracy)]),
+        labels: trained.labels,
+        sha256: sha256_hex(&trained.weights),
+        metrics: trained.metrics,
         training: Some(TrainingRecord {
-            dataset: digits::DATASET.into(),
-            seed: options.seed,
-            test_fraction: options.test_fraction,
-            epochs: options.epochs,
-            batch_size: options.batch_size,
-            learning_rate: options.learning_rate,
-            train_samples,
-            test_samples,
+            dataset: trained.dataset,
+            seed: hyper.seed,
+            test_fraction: hyper.test_fraction,
+            epochs: hyper.epochs,
+            batch_size: hyper.batch_size,
+            learning_rate: hyper.learning_rate,
+            train_samples: trained.train_samples,
+            test_samples: trained.test_samples,
             git_commit: option_env!("EMBER_GIT_COMMIT").map(str::to_owned),
         }),
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
-    repo.publish(&manifest, weights.into()).await?;
+    repo.publish(&manifest, trained.weights.into()).await?;
     let production = Version::parse(DEFAULT_ALIAS).expect("valid alias");
     if options.promote || !repo.aliases(name).await?.contains_key(DEFAULT_ALIAS) {
         repo.set_alias(name, &production, &version).await?;
     }
     Ok(manifest)
+}
+
+/// The held-out examples of the data `manifest` was trained on (rebuilt from its training
+/// record and the shipped data set), for `ember demo` and tests.
+pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
+    let training = manifest
+        .training
+        .as_ref()
+        .context("the manifest has no training record")?;
+    match &manifest.architecture {
+        Architecture::DigitsCnn(_) => Ok(digits::examples(training)),
+        Architecture::FailureMlp(_) => ai4i::examples(training),
+        Architecture::Identity { .. } => anyhow::bail!("an identity model has no data set"),
+    }
+}
+
+fn hyper(kind: &str, options: &TrainOptions) -> Hyper {
+    let defaults = match kind {
+        "ai4i" => ai4i::DEFAULTS,
+        _ => digits::DEFAULTS,
+    };
+    Hyper {
+        epochs: options.epochs.unwrap_or(defaults.epochs),
+        seed: options.seed.unwrap_or(defaults.seed),
+        ..defaults
+    }
+}
+
+/// Runs the kind's training on the backend of `options.device`.
+fn on_device(
+    kind: &str,
+    hyper: Hyper,
+    options: &TrainOptions,
+    progress: &mut dyn FnMut(Epoch),
+) -> anyhow::Result<Trained> {
+    type Cpu = burn::backend::Autodiff<burn::backend::Flex>;
+    match options.device {
+        Device::Cpu => run::<Cpu>(kind, hyper, options, Default::default(), progress),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(index) => run::<burn::backend::Autodiff<burn::backend::Cuda>>(
+            kind,
+            hyper,
+            options,
+            burn::backend::cuda::CudaDevice::new(index),
+            progress,
+        ),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => anyhow::bail!(
+            "this ember was built without CUDA: use --device cpu, or build with --features cuda"
+        ),
+    }
+}
+
+fn run<B: AutodiffBackend>(
+    kind: &str,
+    hyper: Hyper,
+    options: &TrainOptions,
+    device: B::Device,
+    progress: &mut dyn FnMut(Epoch),
+) -> anyhow::Result<Trained> {
+    B::seed(&device, hyper.seed);
+    let data = options.data.as_deref();
+    match kind {
+        "ai4i" => ai4i::train::<B>(hyper, data, &device, progress),
+        _ => digits::train::<B>(hyper, data, &device, progress),
+    }
+}
+
+/// Records a trained module's weights as `model.bin` bytes.
+pub fn record<B: AutodiffBackend, M: AutodiffModule<B>>(model: M) -> anyhow::Result<Vec<u8>> {
+    Ok(WeightsRecorder::default().record(model.valid().into_record(), ())?)
+}
+
+/// A data set's bytes (decompressed) and provenance: the first of `files` found in `dir`, else
+/// the copy shipped in the binary.
+pub fn read_data(
+    dir: Option<&Path>,
+    files: &[&str],
+    shipped: &'static [u8],
+    shipped_provenance: &str,
+) -> anyhow::Result<(String, String)> {
+    let (bytes, provenance) = match dir {
+        None => (
+            shipped.to_vec(),
+            format!("{shipped_provenance}, sha256 {}", sha256_hex(shipped)),
+        ),
+        Some(dir) => {
+            let path = files
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|p| p.is_file())
+                .with_context(|| format!("{} holds none of {files:?}", dir.display()))?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            let provenance = format!("{name}, sha256 {}", sha256_hex(&bytes));
+            (bytes, provenance)
+        }
+    };
+    let mut text = String::new();
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .context("decompressing the data set")?;
+    } else {
+        text = String::from_utf8(bytes).context("the data set is not UTF-8 text")?;
+    }
+    Ok((text, provenance))
+}
+
+/// `0..n` in a seeded pseudo-random order (Fisher–Yates over SplitMix64): the same on every
+/// platform, so a seed names a split.
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Indices of (train, held-out) rows of an `n`-row data set.
+pub fn split_indices(n: usize, seed: u64, test_fraction: f64) -> (Vec<usize>, Vec<usize>) {
+    let mut order = shuffled(n, seed);
+    let test = ((n as f64) * test_fraction).round() as usize;
+    let train = order.split_off(test);
+    (train, order)
+}
+
+/// Epoch progress: a bar on a terminal, a log line per epoch otherwise.
+struct Progress {
+    bar: indicatif::ProgressBar,
+}
+
+impl Progress {
+    fn new(epochs: usize) -> Self {
+        let bar = indicatif::ProgressBar::new(epochs as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("epoch {pos}/{len} {wide_bar} {eta} {msg}")
+                .expect("valid template"),
+        );
+        Self { bar }
+    }
+
+    fn epoch(&self, epoch: Epoch) {
+        let figures: Vec<String> = epoch
+            .metrics
+            .iter()
+            .map(|(name, value)| format!("{name} {value:.4}"))
+            .collect();
+        if self.bar.is_hidden() {
+            tracing::info!(
+                epoch = epoch.epoch,
+                epochs = self.bar.length(),
+                loss = epoch.loss,
+                "epoch done: {}",
+                figures.join(", ")
+            );
+        } else {
+            self.bar.set_position(epoch.epoch as u64);
+            self.bar
+                .set_message(format!("loss {:.4} {}", epoch.loss, figures.join(" ")));
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.bar.finish();
+    }
 }

@@ -32,7 +32,7 @@ pub fn repo_with(names: &[&str]) -> tempfile::TempDir {
 
 /// The digits held out from training.
 pub fn held_out() -> digits::Digits {
-    digits::split(&digits::load(), 7, 0.2).1
+    digits::split(&digits::shipped(), 7, 0.2).1
 }
 
 /// An OIP request for `rows` digit images.
