@@ -57,3 +57,44 @@ async fn training_publishes_a_verified_version_that_learned() {
         first.version
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cwru_learns_fault_classes_of_unseen_recordings_and_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Repository::open(dir.path().to_str().unwrap()).unwrap();
+    let name = ModelName::parse("cwru").unwrap();
+    let options = TrainOptions {
+        epochs: Some(6),
+        ..TrainOptions::default()
+    };
+    let manifest = train(&repo, "cwru", &name, &options).await.unwrap();
+    // Four classes: chance is 0.25; held-out windows come from recordings never trained on.
+    let accuracy = manifest.metrics["test_accuracy"];
+    assert!(
+        accuracy > 0.45,
+        "held-out accuracy after 6 epochs: {accuracy}"
+    );
+    assert_eq!(manifest.inputs[0].shape, [-1, 2048]);
+    assert_eq!(
+        manifest.labels,
+        ["normal", "inner_race", "ball", "outer_race"]
+    );
+
+    // The demo serves the held-out windows through the worker pipeline and checks each label.
+    let report = ember::demo::run(&ember::demo::DemoOptions {
+        requests: 360,
+        realtime_every: 4,
+        batch: ember::batcher::BatchConfig::default(),
+        repo,
+        model: name,
+    })
+    .await
+    .unwrap();
+    assert_eq!((report.ok, report.errors), (360, 0));
+    // The same windows as the training's held-out figure, so the same accuracy.
+    assert!(
+        (report.accuracy - accuracy).abs() < 1e-9,
+        "{} vs {accuracy}",
+        report.accuracy
+    );
+}

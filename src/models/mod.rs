@@ -2,6 +2,7 @@
 
 pub mod digits;
 pub mod failure;
+pub mod vibration;
 
 use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
 use burn::prelude::*;
@@ -9,6 +10,7 @@ use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use digits::{DigitsCnn, DigitsCnnConfig};
 use failure::{FailureMlp, FailureMlpConfig};
 use serde::{Deserialize, Serialize};
+use vibration::{VibrationCnn, VibrationCnnConfig};
 
 /// How weights are serialised in `model.bin` (named MessagePack, f32).
 pub type WeightsRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
@@ -21,6 +23,8 @@ pub enum Architecture {
     DigitsCnn(DigitsCnnConfig),
     /// [`failure::FailureMlp`].
     FailureMlp(FailureMlpConfig),
+    /// [`vibration::VibrationCnn`].
+    VibrationCnn(VibrationCnnConfig),
     /// Answers each FP32 row of `width` values with itself, without weights: measures the
     /// serving path alone (`benches/amqp.rs`) and smoke-tests deployments.
     Identity {
@@ -57,6 +61,13 @@ impl Architecture {
                         &[-1, c.targets.len() as i64],
                     ),
                     spec("failure", DataType::Bool, &[-1]),
+                ],
+            ),
+            Self::VibrationCnn(c) => (
+                vec![spec("vibration", DataType::Fp32, &[-1, c.window as i64])],
+                vec![
+                    spec("probabilities", DataType::Fp32, &[-1, c.classes as i64]),
+                    spec("label", DataType::Int64, &[-1]),
                 ],
             ),
             Self::Identity { width } => (
@@ -107,7 +118,7 @@ impl Architecture {
                 }
                 Ok(())
             }
-            Self::DigitsCnn(_) | Self::Identity { .. } => Ok(()),
+            Self::DigitsCnn(_) | Self::VibrationCnn(_) | Self::Identity { .. } => Ok(()),
         }
     }
 
@@ -142,6 +153,12 @@ impl Architecture {
                     module: (module, config.clone()),
                     device,
                 }))
+            }
+            Self::VibrationCnn(config) => {
+                let module = config
+                    .init::<B>(&device)
+                    .load_record(record(weights, &device)?);
+                Ok(Box::new(OnDevice { module, device }))
             }
             Self::Identity { .. } => Ok(Box::new(Identity)),
         }
@@ -199,23 +216,43 @@ struct OnDevice<M, B: Backend> {
 
 impl<B: Backend> Model for OnDevice<DigitsCnn<B>, B> {
     fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
-        let Some(TensorData::F32(pixels)) = inputs.into_iter().next() else {
-            return Err("digits-cnn takes one FP32 input".into());
-        };
-        let width = pixels.len() / rows.max(1);
-        let x = Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(pixels, [rows, width]),
-            &self.device,
-        );
-        let probabilities = burn::tensor::activation::softmax(self.module.logits(x), 1);
-        let labels = probabilities.clone().argmax(1).reshape([rows]);
-        let probabilities = probabilities.into_data().convert::<f32>().into_vec::<f32>();
-        let labels = labels.into_data().convert::<i64>().into_vec::<i64>();
-        Ok(vec![
-            TensorData::F32(probabilities.map_err(|e| format!("{e:?}"))?),
-            TensorData::I64(labels.map_err(|e| format!("{e:?}"))?),
-        ])
+        let x = self.single_input(rows, inputs)?;
+        classify(self.module.logits(x))
     }
+}
+
+impl<B: Backend> Model for OnDevice<VibrationCnn<B>, B> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+        let x = self.single_input(rows, inputs)?;
+        classify(self.module.logits(x))
+    }
+}
+
+impl<M, B: Backend> OnDevice<M, B> {
+    /// The one FP32 input of a single-input network, as a `[rows, width]` tensor.
+    fn single_input(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Tensor<B, 2>, String> {
+        let Some(TensorData::F32(values)) = inputs.into_iter().next() else {
+            return Err("the network takes one FP32 input".into());
+        };
+        let width = values.len() / rows.max(1);
+        Ok(Tensor::from_data(
+            burn::tensor::TensorData::new(values, [rows, width]),
+            &self.device,
+        ))
+    }
+}
+
+/// Class probabilities (softmax) and the most likely class of each row of `logits`.
+fn classify<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<TensorData>, String> {
+    let [rows, _] = logits.dims();
+    let probabilities = burn::tensor::activation::softmax(logits, 1);
+    let labels = probabilities.clone().argmax(1).reshape([rows]);
+    let probabilities = probabilities.into_data().convert::<f32>().into_vec::<f32>();
+    let labels = labels.into_data().convert::<i64>().into_vec::<i64>();
+    Ok(vec![
+        TensorData::F32(probabilities.map_err(|e| format!("{e:?}"))?),
+        TensorData::I64(labels.map_err(|e| format!("{e:?}"))?),
+    ])
 }
 
 impl<B: Backend> Model for OnDevice<(FailureMlp<B>, FailureMlpConfig), B> {

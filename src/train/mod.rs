@@ -4,6 +4,7 @@
 //! picks the backend for the device, shows progress, and publishes weights and manifest.
 
 pub mod ai4i;
+pub mod cwru;
 pub mod digits;
 pub mod metrics;
 
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// Model kinds `ember train` knows.
-pub const KINDS: &[&str] = &["digits", "ai4i"];
+pub const KINDS: &[&str] = &["digits", "ai4i", "cwru"];
 
 /// Training hyper-parameters; `None` takes the kind's default.
 #[derive(Debug, Clone, Default)]
@@ -157,6 +158,7 @@ pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
     match &manifest.architecture {
         Architecture::DigitsCnn(_) => Ok(digits::examples(training)),
         Architecture::FailureMlp(_) => ai4i::examples(training),
+        Architecture::VibrationCnn(config) => Ok(cwru::examples(training, config.window)),
         Architecture::Identity { .. } => anyhow::bail!("an identity model has no data set"),
     }
 }
@@ -164,6 +166,7 @@ pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
 fn hyper(kind: &str, options: &TrainOptions) -> Hyper {
     let defaults = match kind {
         "ai4i" => ai4i::DEFAULTS,
+        "cwru" => cwru::DEFAULTS,
         _ => digits::DEFAULTS,
     };
     Hyper {
@@ -209,6 +212,7 @@ fn run<B: AutodiffBackend>(
     let data = options.data.as_deref();
     match kind {
         "ai4i" => ai4i::train::<B>(hyper, data, &device, progress),
+        "cwru" => cwru::train::<B>(hyper, data, &device, progress),
         _ => digits::train::<B>(hyper, data, &device, progress),
     }
 }
@@ -255,20 +259,45 @@ pub fn read_data(
     Ok((text, provenance))
 }
 
-/// `0..n` in a seeded pseudo-random order (Fisher–Yates over SplitMix64): the same on every
-/// platform, so a seed names a split.
-pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
+/// A seeded pseudo-random generator (SplitMix64): the same numbers on every platform, so a
+/// seed names a split, a shuffle or a simulated data set.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
-    };
+    }
+
+    /// Uniform in `[low, high)`.
+    pub fn uniform(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn gaussian(&mut self) -> f64 {
+        let u = self.uniform(f64::MIN_POSITIVE, 1.0);
+        let v = self.uniform(0.0, 1.0);
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// `0..n` in a seeded pseudo-random order (Fisher–Yates over [`Rng`]).
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
+        order.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
     }
     order
 }
