@@ -428,11 +428,12 @@ pub struct TrainArgs {
     /// Model name (default: the kind).
     #[arg(long)]
     pub name: Option<ModelName>,
-    /// Folder holding the data set file (digits: digits.csv[.gz]; ai4i: the UCI
-    /// ai4i2020.csv); default: the copy built into ember.
+    /// Folder holding the data set (digits: digits.csv[.gz]; ai4i: the UCI ai4i2020.csv; cwru:
+    /// recordings.csv + *.f32 from data/cwru.py); default: the copy built into ember (cwru:
+    /// simulated recordings).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Passes over the training data [default: the kind's, e.g. digits 30, ai4i 60].
+    /// Passes over the training data [default: digits 30, ai4i 60, cwru 40].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Seed of the split, shuffles and initialisation [default: 7].

@@ -98,3 +98,23 @@ async fn cwru_learns_fault_classes_of_unseen_recordings_and_is_served() {
         report.accuracy
     );
 }
+
+/// Each run in its own process, as `ember train` runs: Burn's CPU backend draws from one
+/// random generator per process, which concurrent tests in this process would share.
+#[test]
+fn the_same_seed_trains_the_same_weights() {
+    let sha256 = |seed: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["train", "ai4i", "--epochs", "2", "--seed", seed, "--out"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let manifest: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        manifest["sha256"].as_str().unwrap().to_owned()
+    };
+    let first = sha256("11");
+    assert_eq!(first, sha256("11"), "same seed, same weights");
+    assert_ne!(first, sha256("12"), "another seed, other weights");
+}

@@ -15,7 +15,8 @@ use crate::store::{
     DEFAULT_ALIAS, Manifest, ModelName, Repository, TrainingRecord, Version, sha256_hex,
 };
 use anyhow::Context;
-use burn::module::{AutodiffModule, Module};
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
+use burn::prelude::Backend;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::BTreeMap;
@@ -217,9 +218,26 @@ fn run<B: AutodiffBackend>(
     }
 }
 
-/// Records a trained module's weights as `model.bin` bytes.
+/// Records a trained module's weights as `model.bin` bytes: the same weights give the same bytes
+/// (so the same seed and data give the same sha256).
 pub fn record<B: AutodiffBackend, M: AutodiffModule<B>>(model: M) -> anyhow::Result<Vec<u8>> {
-    Ok(WeightsRecorder::default().record(model.valid().into_record(), ())?)
+    let model = model.valid().map(&mut SequentialIds(0));
+    Ok(WeightsRecorder::default().record(model.into_record(), ())?)
+}
+
+/// Numbers float parameters 1, 2, ... in visiting order: Burn gives each new parameter a random
+/// id, which the record would otherwise carry.
+struct SequentialIds(u64);
+
+impl<B: Backend> ModuleMapper<B> for SequentialIds {
+    fn map_float<const D: usize>(
+        &mut self,
+        param: Param<burn::Tensor<B, D>>,
+    ) -> Param<burn::Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+    }
 }
 
 /// A data set's bytes (decompressed) and provenance: the first of `files` found in `dir`, else
