@@ -1,5 +1,5 @@
-//! Request bodies: held-out digits images, lines of a JSONL file, or random tensors shaped by a
-//! model's manifest.
+//! Request bodies: held-out examples of trained models, lines of a JSONL file, or random tensors
+//! shaped by a model's manifest.
 
 use crate::load::Rng;
 use anyhow::Context;
@@ -52,9 +52,21 @@ pub fn from_jsonl(path: &Path) -> anyhow::Result<Payloads> {
     Ok(Arc::new(payloads))
 }
 
-/// Single-row requests with random values for every input `manifest` declares (any batch
+/// Single-row requests for `manifest`'s model: its held-out examples where `ember train` made it
+/// (real values that pass every check), else random values for every input it declares (any batch
 /// dimension set to 1; integers in 0..100, so token ids stay inside any vocabulary).
 pub fn for_manifest(manifest: &Manifest, seed: u64) -> Payloads {
+    if let Ok(examples) = ember::train::held_out_examples(manifest)
+        && !examples.is_empty()
+    {
+        return Arc::new(
+            (0..GENERATED)
+                .map(|i| {
+                    encode_request(&i.to_string(), &examples[i % examples.len()].inputs).into()
+                })
+                .collect(),
+        );
+    }
     let mut rng = Rng::new(seed);
     Arc::new(
         (0..GENERATED)
@@ -104,14 +116,23 @@ mod tests {
             .resolve(&name, &Version::parse("production").unwrap())
             .await
             .unwrap();
-        let manifest = repo.manifest(&name, &version).await.unwrap();
-        let payloads = for_manifest(&manifest, 3);
-        assert_eq!(payloads.len(), GENERATED);
-        assert_ne!(payloads[0], payloads[1], "bodies differ");
-        for body in payloads.iter().take(8) {
-            let request = decode_request(body, usize::MAX).unwrap();
-            let inputs = validate(request, &manifest.inputs).unwrap();
-            assert_eq!(inputs.rows, 1);
+        let trained = repo.manifest(&name, &version).await.unwrap();
+        // Without a training record (an identity model), random values of the declared shapes.
+        let untrained = Manifest {
+            architecture: ember::models::Architecture::Identity { width: 64 },
+            training: None,
+            ..trained.clone()
+        };
+        for manifest in [trained, untrained] {
+            let payloads = for_manifest(&manifest, 3);
+            assert_eq!(payloads.len(), GENERATED);
+            assert_ne!(payloads[0], payloads[1], "bodies differ");
+            for body in payloads.iter().take(8) {
+                let request = decode_request(body, usize::MAX).unwrap();
+                let inputs = validate(request, &manifest.inputs).unwrap();
+                manifest.architecture.check(&inputs).unwrap();
+                assert_eq!(inputs.rows, 1);
+            }
         }
     }
 }
