@@ -140,7 +140,7 @@ impl Architecture {
                 let columns = config.sensors.len();
                 if config.means.len() != columns
                     || config.stds.len() != columns
-                    || config.stds.iter().any(|s| !s.is_normal() || *s < 0.0)
+                    || !config.stds.iter().all(|s| s.is_normal() && *s > 0.0)
                 {
                     return Err(format!(
                         "failure-mlp config needs a mean and a positive std per sensor: {config:?}"

@@ -109,6 +109,7 @@ pub async fn train(
         "unknown model kind {kind:?}; known: {KINDS:?}"
     );
     let hyper = hyper(kind, options);
+    anyhow::ensure!(hyper.epochs >= 1, "--epochs must be at least 1");
     let (kind_owned, opts) = (kind.to_owned(), options.clone());
     let progress = Progress::new(hyper.epochs);
     let trained = tokio::task::spawn_blocking(move || {
