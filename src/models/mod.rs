@@ -1,5 +1,6 @@
 //! The architectures Ember serves and trains, each built from its manifest config and weights.
 
+pub mod bert;
 pub mod digits;
 pub mod failure;
 pub mod vibration;
