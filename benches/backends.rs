@@ -22,7 +22,12 @@ fn load<B: Backend>(device: &B::Device) -> Box<dyn Model> {
     artifact
         .manifest
         .architecture
-        .load::<B>(&artifact.weights, device)
+        .load::<B>(
+            &artifact.weights,
+            &artifact.assets,
+            &Default::default(),
+            device,
+        )
         .expect("weights load")
 }
 

@@ -148,11 +148,15 @@ async fn main() {
         outputs,
         labels: Vec::new(),
         sha256: sha256_hex(&weights),
+        assets: Default::default(),
+        source: None,
         metrics: Default::default(),
         training: None,
         created_at: "2026-01-01T00:00:00Z".into(),
     };
-    repo.publish(&manifest, Bytes::from(weights)).await.unwrap();
+    repo.publish(&manifest, Bytes::from(weights), &Default::default())
+        .await
+        .unwrap();
     repo.set_alias(
         &manifest.name,
         &Version::parse("production").unwrap(),

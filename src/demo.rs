@@ -1,13 +1,15 @@
 //! `ember demo`: the embedded pipeline end to end. Starts a worker on the in-memory transport,
-//! sends the model's held-out examples (digits images, AI4I processes) as a realtime + batch mix,
-//! checks every answer against its label, and measures the pipeline against the same model run
-//! directly on batches (its ceiling).
+//! sends the model's held-out examples (digits images, AI4I processes, vibration windows) as a
+//! realtime + batch mix and checks every answer against its label — or, for a text embedder,
+//! sends paraphrase pairs and checks that each sentence's nearest neighbour is its partner —
+//! and measures the pipeline against the same model run directly on batches (its ceiling).
 
 use crate::batcher::BatchConfig;
-use crate::protocol::{Lane, Reply, TensorData, decode_reply, encode_request};
+use crate::models::Architecture;
+use crate::protocol::{DataType, Lane, Reply, Tensor, TensorData, decode_reply, encode_request};
 use crate::registry::Registry;
 use crate::runtime::{BACKEND_NAME, ServeBackend};
-use crate::store::{ModelName, Repository};
+use crate::store::{Manifest, ModelName, Repository};
 use crate::train::{self, Example};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::{Message, Properties, Transport, queues};
@@ -45,7 +47,7 @@ pub struct DemoReport {
     pub ok: usize,
     /// Answered with an error.
     pub errors: usize,
-    /// Correct labels ÷ requests.
+    /// Correct labels ÷ requests (text: sentences whose nearest neighbour is their paraphrase).
     pub accuracy: f64,
     /// Requests per second through the pipeline, first publish to last reply.
     pub pipeline_rps: f64,
@@ -65,6 +67,103 @@ pub struct DemoReport {
     pub version: String,
     /// Compute backend.
     pub backend: &'static str,
+    /// Text embedders: each demo sentence's nearest other sentence.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub neighbours: Vec<Neighbour>,
+}
+
+/// A sentence and the most similar other one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Neighbour {
+    /// The sentence.
+    pub text: String,
+    /// The most similar other sentence.
+    pub nearest: String,
+    /// Their cosine similarity.
+    pub cosine: f64,
+}
+
+/// Paraphrase pairs (sentences 2k and 2k+1) of about 20 tokens, across Ember's use cases.
+const PARAPHRASES: [&str; 16] = [
+    "The pump on line three is vibrating more than usual and may need maintenance soon.",
+    "Line three's pump shakes abnormally, so it will probably have to be serviced before long.",
+    "Our quarterly revenue grew by twelve percent thanks to strong sales in Europe.",
+    "Strong European sales lifted the company's income by twelve percent this quarter.",
+    "A cat is sleeping on the warm windowsill in the afternoon sun.",
+    "In the afternoon sunshine, a kitten naps on the heated window ledge.",
+    "How do I reset my password if I no longer have access to my email?",
+    "I lost access to my email account; how can I change my login password?",
+    "The train to Amsterdam was cancelled because of a signal failure near the station.",
+    "A signalling fault close to the station led to the cancellation of the Amsterdam train.",
+    "Regular exercise and a balanced diet lower the risk of heart disease.",
+    "Eating well and working out often reduce your chances of cardiovascular illness.",
+    "The spindle motor overheated and the machine shut down during the night shift.",
+    "During the night shift the machine stopped after its spindle motor got too hot.",
+    "Heavy rain is expected across the region tomorrow, with possible flooding near rivers.",
+    "Forecasters predict strong rainfall in the area tomorrow and rivers may flood.",
+];
+
+/// The demo's requests for `manifest`'s model: held-out examples with their answers, or for a
+/// text embedder the paraphrases (whose answers are checked together, in [`score`]).
+fn examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
+    if !matches!(manifest.architecture, Architecture::SentenceBert(_)) {
+        return train::held_out_examples(manifest);
+    }
+    Ok(PARAPHRASES
+        .iter()
+        .map(|text| Example {
+            inputs: vec![Tensor {
+                name: manifest.inputs[0].name.clone(),
+                shape: vec![1],
+                datatype: DataType::Bytes,
+                data: TensorData::Bytes(vec![(*text).to_owned()]),
+            }],
+            output: "embedding",
+            expected: TensorData::Bytes(Vec::new()),
+        })
+        .collect())
+}
+
+/// Accuracy of the `answers` (the compared output of each request, `None` if it failed), and
+/// for text each sentence's nearest neighbour.
+fn score(
+    manifest: &Manifest,
+    examples: &[Example],
+    answers: &[Option<TensorData>],
+) -> (f64, Vec<Neighbour>) {
+    if !matches!(manifest.architecture, Architecture::SentenceBert(_)) {
+        let correct = answers
+            .iter()
+            .enumerate()
+            .filter(|(i, a)| a.as_ref() == Some(&examples[i % examples.len()].expected))
+            .count();
+        return (correct as f64 / answers.len() as f64, Vec::new());
+    }
+    let vectors: Vec<Option<&[f32]>> = (0..PARAPHRASES.len())
+        .map(|i| answers.get(i)?.as_ref()?.as_f32())
+        .collect();
+    let cosine = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum::<f64>();
+    let neighbours: Vec<(usize, Neighbour)> = vectors
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| {
+            let (j, similarity) = vectors
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .filter_map(|(j, w)| Some((j, cosine((*v)?, (*w)?))))
+                .max_by(|a, b| a.1.total_cmp(&b.1))?;
+            let neighbour = Neighbour {
+                text: PARAPHRASES[i].into(),
+                nearest: PARAPHRASES[j].into(),
+                cosine: similarity,
+            };
+            Some((usize::from(j == i ^ 1), neighbour))
+        })
+        .collect();
+    let paired: usize = neighbours.iter().map(|(hit, _)| hit).sum();
+    let accuracy = paired as f64 / PARAPHRASES.len().min(answers.len()) as f64;
+    (accuracy, neighbours.into_iter().map(|(_, n)| n).collect())
 }
 
 /// Runs the demo.
@@ -77,7 +176,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         .await
         .with_context(|| format!("model {} in {}", options.model, repo.describe()))?;
     let manifest = served.manifest.clone();
-    let examples = train::held_out_examples(&manifest)?;
+    let examples = examples(&manifest)?;
     anyhow::ensure!(!examples.is_empty(), "the held-out split is empty");
     let example = |i: usize| &examples[i % examples.len()];
 
@@ -126,7 +225,8 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         transport.publish(&queue, message).await?;
     }
     let mut latencies = Vec::with_capacity(options.requests);
-    let (mut ok, mut errors, mut correct) = (0, 0, 0);
+    let (mut ok, mut errors) = (0, 0);
+    let mut answers: Vec<Option<TensorData>> = vec![None; options.requests];
     let mut answered = vec![false; options.requests];
     while latencies.len() < options.requests {
         let delivery = tokio::time::timeout(Duration::from_secs(60), replies.next())
@@ -153,9 +253,12 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         match decode_reply(&delivery.message.body).map_err(anyhow::Error::msg)? {
             Reply::Ok(response) => {
                 ok += 1;
-                let expected = example(index);
-                let predicted = response.outputs.iter().find(|o| o.name == expected.output);
-                correct += usize::from(predicted.is_some_and(|o| o.data == expected.expected));
+                let output = example(index).output;
+                answers[index] = response
+                    .outputs
+                    .into_iter()
+                    .find(|o| o.name == output)
+                    .map(|o| o.data);
             }
             Reply::Err(error) => {
                 errors += 1;
@@ -170,6 +273,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
 
     let model_only_rps =
         model_only_rps(&repo, &options.model, &manifest.version, options, &examples).await?;
+    let (accuracy, neighbours) = score(&manifest, &examples, &answers);
     latencies.sort();
     let percentile = |p: f64| {
         let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
@@ -180,7 +284,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         requests: options.requests,
         ok,
         errors,
-        accuracy: correct as f64 / options.requests as f64,
+        accuracy,
         pipeline_rps,
         model_only_rps,
         pipeline_efficiency: pipeline_rps / model_only_rps,
@@ -190,6 +294,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         model: manifest.name.to_string(),
         version: manifest.version.to_string(),
         backend: BACKEND_NAME,
+        neighbours,
     })
 }
 
@@ -222,11 +327,17 @@ pub async fn model_only_rps(
             (rows, inputs)
         })
         .collect();
+    let batch = options.batch;
     tokio::task::spawn_blocking(move || {
         let net = artifact
             .manifest
             .architecture
-            .load::<ServeBackend>(&artifact.weights, &Default::default())
+            .load::<ServeBackend>(
+                &artifact.weights,
+                &artifact.assets,
+                &batch,
+                &Default::default(),
+            )
             .map_err(anyhow::Error::msg)?;
         if let Some((rows, inputs)) = batches.first() {
             net.infer(*rows, inputs.clone())

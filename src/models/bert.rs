@@ -5,6 +5,7 @@
 //! 0 for padding). Padding is masked out of attention and of the mean, so a sentence's embedding
 //! does not depend on what it is batched with.
 
+use super::text::Tokens;
 use anyhow::Context;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -96,7 +97,7 @@ impl<B: Backend> BertEncoder<B> {
     pub fn embed(&self, ids: Tensor<B, 2, Int>, mask: Tensor<B, 2>) -> Tensor<B, 2> {
         let [batch, tokens] = ids.dims();
         let device = ids.device();
-        let hidden = self.embedding_norm.gamma.dims()[0];
+        let hidden = self.hidden();
         let positions = Tensor::<B, 1, Int>::arange(0..tokens as i64, &device)
             .reshape([1, tokens])
             .expand([batch, tokens]);
@@ -121,6 +122,20 @@ impl<B: Backend> BertEncoder<B> {
             .sqrt()
             .clamp_min(1e-12);
         mean / norm
+    }
+
+    /// Unit-length embeddings `[rows, hidden]` of a tokenised batch.
+    pub fn embed_tokens(&self, tokens: Tokens) -> Tensor<B, 2> {
+        let device = self.embedding_norm.gamma.device();
+        let shape = [tokens.rows, tokens.tokens];
+        let ids = Tensor::from_data(TensorData::new(tokens.ids, shape), &device);
+        let mask = Tensor::from_data(TensorData::new(tokens.mask, shape), &device);
+        self.embed(ids, mask)
+    }
+
+    /// Width of the embeddings.
+    pub fn hidden(&self) -> usize {
+        self.embedding_norm.gamma.dims()[0]
     }
 
     /// An encoder of `config`'s shape with the weights of a Hugging Face BERT `model.safetensors`.

@@ -3,14 +3,19 @@
 pub mod bert;
 pub mod digits;
 pub mod failure;
+pub mod text;
 pub mod vibration;
 
+use crate::batcher::BatchConfig;
 use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
+use crate::store::Assets;
+use burn::module::{ModuleMapper, Param, ParamId};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
 use digits::{DigitsCnn, DigitsCnnConfig};
 use failure::{FailureMlp, FailureMlpConfig};
 use serde::{Deserialize, Serialize};
+use text::SentenceBertConfig;
 use vibration::{VibrationCnn, VibrationCnnConfig};
 
 /// How weights are serialised in `model.bin` (named MessagePack, f32).
@@ -26,6 +31,8 @@ pub enum Architecture {
     FailureMlp(FailureMlpConfig),
     /// [`vibration::VibrationCnn`].
     VibrationCnn(VibrationCnnConfig),
+    /// [`text::SentenceBert`]: texts to unit-length embeddings.
+    SentenceBert(SentenceBertConfig),
     /// Answers each FP32 row of `width` values with itself, without weights: measures the
     /// serving path alone (`benches/amqp.rs`) and smoke-tests deployments.
     Identity {
@@ -70,6 +77,14 @@ impl Architecture {
                     spec("probabilities", DataType::Fp32, &[-1, c.classes as i64]),
                     spec("label", DataType::Int64, &[-1]),
                 ],
+            ),
+            Self::SentenceBert(c) => (
+                vec![spec("text", DataType::Bytes, &[-1])],
+                vec![spec(
+                    "embedding",
+                    DataType::Fp32,
+                    &[-1, c.encoder.hidden_size as i64],
+                )],
             ),
             Self::Identity { width } => (
                 vec![spec("input", DataType::Fp32, &[-1, *width as i64])],
@@ -119,18 +134,32 @@ impl Architecture {
                 }
                 Ok(())
             }
-            Self::DigitsCnn(_) | Self::VibrationCnn(_) | Self::Identity { .. } => Ok(()),
+            Self::DigitsCnn(_)
+            | Self::VibrationCnn(_)
+            | Self::SentenceBert(_)
+            | Self::Identity { .. } => Ok(()),
         }
     }
 
-    /// Builds the network on `device` from `weights` (a [`WeightsRecorder`] record).
+    /// Builds the network on `device` from `weights` (a [`WeightsRecorder`] record) and the
+    /// version's `assets`, to run batches shaped by `batch`.
     pub fn load<B: Backend>(
         &self,
         weights: &[u8],
+        assets: &Assets,
+        batch: &BatchConfig,
         device: &B::Device,
     ) -> Result<Box<dyn Model>, String> {
         let device = device.clone();
         match self {
+            Self::SentenceBert(config) => {
+                let tokenizer = assets.get(&config.tokenizer).ok_or_else(|| {
+                    format!("the version has no tokenizer asset {:?}", config.tokenizer)
+                })?;
+                let model =
+                    config.load::<B>(weights, tokenizer, batch.max_batch_tokens, &device)?;
+                Ok(Box::new(model))
+            }
             Self::DigitsCnn(config) => {
                 let module = config
                     .init::<B>(&device)
@@ -174,6 +203,26 @@ fn record<B: Backend, R: burn::record::Record<B>>(
     WeightsRecorder::default()
         .load(weights.to_vec(), device)
         .map_err(|e| format!("weights do not fit the architecture: {e}"))
+}
+
+/// `module`'s weights as a [`WeightsRecorder`] record, the same bytes for the same weights:
+/// parameters are numbered 1, 2, ... in visiting order first (Burn gives each new parameter a
+/// random id, which the record would otherwise carry).
+pub fn record_weights<B: Backend, M: Module<B>>(module: M) -> Result<Vec<u8>, String> {
+    let module = module.map(&mut SequentialIds(0));
+    WeightsRecorder::default()
+        .record(module.into_record(), ())
+        .map_err(|e| format!("cannot record the weights: {e}"))
+}
+
+struct SequentialIds(u64);
+
+impl<B: Backend> ModuleMapper<B> for SequentialIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (_, tensor, mapper) = param.consume();
+        self.0 += 1;
+        Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+    }
 }
 
 /// A loaded network, run on whole batches by one executor thread.

@@ -1,6 +1,7 @@
 //! Running models: the compute backend, and one executor thread per loaded model version so
 //! that compute never blocks the async runtime.
 
+use crate::batcher::BatchConfig;
 use crate::models::Model;
 use crate::protocol::{InferError, TensorData, ValidatedInputs};
 use crate::store::Artifact;
@@ -95,17 +96,19 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Loads `artifact` on a new thread, warms it up with batches of 1 and `warmup_rows` rows,
-    /// and returns once it is ready, with the receiver of its batch-done signals.
+    /// Loads `artifact` on a new thread for batches shaped by `batch`, warms it up with batches
+    /// of 1 and `max_batch_size` rows, and returns once it is ready, with the receiver of its
+    /// batch-done signals.
     pub async fn start(
         artifact: &Artifact,
-        warmup_rows: usize,
+        batch: &BatchConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<()>), LoadError> {
         let manifest = &artifact.manifest;
         let (batches, batch_rx) = std_mpsc::channel::<Vec<Work>>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (architecture, weights) = (manifest.architecture.clone(), artifact.weights.clone());
+        let (assets, batch) = (artifact.assets.clone(), *batch);
         let inputs = manifest.inputs.clone();
         let thread_name = format!("exec-{}-{}", manifest.name, manifest.version);
         std::thread::Builder::new()
@@ -113,8 +116,9 @@ impl Executor {
             .spawn(move || {
                 let device = Default::default();
                 let loaded = catch_unwind(AssertUnwindSafe(|| {
-                    let model = architecture.load::<ServeBackend>(&weights, &device)?;
-                    for rows in [1, warmup_rows.max(1)] {
+                    let model =
+                        architecture.load::<ServeBackend>(&weights, &assets, &batch, &device)?;
+                    for rows in [1, batch.max_batch_size.max(1)] {
                         model.infer(rows, architecture.warmup_inputs(&inputs, rows))?;
                     }
                     Ok::<_, String>(model)
@@ -130,7 +134,7 @@ impl Executor {
                         return;
                     }
                 };
-                drop(weights);
+                drop((weights, assets));
                 while let Ok(batch) = batch_rx.recv() {
                     run_batch(model.as_ref(), batch);
                     if done_tx.send(()).is_err() {

@@ -2,7 +2,8 @@
 //! reading them (aliases, sha256 verification) that every store shares.
 //!
 //! Layout (DESIGN.md): `<model>/<version>/model.bin`, `<model>/<version>/manifest.json`,
-//! `<model>/aliases.json`. A store only moves bytes by key ([`ModelStore`]); [`Repository`]
+//! `<model>/aliases.json`, and any assets the manifest names (`<model>/<version>/<asset>`, e.g. a
+//! tokenizer), verified and cached like the weights. A store only moves bytes by key ([`ModelStore`]); [`Repository`]
 //! builds keys from validated names only, so no request can reach outside the repository.
 
 mod blob;
@@ -37,15 +38,17 @@ pub enum StoreError {
     /// No such model, version, alias or file.
     #[error("not found: {0}")]
     NotFound(String),
-    /// The weights do not match the manifest's sha256: refused.
+    /// The weights or an asset do not match the manifest's sha256: refused.
     #[error(
-        "model {model} version {version}: weights sha256 {actual} does not match the manifest's {expected}"
+        "model {model} version {version}: {file} sha256 {actual} does not match the manifest's {expected}"
     )]
     Integrity {
         /// Model name.
         model: String,
         /// Version.
         version: String,
+        /// `model.bin` or the asset's name.
+        file: String,
         /// sha256 in the manifest.
         expected: String,
         /// sha256 of the bytes read.
@@ -109,12 +112,18 @@ pub struct Manifest {
     pub labels: Vec<String>,
     /// Hex sha256 of `model.bin`.
     pub sha256: String,
+    /// Files besides the weights that loading needs (e.g. `tokenizer.json`): name → hex sha256.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub assets: BTreeMap<String, String>,
     /// Evaluation figures (e.g. `test_accuracy` on the held-out split).
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
     /// How it was trained, enough to rebuild its held-out split.
     #[serde(default)]
     pub training: Option<TrainingRecord>,
+    /// Where a version not trained by Ember came from (`ember models import`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// RFC 3339 time of creation.
     pub created_at: String,
 }
@@ -143,23 +152,28 @@ pub struct TrainingRecord {
     pub git_commit: Option<String>,
 }
 
-/// A verified version: its manifest and the weights whose sha256 matched it.
+/// A verified version: its manifest, and the weights and assets whose sha256 matched it.
 #[derive(Debug, Clone)]
 pub struct Artifact {
     /// The manifest.
     pub manifest: Manifest,
     /// The weights (`model.bin`).
     pub weights: Bytes,
-    /// How the weights were fetched.
+    /// The manifest's assets by name.
+    pub assets: Assets,
+    /// How the files were fetched.
     pub fetch: FetchReport,
 }
 
-/// How a version's weights were fetched and checked.
+/// A version's assets by name.
+pub type Assets = BTreeMap<String, Bytes>;
+
+/// How a version's files were fetched and checked.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct FetchReport {
-    /// Size of the weights.
+    /// Size of the weights and assets.
     pub bytes: usize,
-    /// Found in the local cache (nothing downloaded).
+    /// All found in the local cache (nothing downloaded).
     pub cache_hit: bool,
     /// Time reading them from the store (or the cache).
     #[serde(rename = "download_s", serialize_with = "seconds")]
@@ -170,13 +184,11 @@ pub struct FetchReport {
 }
 
 impl FetchReport {
-    fn new(weights: &Bytes, cache_hit: bool, download: Duration, verify: Duration) -> Self {
-        Self {
-            bytes: weights.len(),
-            cache_hit,
-            download,
-            verify,
-        }
+    fn add(&mut self, other: Self) {
+        self.bytes += other.bytes;
+        self.cache_hit &= other.cache_hit;
+        self.download += other.download;
+        self.verify += other.verify;
     }
 }
 
@@ -416,70 +428,94 @@ impl Repository {
         }
     }
 
-    /// Reads `model` `version` and verifies its weights against the manifest's sha256, from
-    /// the local cache when they are there (a remote store's weights are cached once verified).
+    /// Reads `model` `version` and verifies its weights and assets against the manifest's
+    /// sha256, from the local cache when they are there (a remote store's files are cached once
+    /// verified).
     pub async fn load(&self, model: &ModelName, version: &Version) -> Result<Artifact, StoreError> {
         let manifest = self.manifest(model, version).await?;
-        let expected = manifest.sha256.clone();
-        let verified = |weights: &Bytes| {
+        let (weights, mut fetch) = self
+            .fetch_verified(&manifest, "model.bin", &manifest.sha256)
+            .await?;
+        let mut assets = Assets::new();
+        for (name, sha256) in &manifest.assets {
+            let (bytes, report) = self.fetch_verified(&manifest, name, sha256).await?;
+            fetch.add(report);
+            assets.insert(name.clone(), bytes);
+        }
+        Ok(Artifact {
+            manifest,
+            weights,
+            assets,
+            fetch,
+        })
+    }
+
+    /// The file `name` of `manifest`'s version, whose sha256 must be `expected`: from the cache
+    /// when there, else from the store (then cached).
+    async fn fetch_verified(
+        &self,
+        manifest: &Manifest,
+        name: &str,
+        expected: &str,
+    ) -> Result<(Bytes, FetchReport), StoreError> {
+        let (model, version) = (&manifest.name, &manifest.version);
+        let key = file_key(model, version, name)?;
+        let verified = |bytes: &Bytes| {
             let started = Instant::now();
-            let actual = sha256_hex(weights);
+            let actual = sha256_hex(bytes);
             (
-                actual.eq_ignore_ascii_case(&expected),
+                actual.eq_ignore_ascii_case(expected),
                 actual,
                 started.elapsed(),
             )
         };
+        let report = |bytes: &Bytes, cache_hit, download, verify| FetchReport {
+            bytes: bytes.len(),
+            cache_hit,
+            download,
+            verify,
+        };
         let started = Instant::now();
         if let Some(cache) = &self.cache
-            && let Some(weights) = cache.get(&expected).await?
+            && let Some(bytes) = cache.get(expected).await?
         {
             let download = started.elapsed();
-            match verified(&weights) {
+            match verified(&bytes) {
                 (true, _, verify) => {
                     metrics::counter!("ember_model_cache_hits_total").increment(1);
-                    let fetch = FetchReport::new(&weights, true, download, verify);
-                    return Ok(Artifact {
-                        manifest,
-                        weights,
-                        fetch,
-                    });
+                    let fetch = report(&bytes, true, download, verify);
+                    return Ok((bytes, fetch));
                 }
-                (false, ..) => cache.remove(&expected).await?,
+                (false, ..) => cache.remove(expected).await?,
             }
         }
-        let key = format!("{model}/{version}/model.bin");
         let started = Instant::now();
-        let weights = self.store.get(&key).await.map_err(|e| match e {
+        let bytes = self.store.get(&key).await.map_err(|e| match e {
             StoreError::NotFound(_) => StoreError::Invalid(format!(
-                "model {model} version {version} has a manifest but no weights ({key})"
+                "model {model} version {version} has a manifest but no {name} ({key})"
             )),
             e => e,
         })?;
         let download = started.elapsed();
-        let (matches, actual, verify) = verified(&weights);
+        let (matches, actual, verify) = verified(&bytes);
         if !matches {
             return Err(StoreError::Integrity {
                 model: model.to_string(),
                 version: version.to_string(),
-                expected,
+                file: name.to_owned(),
+                expected: expected.to_owned(),
                 actual,
             });
         }
         if let Some(cache) = &self.cache {
             metrics::counter!("ember_model_cache_misses_total").increment(1);
             // A cache that cannot be written (disk full, read-only) costs the next start a
-            // download; it must not stop verified weights from being served now.
-            if let Err(e) = cache.put(&actual, weights.clone()).await {
-                tracing::warn!(%model, %version, error = %e, "cannot cache the weights");
+            // download; it must not stop verified files from being served now.
+            if let Err(e) = cache.put(&actual, bytes.clone()).await {
+                tracing::warn!(%model, %version, file = name, error = %e, "cannot cache");
             }
         }
-        let fetch = FetchReport::new(&weights, false, download, verify);
-        Ok(Artifact {
-            manifest,
-            weights,
-            fetch,
-        })
+        Ok((bytes.clone(), report(&bytes, false, download, verify)))
     }
 
     /// The next free numeric version of `model` (1 for a new model).
@@ -494,10 +530,27 @@ impl Repository {
             .expect("numbers are valid versions"))
     }
 
-    /// Writes a new version: weights first, manifest last, so a reader that sees the manifest
-    /// finds the weights it names.
-    pub async fn publish(&self, manifest: &Manifest, weights: Bytes) -> Result<(), StoreError> {
+    /// Writes a new version: weights and assets first, manifest last, so a reader that sees the
+    /// manifest finds the files it names. `assets` must be the manifest's, with its sha256s.
+    pub async fn publish(
+        &self,
+        manifest: &Manifest,
+        weights: Bytes,
+        assets: &Assets,
+    ) -> Result<(), StoreError> {
         let (model, version) = (&manifest.name, &manifest.version);
+        let names: Vec<_> = assets.keys().collect();
+        if !names.iter().copied().eq(manifest.assets.keys()) {
+            return Err(StoreError::Invalid(format!(
+                "the manifest names assets {:?}, given {names:?}",
+                manifest.assets.keys().collect::<Vec<_>>()
+            )));
+        }
+        for (name, bytes) in assets {
+            self.store
+                .put(&file_key(model, version, name)?, bytes.clone())
+                .await?;
+        }
         self.store
             .put(&format!("{model}/{version}/model.bin"), weights)
             .await?;
@@ -508,33 +561,62 @@ impl Repository {
             .await
     }
 
-    /// Uploads the version in local directory `dir` (its `model.bin` and `manifest.json`),
-    /// checked first: the weights must match the manifest, and an existing version of that
-    /// name must be the same one (versions are immutable; pushing one twice is a no-op).
+    /// Uploads the version in local directory `dir` (its `model.bin`, assets and
+    /// `manifest.json`), checked first: the files must match the manifest, and an existing
+    /// version of that name must be the same one (versions are immutable; pushing one twice is
+    /// a no-op).
     pub async fn push(&self, dir: &std::path::Path) -> Result<Manifest, StoreError> {
         let local = Repository::new(Arc::new(FsStore::new(dir)));
         let manifest: Manifest = serde_json::from_slice(&local.store.get("manifest.json").await?)
             .map_err(|e| {
             StoreError::Invalid(format!("{}/manifest.json: {e}", dir.display()))
         })?;
-        let weights = local.store.get("model.bin").await?;
-        let actual = sha256_hex(&weights);
-        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
-            return Err(StoreError::Integrity {
-                model: manifest.name.to_string(),
-                version: manifest.version.to_string(),
-                expected: manifest.sha256,
-                actual,
-            });
+        let read = |name: String, expected: String| {
+            let local = &local;
+            let manifest = &manifest;
+            async move {
+                let bytes = local.store.get(&name).await?;
+                let actual = sha256_hex(&bytes);
+                if !actual.eq_ignore_ascii_case(&expected) {
+                    return Err(StoreError::Integrity {
+                        model: manifest.name.to_string(),
+                        version: manifest.version.to_string(),
+                        file: name,
+                        expected,
+                        actual,
+                    });
+                }
+                Ok(bytes)
+            }
+        };
+        let weights = read("model.bin".into(), manifest.sha256.clone()).await?;
+        let mut assets = Assets::new();
+        for (name, sha256) in &manifest.assets {
+            file_key(&manifest.name, &manifest.version, name)?;
+            assets.insert(name.clone(), read(name.clone(), sha256.clone()).await?);
         }
+        self.add(manifest, weights, &assets).await
+    }
+
+    /// Publishes a version unless one of that name exists: the same one (same weights and
+    /// assets) is returned as it is; another is refused, since versions are immutable.
+    pub async fn add(
+        &self,
+        manifest: Manifest,
+        weights: Bytes,
+        assets: &Assets,
+    ) -> Result<Manifest, StoreError> {
         match self.manifest(&manifest.name, &manifest.version).await {
-            Ok(existing) if existing.sha256.eq_ignore_ascii_case(&manifest.sha256) => {
+            Ok(existing)
+                if existing.sha256.eq_ignore_ascii_case(&manifest.sha256)
+                    && existing.assets == manifest.assets =>
+            {
                 return Ok(existing);
             }
             Ok(_) => {
                 return Err(StoreError::Invalid(format!(
-                    "model {} version {} already exists in {} with other weights; versions are \
-                     immutable, push it under a new version",
+                    "model {} version {} already exists in {} with other files; versions are \
+                     immutable, publish it under a new version",
                     manifest.name,
                     manifest.version,
                     self.describe()
@@ -543,7 +625,7 @@ impl Repository {
             Err(StoreError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        self.publish(&manifest, weights).await?;
+        self.publish(&manifest, weights, assets).await?;
         Ok(manifest)
     }
 
@@ -622,5 +704,17 @@ impl Repository {
         self.store
             .put(&format!("{model}/aliases.json"), json.into())
             .await
+    }
+}
+
+/// The key of file `name` of a version: `model.bin` or an asset named like a version (the same
+/// characters, so never a path), but not `manifest.json`.
+fn file_key(model: &ModelName, version: &Version, name: &str) -> Result<String, StoreError> {
+    match Version::parse(name) {
+        Ok(_) if name != "manifest.json" => Ok(format!("{model}/{version}/{name}")),
+        _ => Err(StoreError::Invalid(format!(
+            "model {model} version {version}: asset name {name:?} must be 1-64 of A-Z, a-z, \
+             0-9, '.', '_' and '-', and not manifest.json"
+        ))),
     }
 }

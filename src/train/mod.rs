@@ -8,16 +8,14 @@ pub mod cwru;
 pub mod digits;
 pub mod metrics;
 
-use crate::models::{Architecture, WeightsRecorder};
+use crate::models::Architecture;
 use crate::protocol::Tensor;
 use crate::runtime::Device;
 use crate::store::{
     DEFAULT_ALIAS, Manifest, ModelName, Repository, TrainingRecord, Version, sha256_hex,
 };
 use anyhow::Context;
-use burn::module::{AutodiffModule, Module, ModuleMapper, Param, ParamId};
-use burn::prelude::Backend;
-use burn::record::Recorder;
+use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -128,6 +126,8 @@ pub async fn train(
         outputs,
         labels: trained.labels,
         sha256: sha256_hex(&trained.weights),
+        assets: Default::default(),
+        source: None,
         metrics: trained.metrics,
         training: Some(TrainingRecord {
             dataset: trained.dataset,
@@ -142,7 +142,8 @@ pub async fn train(
         }),
         created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
     };
-    repo.publish(&manifest, trained.weights.into()).await?;
+    repo.publish(&manifest, trained.weights.into(), &Default::default())
+        .await?;
     let production = Version::parse(DEFAULT_ALIAS).expect("valid alias");
     if options.promote || !repo.aliases(name).await?.contains_key(DEFAULT_ALIAS) {
         repo.set_alias(name, &production, &version).await?;
@@ -161,7 +162,12 @@ pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
         Architecture::DigitsCnn(_) => Ok(digits::examples(training)),
         Architecture::FailureMlp(_) => ai4i::examples(training),
         Architecture::VibrationCnn(config) => Ok(cwru::examples(training, config.window)),
-        Architecture::Identity { .. } => anyhow::bail!("an identity model has no data set"),
+        Architecture::SentenceBert(_) | Architecture::Identity { .. } => {
+            anyhow::bail!(
+                "{} was not trained by Ember: it has no data set",
+                manifest.name
+            )
+        }
     }
 }
 
@@ -222,23 +228,7 @@ fn run<B: AutodiffBackend>(
 /// Records a trained module's weights as `model.bin` bytes: the same weights give the same bytes
 /// (so the same seed and data give the same sha256).
 pub fn record<B: AutodiffBackend, M: AutodiffModule<B>>(model: M) -> anyhow::Result<Vec<u8>> {
-    let model = model.valid().map(&mut SequentialIds(0));
-    Ok(WeightsRecorder::default().record(model.into_record(), ())?)
-}
-
-/// Numbers float parameters 1, 2, ... in visiting order: Burn gives each new parameter a random
-/// id, which the record would otherwise carry.
-struct SequentialIds(u64);
-
-impl<B: Backend> ModuleMapper<B> for SequentialIds {
-    fn map_float<const D: usize>(
-        &mut self,
-        param: Param<burn::Tensor<B, D>>,
-    ) -> Param<burn::Tensor<B, D>> {
-        let (_, tensor, mapper) = param.consume();
-        self.0 += 1;
-        Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
-    }
+    crate::models::record_weights(model.valid()).map_err(anyhow::Error::msg)
 }
 
 /// A data set's bytes (decompressed) and provenance: the first of `files` found in `dir`, else

@@ -1,24 +1,25 @@
 """A third-party producer: realtime RPC to an Ember worker with pika, following DESIGN.md's wire
-protocol to the letter. Usage: pika_rpc.py AMQP_URL MODEL PIXELS(comma-separated 64 values).
-Prints the reply's correlation id, error code header and body as one JSON line."""
+protocol to the letter. Usage: pika_rpc.py AMQP_URL MODEL INPUTS, where INPUTS is the JSON list of
+Open Inference Protocol input tensors. Prints the reply's correlation id, error code header and
+body as one JSON line."""
 import json
 import sys
 
 import pika
 
-url, model, pixels = sys.argv[1], sys.argv[2], [float(v) for v in sys.argv[3].split(",")]
+url, model, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 connection = pika.BlockingConnection(pika.URLParameters(url))
 channel = connection.channel()
 replies = []
 channel.basic_consume("amq.rabbitmq.reply-to", lambda _c, _m, props, body: replies.append((props, body)), auto_ack=True)
-request = {"id": "py-1", "inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": pixels}]}
+request = {"id": "py-1", "inputs": inputs}
 properties = pika.BasicProperties(
     message_id="py-1", correlation_id="py-corr", reply_to="amq.rabbitmq.reply-to",
     content_type="application/json", delivery_mode=2,
     headers={"ember-model": model, "ember-model-version": "production", "ember-lane": "realtime"},
 )
 channel.basic_publish("", f"ember.{model}.realtime", json.dumps(request), properties)
-for _ in range(30):
+for _ in range(60):
     if replies:
         break
     connection.process_data_events(time_limit=1)

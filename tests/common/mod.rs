@@ -6,6 +6,7 @@ use ember::train::digits;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use std::path::Path;
 
+pub mod minilm;
 pub mod proxy;
 
 /// A temporary repository holding the shipped digits model under each of `names`.
@@ -145,4 +146,14 @@ pub fn local_version(
     std::fs::write(dir.join("model.bin"), weights).unwrap();
     std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
     dir
+}
+
+/// A child process (e.g. `ember serve`) killed when the test ends, even by a failed assertion.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
