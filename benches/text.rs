@@ -2,8 +2,9 @@
 //! second (one JSON line, for `benches/minilm_vs_pytorch.py` to compare with PyTorch):
 //! - `short`: batches of 32 sentences of 12-30 tokens (the reference fixture's, cycled);
 //! - `mixed_bucketed` / `mixed_naive`: batches of 32 of all 52 fixture sentences (2 to 256
-//!   tokens, cycled), run as serving runs them (length-sorted passes under `--max-batch-tokens`)
-//!   and padded to the longest as one pass.
+//!   tokens, cycled), run as serving runs them (length-sorted passes under `--max-batch-tokens`,
+//!   side by side on the CPU threads) and naively (in arrival order, one part per thread, each
+//!   padded to its longest).
 //!
 //! Needs the model unpacked in `target/minilm` (`bash .ci/run` does it). Run:
 //! `cargo bench --bench text` (`-- --seconds N` per measurement, default 10).
@@ -14,6 +15,7 @@ use ember::models::text::{
     DEFAULT_MAX_BATCH_TOKENS, SentenceBert, SentenceBertConfig, TextTokenizer, Tokens,
 };
 use ember::runtime::ServeBackend;
+use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -111,11 +113,17 @@ fn main() {
     let bucketed = |batch: &[String]| {
         embedder.embed(batch).unwrap();
     };
+    // Naive padding, as parallel as serving: the batch in arrival order, cut in one part per
+    // thread, each padded to its longest.
+    let threads = rayon::current_num_threads();
     let naive = |batch: &[String]| {
         let ids = tokenizer.ids(batch).unwrap();
-        let tokens = Tokens::padded(ids.iter().map(Vec::as_slice));
-        let out = encoder.embed_tokens(tokens).into_data();
-        out.into_vec::<f32>().unwrap();
+        ids.par_chunks(batch.len().div_ceil(threads))
+            .for_each(|part| {
+                let tokens = Tokens::padded(part.iter().map(Vec::as_slice));
+                let out = encoder.embed_tokens(tokens).into_data();
+                out.into_vec::<f32>().unwrap();
+            });
     };
     let short_rate = measure("short", &bucketed);
     let mixed_bucketed = measure("mixed_bucketed", &bucketed);
@@ -124,7 +132,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "backend": ember::runtime::BACKEND_NAME,
-            "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+            "threads": threads,
             "short": short_rate,
             "mixed_bucketed": mixed_bucketed,
             "mixed_naive": mixed_naive,

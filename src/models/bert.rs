@@ -10,7 +10,9 @@ use anyhow::Context;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 use serde::{Deserialize, Serialize};
 
 /// Shape of the encoder (Hugging Face `config.json` names); recorded in each version's manifest.
@@ -105,12 +107,20 @@ impl<B: Backend> BertEncoder<B> {
         let x = self.words.forward(ids)
             + self.positions.forward(positions)
             + self.token_types.forward(types);
-        let mut x = self.embedding_norm.forward(x);
-        // Padding gets a large negative score before the softmax: no attention flows to it.
-        let bias = (mask.clone() - 1.0).reshape([batch, 1, 1, tokens]) * 1e9;
+        let mut x = self
+            .embedding_norm
+            .forward(x)
+            .reshape([batch * tokens, hidden]);
+        // No attention flows to padding (masked out before the softmax).
+        let padding = mask
+            .clone()
+            .equal_elem(0.0)
+            .reshape([batch, 1, 1, tokens])
+            .expand([batch, self.heads, tokens, tokens]);
         for layer in &self.layers {
-            x = layer.forward(x, bias.clone(), self.heads);
+            x = layer.forward(x, padding.clone(), [batch, tokens, hidden], self.heads);
         }
+        let x = x.reshape([batch, tokens, hidden]);
         let mask = mask.reshape([batch, tokens, 1]);
         let summed = (x * mask.clone()).sum_dim(1).reshape([batch, hidden]);
         let counts = mask.sum_dim(1).reshape([batch, 1]).clamp_min(1.0);
@@ -181,20 +191,27 @@ impl<B: Backend> BertEncoder<B> {
 }
 
 impl<B: Backend> BertLayer<B> {
-    fn forward(&self, x: Tensor<B, 3>, bias: Tensor<B, 4>, heads: usize) -> Tensor<B, 3> {
-        let [batch, tokens, hidden] = x.dims();
+    /// `x` is `[batch × tokens, hidden]`: every dense layer is one matrix product over all the
+    /// batch's tokens (not one small product per text).
+    fn forward(
+        &self,
+        x: Tensor<B, 2>,
+        padding: Tensor<B, 4, Bool>,
+        shape: [usize; 3],
+        heads: usize,
+    ) -> Tensor<B, 2> {
+        let [batch, tokens, hidden] = shape;
         let width = hidden / heads;
-        let split = |t: Tensor<B, 3>| t.reshape([batch, tokens, heads, width]).swap_dims(1, 2);
+        let split = |t: Tensor<B, 2>| t.reshape([batch, tokens, heads, width]).swap_dims(1, 2);
         let (q, k, v) = (
             split(self.query.forward(x.clone())),
             split(self.key.forward(x.clone())),
             split(self.value.forward(x.clone())),
         );
-        let scores = q.matmul(k.swap_dims(2, 3)) / (width as f64).sqrt() + bias;
-        let context = softmax(scores, 3)
-            .matmul(v)
+        let options = AttentionModuleOptions::default();
+        let context = attention(q, k, v, Some(padding), None, options)
             .swap_dims(1, 2)
-            .reshape([batch, tokens, hidden]);
+            .reshape([batch * tokens, hidden]);
         let x = self
             .attention_norm
             .forward(x + self.attention_output.forward(context));

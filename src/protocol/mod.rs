@@ -191,8 +191,17 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(unread(InferError::invalid("empty request body")));
     }
-    let wire: WireRequest = serde_json::from_slice(body)
-        .map_err(|e| unread(InferError::invalid(format!("malformed request: {e}"))))?;
+    let wire: WireRequest = serde_json::from_slice(body).map_err(|e| {
+        let message = match std::str::from_utf8(body) {
+            Err(bad) => format!(
+                "malformed request: the body is not UTF-8 (invalid byte at offset {}); JSON \
+                 strings, BYTES data included, must be UTF-8",
+                bad.valid_up_to()
+            ),
+            Ok(_) => format!("malformed request: {e}"),
+        };
+        unread(InferError::invalid(message))
+    })?;
     let id = wire.id.map(Cow::into_owned);
     match wire
         .inputs
