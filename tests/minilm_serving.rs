@@ -303,3 +303,63 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     results.stop().await;
     transport.delete(&model).await.unwrap();
 }
+
+#[test]
+fn imported_from_its_folder_the_demo_pairs_every_paraphrase() {
+    let repo = tempfile::tempdir().unwrap();
+    let folder = common::minilm::model_dir();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(args)
+            .env("EMBER_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        output
+    };
+    let repo_dir = repo.path().to_str().unwrap();
+    let folder = folder.to_str().unwrap();
+    run(&[
+        "models", "import", "minilm", "--from", folder, "--out", repo_dir,
+    ]);
+    let tokenizer = repo.path().join("minilm/1/tokenizer.json");
+    assert!(
+        tokenizer.is_file(),
+        "the tokenizer is stored beside the weights"
+    );
+    // The same model imported again under its version is the same version: a no-op.
+    run(&[
+        "models",
+        "import",
+        "minilm",
+        "--from",
+        folder,
+        "--out",
+        repo_dir,
+        "--version",
+        "1",
+    ]);
+
+    let demo = run(&[
+        "demo",
+        "--model",
+        "minilm",
+        "--model-repo",
+        repo_dir,
+        "--requests",
+        "64",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&demo.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["errors"], 0, "{stdout}");
+    assert_eq!(report["accuracy"], 1.0, "{stdout}");
+    let neighbours = report["neighbours"].as_array().unwrap();
+    assert_eq!(neighbours.len(), 16);
+    assert!(
+        neighbours
+            .iter()
+            .all(|n| n["cosine"].as_f64().unwrap() > 0.5),
+        "{stdout}"
+    );
+}
