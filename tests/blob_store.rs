@@ -283,3 +283,74 @@ async fn storage_gone_mid_download_fails_clearly_after_retries() {
         "nothing partial is cached"
     );
 }
+
+/// Adds asset `name` with `bytes` to the local version `dir` and lists it in its manifest.
+fn with_asset(dir: &std::path::Path, name: &str, bytes: &[u8]) {
+    let path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    manifest["assets"][name] = ember::store::sha256_hex(bytes).into();
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    if let Some(parent) = dir.join(name).parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+#[tokio::test]
+async fn assets_travel_with_their_version_verified_and_cached() {
+    use ember::store::ModelStore;
+    let (local, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (container, repo) = fresh_repo(cache.path()).await;
+    let options = azurite_options(&azurite_connection_string(), cache.path());
+    let raw =
+        ember::store::BlobStore::open(&format!("az://{container}/team/a"), &options.blob).unwrap();
+    let weights = digits_weights();
+
+    let dir = local_version(local.path(), "text", "1", &weights);
+    with_asset(&dir, "tokenizer.json", b"{\"vocab\": 1}");
+    repo.push(&dir).await.unwrap();
+    let first = repo.load(&name("text"), &version("1")).await.unwrap();
+    assert_eq!(first.assets["tokenizer.json"].as_ref(), b"{\"vocab\": 1}");
+    assert_eq!(first.fetch.bytes, weights.len() + 12);
+    assert!(!first.fetch.cache_hit);
+    let second = repo.load(&name("text"), &version("1")).await.unwrap();
+    assert!(
+        second.fetch.cache_hit,
+        "weights and asset come from the cache"
+    );
+
+    // An asset changed in the store is refused, naming the file.
+    let dir = local_version(local.path(), "text", "2", &weights);
+    with_asset(&dir, "tokenizer.json", b"{\"vocab\": 2}");
+    repo.push(&dir).await.unwrap();
+    raw.put("text/2/tokenizer.json", bytes::Bytes::from_static(b"evil"))
+        .await
+        .unwrap();
+    let error = repo.load(&name("text"), &version("2")).await.unwrap_err();
+    assert!(
+        matches!(&error, StoreError::Integrity { file, .. } if file == "tokenizer.json"),
+        "{error}"
+    );
+
+    // A missing asset, and names that would leave the version's folder.
+    let dir = local_version(local.path(), "text", "3", &weights);
+    with_asset(&dir, "tokenizer.json", b"{}");
+    for file in ["model.bin", "manifest.json"] {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        raw.put(&format!("text/3/{file}"), bytes.into())
+            .await
+            .unwrap();
+    }
+    let error = repo.load(&name("text"), &version("3")).await.unwrap_err();
+    assert!(
+        error.to_string().contains("no asset tokenizer.json"),
+        "{error}"
+    );
+    for bad in ["../escape", "a/b"] {
+        let dir = local_version(local.path(), "bad", "1", &weights);
+        with_asset(&dir, bad, b"x");
+        let error = repo.push(&dir).await.unwrap_err();
+        assert!(error.to_string().contains("asset name"), "{bad}: {error}");
+    }
+}

@@ -3,8 +3,9 @@
 //!
 //! Layout (DESIGN.md): `<model>/<version>/model.bin`, `<model>/<version>/manifest.json`,
 //! `<model>/aliases.json`, and any assets the manifest names (`<model>/<version>/<asset>`, e.g. a
-//! tokenizer), verified and cached like the weights. A store only moves bytes by key ([`ModelStore`]); [`Repository`]
-//! builds keys from validated names only, so no request can reach outside the repository.
+//! tokenizer), verified and cached like the weights. A store only moves bytes by key
+//! ([`ModelStore`]); [`Repository`] builds keys from validated names only, so no request can reach
+//! outside the repository.
 
 mod blob;
 mod cache;
@@ -491,9 +492,15 @@ impl Repository {
         }
         let started = Instant::now();
         let bytes = self.store.get(&key).await.map_err(|e| match e {
-            StoreError::NotFound(_) => StoreError::Invalid(format!(
-                "model {model} version {version} has a manifest but no {name} ({key})"
-            )),
+            StoreError::NotFound(_) => {
+                let what = match name {
+                    "model.bin" => "weights".to_owned(),
+                    asset => format!("asset {asset}"),
+                };
+                StoreError::Invalid(format!(
+                    "model {model} version {version} has a manifest but no {what} ({key})"
+                ))
+            }
             e => e,
         })?;
         let download = started.elapsed();
@@ -515,7 +522,8 @@ impl Repository {
                 tracing::warn!(%model, %version, file = name, error = %e, "cannot cache");
             }
         }
-        Ok((bytes.clone(), report(&bytes, false, download, verify)))
+        let fetch = report(&bytes, false, download, verify);
+        Ok((bytes, fetch))
     }
 
     /// The next free numeric version of `model` (1 for a new model).
