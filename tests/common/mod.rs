@@ -158,17 +158,66 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// The `ember` binary with `args`, reaching Azurite with `storage`, caching in `cache`, and the
-/// test broker.
-pub fn ember_command(args: &[&str], storage: &str, cache: &Path) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
-    command
-        .args(args)
-        .env("AZURE_STORAGE_CONNECTION_STRING", storage)
-        .env("EMBER_CACHE_DIR", cache)
-        .env("EMBER_AMQP_URL", amqp_url())
-        .env("EMBER_LOG", "warn");
-    command
+/// A repository at `az://<new container>/models` on the test Azurite, and what the `ember`
+/// binary needs to reach it: credentials, a cache of its own, the test broker.
+pub struct BlobRepo {
+    /// `az://<container>/models`.
+    pub url: String,
+    /// Connection string with Azurite's key.
+    pub storage: String,
+    /// The weight cache.
+    pub cache: tempfile::TempDir,
+}
+
+impl BlobRepo {
+    /// A repository in a new container named after `prefix`.
+    pub async fn new(prefix: &str) -> Self {
+        let container = azurite_container(prefix).await;
+        Self {
+            url: format!("az://{container}/models"),
+            storage: azurite_via("http://127.0.0.1:10000", AZURITE_KEY),
+            cache: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The `ember` binary with `args`, set up to reach the repository and the broker.
+    pub fn ember(&self, args: &[&str]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ember"));
+        command
+            .args(args)
+            .env("AZURE_STORAGE_CONNECTION_STRING", &self.storage)
+            .env("EMBER_CACHE_DIR", self.cache.path())
+            .env("EMBER_AMQP_URL", amqp_url())
+            .env("EMBER_LOG", "warn");
+        command
+    }
+
+    /// An `ember serve` process answering `model` over the test broker from this repository,
+    /// with `flags` added; killed when dropped.
+    pub fn serve(&self, model: &str, flags: &[&str]) -> KillOnDrop {
+        let args = [
+            "serve",
+            "--transport",
+            "amqp",
+            "--model",
+            model,
+            "--model-repo",
+        ];
+        let child = self
+            .ember(&args)
+            .arg(&self.url)
+            .args(flags)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    }
+
+    /// The repository, opened in this process with the same credentials and cache.
+    pub fn open(&self) -> ember::store::Repository {
+        let options = azurite_options(&self.storage, self.cache.path());
+        ember::store::Repository::open_with(&self.url, &options).unwrap()
+    }
 }
 
 /// A finished command's stdout and stderr, for assertion messages.
