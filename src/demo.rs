@@ -109,11 +109,15 @@ fn examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
     if !matches!(manifest.architecture, Architecture::SentenceBert(_)) {
         return train::held_out_examples(manifest);
     }
+    let input = manifest
+        .inputs
+        .first()
+        .context("the manifest has no inputs")?;
     Ok(PARAPHRASES
         .iter()
         .map(|text| Example {
             inputs: vec![Tensor {
-                name: manifest.inputs[0].name.clone(),
+                name: input.name.clone(),
                 shape: vec![1],
                 datatype: DataType::Bytes,
                 data: TensorData::Bytes(vec![(*text).to_owned()]),
