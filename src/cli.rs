@@ -2,7 +2,10 @@
 //! subcommand calls into the library; no logic lives here.
 
 use crate::batcher::{BatchConfig, DEFAULT_MAX_BATCH_SIZE};
+use crate::client::file::{self, FileJob};
+use crate::client::{Client, DEFAULT_WINDOW, InferOptions};
 use crate::demo::{self, DemoOptions};
+use crate::gateway::{Gateway, GatewayConfig};
 use crate::import::{self, ImportOptions};
 use crate::models::text::DEFAULT_MAX_BATCH_TOKENS;
 use crate::protocol::{
@@ -60,6 +63,14 @@ pub enum Command {
     Infer(InferArgs),
     /// Publish requests to a model's queue without waiting for answers.
     Send(SendArgs),
+    /// Serve the Open Inference Protocol V2 REST API, bridged onto the queues.
+    Gateway(GatewayArgs),
+    /// Batch jobs: a file of requests through a model's batch lane, answers to a file.
+    Batch {
+        /// What to do.
+        #[command(subcommand)]
+        command: BatchCommand,
+    },
     /// Train a model and publish it as a new version.
     Train(TrainArgs),
     /// Serve models from a transport until SIGTERM / Ctrl-C.
@@ -90,6 +101,72 @@ pub enum QueuesCommand {
         #[command(flatten)]
         amqp: AmqpArgs,
     },
+}
+
+/// `ember gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on (port 0: any free port, printed on start).
+    #[arg(long, env = "EMBER_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// Longest a request waits for its answer (then 504).
+    #[arg(long, env = "EMBER_GATEWAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Larger request bodies are refused (413).
+    #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// How long model metadata read from the repository is reused.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub metadata_ttl: Duration,
+    /// Model repository (manifests: metadata and validation).
+    #[command(flatten)]
+    pub repo: RepoArgs,
+    /// The broker.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+}
+
+/// `ember batch ...`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// Send a JSON Lines file of OIP requests as one job and write the answers, in input order,
+    /// to a JSON Lines file. Interrupted (Ctrl-C, a kill), the same command continues where it
+    /// stopped, without sending answered requests again.
+    Submit(BatchSubmitArgs),
+}
+
+/// `ember batch submit`.
+#[derive(Debug, Args)]
+pub struct BatchSubmitArgs {
+    /// Model to ask.
+    #[arg(long)]
+    pub model: ModelName,
+    /// Version or alias (default: production).
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Requests: JSON Lines, one OIP V2 request per line (blank lines are skipped).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Answers: JSON Lines, line N answering request N; its progress is kept in
+    /// <OUTPUT>.ember-batch until the job is done.
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Requests sent and not yet answered at most.
+    #[arg(long, default_value_t = DEFAULT_WINDOW,
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub window: usize,
+    /// Requests not computed within this long of being sent are answered DEADLINE_EXCEEDED.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub deadline: Option<Duration>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Print the summary as JSON on the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// The broker.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
 }
 
 /// How to reach RabbitMQ.
@@ -521,6 +598,10 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
         Command::Demo(args) => demo(args).await,
         Command::Infer(args) => infer(args).await,
         Command::Send(args) => send(args).await,
+        Command::Batch {
+            command: BatchCommand::Submit(args),
+        } => batch_submit(args).await,
+        Command::Gateway(args) => gateway(args).await,
         Command::Queues {
             command: QueuesCommand::Declare { models, amqp },
         } => {
@@ -625,32 +706,18 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
-    let request = Message {
-        body: body.into(),
-        properties: Properties {
-            message_id: Some(format!("cli-{}", std::process::id())),
-            version: args.version,
-            lane: Some(Lane::Realtime),
-            model: Some(model.to_string()),
-            ..Properties::default()
-        },
+    let options = InferOptions {
+        version: args.version,
+        timeout: args.timeout,
+        ..InferOptions::default()
     };
-    let queue = queues::requests(model.as_str(), Lane::Realtime);
     let reply = match args.transport.transport {
         TransportKind::Amqp => {
-            let transport = args.transport.amqp.connect().await?;
-            transport
-                .call(&queue, request, args.timeout)
-                .await
-                .map_err(|e| match e {
-                    TransportError::Unroutable(_) => anyhow::anyhow!(
-                        "no queue {queue}: no worker serves {model} (or run `ember queues declare --model {model}`)"
-                    ),
-                    e => e.into(),
-                })?
+            let client = Client::new(args.transport.amqp.connect().await?);
+            client.call(model.as_str(), body.into(), &options).await?
         }
         TransportKind::Memory => {
-            infer_in_process(&args.pipeline, model, request, args.timeout).await?
+            infer_in_process(&args.pipeline, model, body.into(), &options).await?
         }
     };
     println!("{}", String::from_utf8_lossy(&reply.body));
@@ -662,40 +729,99 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// Answers `request` with a worker started in this process, over the memory transport.
+/// Answers `body` with a worker started in this process, over the memory transport.
 async fn infer_in_process(
     pipeline: &PipelineArgs,
     model: ModelName,
-    mut request: Message,
-    timeout: Duration,
+    body: bytes::Bytes,
+    options: &InferOptions,
 ) -> anyhow::Result<Message> {
-    let transport = MemoryTransport::new();
-    let worker = Worker::new(
-        Arc::new(transport.clone()),
-        pipeline.registry()?,
-        pipeline.worker(0),
-    );
+    let transport = Arc::new(MemoryTransport::new());
+    let worker = Worker::new(transport.clone(), pipeline.registry()?, pipeline.worker(0));
     let shutdown = CancellationToken::new();
-    let queue = queues::requests(model.as_str(), Lane::Realtime);
-    let models = [model];
+    let models = [model.clone()];
     let serving = {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());
         tokio::spawn(async move { worker.run(&models, shutdown).await })
     };
-    let reply_queue = "ember.cli.reply".to_owned();
-    let mut replies = transport
-        .subscribe(std::slice::from_ref(&reply_queue), 1)
+    let reply = Client::from_arc(transport)
+        .call(model.as_str(), body, options)
         .await?;
-    request.properties.reply_to = Some(reply_queue);
-    transport.publish(&queue, request).await?;
-    let reply = tokio::time::timeout(timeout, replies.next())
-        .await
-        .context("no answer in time")?
-        .context("the worker stopped without answering")?;
-    reply.settle.ack().await?;
     shutdown.cancel();
     serving.await??;
-    Ok(reply.message)
+    Ok(reply)
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
+    let config = GatewayConfig {
+        timeout: args.timeout,
+        max_request_bytes: args.max_request_bytes,
+        metadata_ttl: args.metadata_ttl,
+    };
+    let client = Client::new(args.amqp.connect().await?);
+    let gateway = Gateway::new(client, args.repo.open()?, config);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!(
+        "ember gateway listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, gateway.router())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    Ok(0)
+}
+
+/// Exit status of a batch job interrupted by a signal (as a shell reports SIGINT).
+pub const INTERRUPTED: i32 = 130;
+
+async fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
+    let client = Client::new(args.amqp.connect().await?);
+    let job = FileJob {
+        model: args.model.to_string(),
+        version: args.version,
+        input: args.input,
+        output: args.output,
+        window: args.window,
+        deadline: args.deadline,
+        progress: !args.quiet,
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown_signal().await;
+            stop.cancel();
+        }
+    });
+    let summary = file::submit(&client, &job, stop).await?;
+    let resumed = summary
+        .resumed_at
+        .map_or_else(String::new, |n| format!(" (continued after {n})"));
+    eprintln!(
+        "{}: {} of {} requests answered{resumed}, {} errors, in {:.1} s; answers in {}",
+        summary.job,
+        summary.written,
+        summary.requests,
+        summary.errors,
+        summary.seconds,
+        job.output.display()
+    );
+    for error in &summary.first_errors {
+        eprintln!("  {error}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    }
+    Ok(if summary.interrupted {
+        eprintln!("interrupted: run the same command to continue");
+        INTERRUPTED
+    } else if summary.errors > 0 {
+        1
+    } else {
+        0
+    })
 }
 
 async fn send(args: SendArgs) -> anyhow::Result<i32> {

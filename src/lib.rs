@@ -5,7 +5,9 @@
 
 pub mod batcher;
 pub mod cli;
+pub mod client;
 pub mod demo;
+pub mod gateway;
 pub mod import;
 pub mod models;
 pub mod protocol;

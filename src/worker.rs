@@ -137,9 +137,10 @@ impl Worker {
     /// Takes one delivery into the pipeline; its answer is published by a tracked task.
     async fn accept(&self, model: &str, lane: Lane, delivery: Delivery) {
         let publisher = self.publisher.clone();
-        if publisher.was_answered(&delivery) {
+        if let Some(answer) = publisher.answered(&delivery) {
+            let model = model.to_owned();
             self.in_flight
-                .spawn(async move { publisher.skip(delivery).await });
+                .spawn(async move { publisher.replay(&model, delivery, answer).await });
             return;
         }
         let properties = &delivery.message.properties;

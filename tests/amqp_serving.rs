@@ -12,6 +12,7 @@ use ember::store::Repository;
 use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Message, Properties, Subscription, Transport, TransportError, queues};
 use ember::worker::{Worker, WorkerConfig};
+use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -70,11 +71,12 @@ impl Served {
             properties,
         };
         let queue = queues::requests(&self.model, Lane::Realtime);
-        let reply = self
-            .transport
-            .call(&queue, message, Duration::from_secs(30))
+        let mut inbox = self.transport.inbox().await.unwrap();
+        inbox.sender.send(&queue, message).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(30), inbox.replies.next())
             .await
-            .unwrap();
+            .expect("a reply within 30 s")
+            .expect("the inbox open");
         let decoded = decode_reply(&reply.body).expect("a well-formed reply");
         (reply.properties, decoded)
     }

@@ -6,7 +6,8 @@ use crate::protocol::{
 };
 use crate::store::Manifest;
 use crate::transport::{Delivery, Message, Properties, Transport, TransportError, queues};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Redeliveries after which a request that keeps failing internally is dead-lettered.
@@ -45,17 +46,20 @@ pub fn response(
     }
 }
 
-/// Publishes answers and settles their deliveries; remembers the message ids it answered
-/// recently, so a redelivery of an answered request is acked without computing it again.
+/// Publishes answers and settles their deliveries; remembers the answers it published
+/// recently, so a request that comes again (a redelivery whose ack was lost, or a client
+/// sending the same request again) is answered without computing it twice.
 #[derive(Clone)]
 pub struct Publisher {
     transport: Arc<dyn Transport>,
     max_redeliveries: u32,
-    answered: Arc<RecentIds>,
+    answered: Arc<RecentAnswers>,
 }
 
-/// Message ids remembered as answered, per worker.
+/// Answers remembered per worker: at most this many...
 pub const ANSWERED_WINDOW: usize = 65_536;
+/// ...and at most this many bytes of answer bodies.
+pub const ANSWERED_BYTES: usize = 64 << 20;
 
 impl Publisher {
     /// Answers over `transport`; internal failures are retried `max_redeliveries` times.
@@ -63,7 +67,7 @@ impl Publisher {
         Self {
             transport,
             max_redeliveries,
-            answered: Arc::new(RecentIds::new(ANSWERED_WINDOW)),
+            answered: Arc::new(RecentAnswers::new(ANSWERED_WINDOW, ANSWERED_BYTES)),
         }
     }
 
@@ -72,21 +76,35 @@ impl Publisher {
         self.max_redeliveries
     }
 
-    /// Whether `delivery` is a redelivery of a request whose answer this worker published
-    /// (the ack was lost, e.g. with its connection).
-    pub fn was_answered(&self, delivery: &Delivery) -> bool {
-        delivery.redeliveries > 0
-            && delivery
-                .message
-                .properties
-                .message_id
-                .as_deref()
-                .is_some_and(|id| self.answered.contains(id))
+    /// The answer this worker published recently for the same request as `delivery`: same
+    /// message id, model, version selector and body.
+    pub fn answered(&self, delivery: &Delivery) -> Option<Answer> {
+        let id = delivery.message.properties.message_id.as_deref()?;
+        self.answered
+            .get(id, self.answered.fingerprint(&delivery.message))
     }
 
-    /// Acks a redelivery already answered.
-    pub async fn skip(&self, delivery: Delivery) {
+    /// Answers `delivery` with `answer`, published again only if it asks for it somewhere
+    /// else than the first time (a client's new reply inbox), then acks it.
+    pub async fn replay(&self, model: &str, delivery: Delivery, answer: Answer) {
         metrics::counter!("ember_requests_deduplicated_total").increment(1);
+        let destination = destination(model, &delivery.message.properties);
+        if destination != answer.destination {
+            let mut reply = answer.reply;
+            reply.properties.correlation_id = delivery
+                .message
+                .properties
+                .correlation_id
+                .clone()
+                .or(reply.properties.correlation_id);
+            if let Err(e) = self.transport.publish(&destination, reply).await {
+                tracing::warn!(error = %e, %destination, "publishing a remembered answer failed; requeueing the request");
+                if let Err(e) = delivery.settle.requeue().await {
+                    tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                }
+                return;
+            }
+        }
         if let Err(e) = delivery.settle.ack().await {
             tracing::warn!(error = %e, "acking a duplicate failed; the broker will redeliver");
         }
@@ -108,6 +126,7 @@ impl Publisher {
             settle,
             ..
         } = delivery;
+        let fingerprint = self.answered.fingerprint(&message);
         let request = message.properties;
         let error_code = reply.as_ref().err().map(|e| e.code);
         if error_code == Some(ErrorCode::Internal) && redeliveries < self.max_redeliveries {
@@ -117,15 +136,12 @@ impl Publisher {
             }
             return;
         }
-        let destination = request
-            .reply_to
-            .clone()
-            .unwrap_or_else(|| queues::results(model));
+        let destination = destination(model, &request);
         let (version, reason) = match &reply {
             Ok(response) => (Some(response.model_version.clone()), None),
             Err(error) => (None, Some(error.error.clone())),
         };
-        let message_id = request.message_id;
+        let message_id = request.message_id.clone();
         let outgoing = Message {
             body: encode_reply(&reply).into(),
             properties: Properties {
@@ -143,10 +159,23 @@ impl Publisher {
             Some(code) => code.as_str(),
         };
         metrics::counter!("ember_requests_total", "code" => counter).increment(1);
+        // Answers that depend on the request alone are remembered (not the deadline's, nor
+        // NOT_FOUND, which a promotion may change).
+        let remembered = match (&message_id, error_code) {
+            (Some(id), None | Some(ErrorCode::InvalidArgument | ErrorCode::ResourceExhausted)) => {
+                Some((id.clone(), outgoing.clone()))
+            }
+            _ => None,
+        };
         let settled = match self.transport.publish(&destination, outgoing).await {
             Ok(()) => {
-                if let Some(id) = message_id {
-                    self.answered.insert(id);
+                if let Some((id, reply)) = remembered {
+                    let answer = Answer {
+                        fingerprint,
+                        destination,
+                        reply,
+                    };
+                    self.answered.insert(id, answer);
                 }
                 match reason {
                     Some(reason) if error_code == Some(ErrorCode::Internal) => {
@@ -172,58 +201,126 @@ impl Publisher {
     }
 }
 
-/// A bounded set of recent ids: the oldest is forgotten when full.
-struct RecentIds {
-    capacity: usize,
-    ids: Mutex<(HashSet<String>, VecDeque<String>)>,
+/// Where the answer to a request with `properties` goes: `reply_to`, else the result queue.
+fn destination(model: &str, properties: &Properties) -> String {
+    properties
+        .reply_to
+        .clone()
+        .unwrap_or_else(|| queues::results(model))
 }
 
-impl RecentIds {
-    fn new(capacity: usize) -> Self {
+/// An answer published, as remembered.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    fingerprint: u64,
+    destination: String,
+    reply: Message,
+}
+
+/// Recent answers by message id, the oldest forgotten first, within a count and a byte budget.
+struct RecentAnswers {
+    max_entries: usize,
+    max_bytes: usize,
+    keys: RandomState,
+    inner: Mutex<Remembered>,
+}
+
+#[derive(Default)]
+struct Remembered {
+    by_id: HashMap<String, Answer>,
+    order: VecDeque<String>,
+    bytes: usize,
+}
+
+impl RecentAnswers {
+    fn new(max_entries: usize, max_bytes: usize) -> Self {
         Self {
-            capacity,
-            ids: Mutex::default(),
+            max_entries,
+            max_bytes,
+            keys: RandomState::new(),
+            inner: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, (HashSet<String>, VecDeque<String>)> {
-        // Each operation leaves the pair consistent before it can panic.
-        self.ids
+    /// What makes two deliveries the same request besides their message id (keyed per
+    /// process, so nobody can forge a matching request).
+    fn fingerprint(&self, message: &Message) -> u64 {
+        let properties = &message.properties;
+        self.keys
+            .hash_one((&message.body[..], &properties.model, &properties.version))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Remembered> {
+        // Each operation leaves the map and the order consistent before it can panic.
+        self.inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn contains(&self, id: &str) -> bool {
-        self.lock().0.contains(id)
+    fn get(&self, id: &str, fingerprint: u64) -> Option<Answer> {
+        self.lock()
+            .by_id
+            .get(id)
+            .filter(|answer| answer.fingerprint == fingerprint)
+            .cloned()
     }
 
-    fn insert(&self, id: String) {
-        let mut guard = self.lock();
-        let (set, order) = &mut *guard;
-        if set.contains(&id) {
+    fn insert(&self, id: String, answer: Answer) {
+        let size = answer.reply.body.len();
+        if size > self.max_bytes {
             return;
         }
-        if order.len() == self.capacity
-            && let Some(oldest) = order.pop_front()
-        {
-            set.remove(&oldest);
+        let mut guard = self.lock();
+        let remembered = &mut *guard;
+        if remembered.by_id.contains_key(&id) {
+            return;
         }
-        set.insert(id.clone());
-        order.push_back(id);
+        while remembered.order.len() >= self.max_entries || remembered.bytes + size > self.max_bytes
+        {
+            let Some(oldest) = remembered.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = remembered.by_id.remove(&oldest) {
+                remembered.bytes -= old.reply.body.len();
+            }
+        }
+        remembered.bytes += size;
+        remembered.by_id.insert(id.clone(), answer);
+        remembered.order.push_back(id);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::RecentIds;
+    use super::*;
+
+    fn answer(body: &str) -> Answer {
+        Answer {
+            fingerprint: 7,
+            destination: "q".into(),
+            reply: Message {
+                body: body.to_owned().into(),
+                properties: Properties::default(),
+            },
+        }
+    }
 
     #[test]
-    fn recent_ids_forget_the_oldest() {
-        let ids = RecentIds::new(2);
+    fn recent_answers_forget_the_oldest_by_count_and_bytes() {
+        let answers = RecentAnswers::new(2, 10);
         for id in ["a", "b", "b", "c"] {
-            ids.insert(id.into());
+            answers.insert(id.into(), answer("xxx"));
         }
-        assert!(!ids.contains("a"));
-        assert!(ids.contains("b") && ids.contains("c"));
+        assert!(answers.get("a", 7).is_none());
+        assert!(answers.get("b", 7).is_some() && answers.get("c", 7).is_some());
+        assert!(
+            answers.get("c", 8).is_none(),
+            "another body is another request"
+        );
+        answers.insert("d".into(), answer("12345678"));
+        assert!(answers.get("b", 7).is_none() && answers.get("c", 7).is_none());
+        assert_eq!(answers.lock().bytes, 8);
+        answers.insert("huge".into(), answer("more than ten bytes"));
+        assert!(answers.get("huge", 7).is_none() && answers.get("d", 7).is_some());
     }
 }

@@ -9,13 +9,14 @@
 //! Whatever cannot be settled is left unacked, and the broker redelivers it.
 
 use super::{
-    Delivery, Message, Properties, Settle, Subscription, Transport, TransportError, queues,
+    Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription, Transport,
+    TransportError, queues,
 };
 use crate::protocol::{ErrorCode, Lane};
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
@@ -166,90 +167,8 @@ impl AmqpTransport {
         Ok(Self { shared })
     }
 
-    /// Sends `message` to `queue` and waits up to `timeout` for the reply, through RabbitMQ's
-    /// direct reply-to (no reply queue is declared). The request's correlation id is its
-    /// message id unless set.
-    pub async fn call(
-        &self,
-        queue: &str,
-        mut message: Message,
-        timeout: Duration,
-    ) -> Result<Message, TransportError> {
-        let session = self.shared.session().await?;
-        let channel = session
-            .connection
-            .create_channel()
-            .await
-            .map_err(unavailable)?;
-        let result = async {
-            let options = BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            };
-            let mut replies = channel
-                .basic_consume(
-                    DIRECT_REPLY_TO.into(),
-                    self.shared.tag().into(),
-                    options,
-                    FieldTable::default(),
-                )
-                .await
-                .map_err(unavailable)?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(unavailable)?;
-            let properties = &mut message.properties;
-            let correlation_id = match &properties.correlation_id {
-                Some(id) => id.clone(),
-                None => {
-                    let id = properties
-                        .message_id
-                        .clone()
-                        .unwrap_or_else(|| self.shared.tag());
-                    properties.correlation_id = Some(id.clone());
-                    id
-                }
-            };
-            properties.reply_to = Some(DIRECT_REPLY_TO.into());
-            publish_on(&channel, "", queue, &message.body, to_amqp(properties)).await?;
-            let reply = async {
-                loop {
-                    match next_of(std::slice::from_mut(&mut replies)).await.1 {
-                        Some(Ok(reply))
-                            if reply
-                                .properties
-                                .correlation_id()
-                                .as_ref()
-                                .map(|c| c.as_str())
-                                == Some(correlation_id.as_str()) =>
-                        {
-                            return Ok(Message {
-                                properties: from_amqp(&reply.properties),
-                                body: Bytes::from(reply.data),
-                            });
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Err(unavailable(e)),
-                        None => return Err(unavailable("the reply channel closed")),
-                    }
-                }
-            };
-            tokio::time::timeout(timeout, reply).await.map_err(|_| {
-                TransportError::Unavailable(format!(
-                    "no reply from {queue} within {}",
-                    humantime::format_duration(timeout)
-                ))
-            })?
-        }
-        .await;
-        let _ = channel.close(200, "done".into()).await;
-        result
-    }
-
     /// Deletes `model`'s queues (requests, results, dead letters) with whatever they hold.
     pub async fn delete(&self, model: &str) -> Result<(), TransportError> {
-        let channel = self.shared.channel().await?;
         let names = [
             queues::requests(model, Lane::Realtime),
             queues::requests(model, Lane::Batch),
@@ -257,12 +176,8 @@ impl AmqpTransport {
             queues::dead(model),
         ];
         for name in names {
-            channel
-                .queue_delete(name.into(), QueueDeleteOptions::default())
-                .await
-                .map_err(unavailable)?;
+            self.delete_queue(&name).await?;
         }
-        let _ = channel.close(200, "deleted".into()).await;
         Ok(())
     }
 
@@ -379,13 +294,17 @@ impl Shared {
     }
 
     fn queue_arguments(&self) -> FieldTable {
+        self.queue_arguments_expiring(self.config.queue_expiry)
+    }
+
+    fn queue_arguments_expiring(&self, expiry: Option<Duration>) -> FieldTable {
         let mut arguments = FieldTable::default();
         let kind = match self.config.queue_type {
             QueueType::Quorum => "quorum",
             QueueType::Classic => "classic",
         };
         arguments.insert("x-queue-type".into(), text(kind));
-        if let Some(expiry) = self.config.queue_expiry {
+        if let Some(expiry) = expiry {
             let ms = i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX);
             arguments.insert("x-expires".into(), AMQPValue::LongLongInt(ms));
         }
@@ -553,6 +472,102 @@ impl Transport for AmqpTransport {
             active: Some(active),
             stopping: false,
         }))
+    }
+
+    /// Direct reply-to: a channel consuming `amq.rabbitmq.reply-to` (no queue is declared)
+    /// and publishing, in confirm mode, the requests it answers.
+    async fn inbox(&self) -> Result<Inbox, TransportError> {
+        let channel = self.shared.channel().await?;
+        let opened = async {
+            let options = BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            };
+            let replies = channel
+                .basic_consume(
+                    DIRECT_REPLY_TO.into(),
+                    self.shared.tag().into(),
+                    options,
+                    FieldTable::default(),
+                )
+                .await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Ok::<_, lapin::Error>(replies)
+        };
+        let replies = match opened.await {
+            Ok(replies) => replies,
+            Err(e) => {
+                let _ = channel.close(200, "no inbox".into()).await;
+                return Err(unavailable(e));
+            }
+        };
+        let replies = replies
+            .take_while(|reply| std::future::ready(reply.is_ok()))
+            .filter_map(|reply| std::future::ready(reply.ok()))
+            .map(|reply| Message {
+                properties: from_amqp(&reply.properties),
+                body: Bytes::from(reply.data),
+            });
+        Ok(Inbox {
+            sender: Arc::new(AmqpInboxSender { channel }),
+            replies: replies.boxed(),
+        })
+    }
+
+    async fn declare_queue(
+        &self,
+        queue: &str,
+        expiry: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        let channel = self.shared.channel().await?;
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let arguments = self.shared.queue_arguments_expiring(expiry);
+        let declared = channel
+            .queue_declare(queue.into(), options, arguments)
+            .await;
+        let _ = channel.close(200, "declared".into()).await;
+        declared
+            .map(drop)
+            .map_err(|e| TransportError::Topology(format!("declaring {queue}: {e}")))
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
+        let channel = self.shared.channel().await?;
+        let deleted = channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await;
+        let _ = channel.close(200, "deleted".into()).await;
+        deleted.map(drop).map_err(unavailable)
+    }
+}
+
+/// The publishing side of a direct reply-to inbox; closes its channel when dropped.
+struct AmqpInboxSender {
+    channel: Channel,
+}
+
+#[async_trait]
+impl InboxSender for AmqpInboxSender {
+    async fn send(&self, queue: &str, mut message: Message) -> Result<(), TransportError> {
+        message.properties.reply_to = Some(DIRECT_REPLY_TO.into());
+        let properties = to_amqp(&message.properties);
+        publish_on(&self.channel, "", queue, &message.body, properties).await
+    }
+}
+
+impl Drop for AmqpInboxSender {
+    fn drop(&mut self) {
+        if self.channel.status().connected()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let channel = self.channel.clone();
+            runtime.spawn(async move { channel.close(200, "inbox closed".into()).await });
+        }
     }
 }
 

@@ -1,12 +1,16 @@
 //! The in-process transport: a tiny broker with the semantics of the real ones (durable until
 //! acked, requeue on drop, dead-lettering with a reason, prefetch). The embedded default.
 
-use super::{Delivery, Message, Settle, Subscription, Transport, TransportError, queues};
+use super::{
+    Delivery, Inbox, InboxSender, Message, Settle, Subscription, Transport, TransportError, queues,
+};
 use crate::protocol::ErrorCode;
 use async_trait::async_trait;
+use futures::StreamExt;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// An in-memory broker; clones share it.
@@ -20,6 +24,7 @@ struct Broker {
     queues: Mutex<HashMap<String, VecDeque<Stored>>>,
     changed: Notify,
     closed: AtomicBool,
+    inboxes: AtomicU64,
 }
 
 struct Stored {
@@ -107,6 +112,59 @@ impl Transport for MemoryTransport {
             permits: Arc::new(Semaphore::new(prefetch.max(1))),
             stopped: false,
         }))
+    }
+
+    async fn inbox(&self) -> Result<Inbox, TransportError> {
+        let n = self.broker.inboxes.fetch_add(1, Ordering::Relaxed);
+        let queue = format!("ember.inbox.{n}");
+        let subscription = self.subscribe(std::slice::from_ref(&queue), 1024).await?;
+        let replies = futures::stream::unfold(subscription, |mut subscription| async move {
+            let delivery = subscription.next().await?;
+            // An inbox is not durable: taking an answer is receiving it.
+            let _ = delivery.settle.ack().await;
+            Some((delivery.message, subscription))
+        });
+        let sender = MemoryInboxSender {
+            transport: self.clone(),
+            queue,
+        };
+        Ok(Inbox {
+            sender: Arc::new(sender),
+            replies: replies.boxed(),
+        })
+    }
+
+    async fn declare_queue(
+        &self,
+        queue: &str,
+        _expiry: Option<Duration>,
+    ) -> Result<(), TransportError> {
+        self.broker.queues().entry(queue.to_owned()).or_default();
+        Ok(())
+    }
+
+    async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
+        self.broker.queues().remove(queue);
+        Ok(())
+    }
+}
+
+struct MemoryInboxSender {
+    transport: MemoryTransport,
+    queue: String,
+}
+
+impl Drop for MemoryInboxSender {
+    fn drop(&mut self) {
+        self.transport.broker.queues().remove(&self.queue);
+    }
+}
+
+#[async_trait]
+impl InboxSender for MemoryInboxSender {
+    async fn send(&self, queue: &str, mut message: Message) -> Result<(), TransportError> {
+        message.properties.reply_to = Some(self.queue.clone());
+        self.transport.publish(queue, message).await
     }
 }
 

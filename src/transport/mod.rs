@@ -11,6 +11,8 @@ pub mod memory;
 use crate::protocol::{ErrorCode, Lane};
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::stream::BoxStream;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Queue names of the topology in DESIGN.md.
@@ -25,6 +27,12 @@ pub mod queues {
     /// `ember.<model>.results`: batch results without `reply_to`.
     pub fn results(model: &str) -> String {
         format!("ember.{model}.results")
+    }
+
+    /// `ember.<model>.job.<job>`: the answers of one batch job, kept until its submitter
+    /// stores them.
+    pub fn job_results(model: &str, job: &str) -> String {
+        format!("ember.{model}.job.{job}")
     }
 
     /// `ember.<model>.dead`: dead letters of `ember.<model>.*`.
@@ -157,6 +165,23 @@ pub trait Subscription: Send {
     async fn stop(&mut self);
 }
 
+/// Sends requests whose answers come back to one private [`Inbox`].
+#[async_trait]
+pub trait InboxSender: Send + Sync {
+    /// Publishes `message` to `queue` with `reply_to` set to the inbox; returns once the broker
+    /// has it. A queue that does not exist is [`TransportError::Unroutable`].
+    async fn send(&self, queue: &str, message: Message) -> Result<(), TransportError>;
+}
+
+/// A private inbox for RPC answers (RabbitMQ's direct reply-to): who sends through it, and the
+/// answers, which end when the inbox is lost (e.g. with its connection). Dropping both closes it.
+pub struct Inbox {
+    /// Sends requests answered to this inbox.
+    pub sender: Arc<dyn InboxSender>,
+    /// The answers, in arrival order.
+    pub replies: BoxStream<'static, Message>,
+}
+
 /// A broker client.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -171,4 +196,15 @@ pub trait Transport: Send + Sync + 'static {
         queues: &[String],
         prefetch: usize,
     ) -> Result<Box<dyn Subscription>, TransportError>;
+    /// Opens a private inbox for RPC answers.
+    async fn inbox(&self) -> Result<Inbox, TransportError>;
+    /// Creates the durable queue `queue` (e.g. a batch job's results) if it does not exist;
+    /// the broker deletes it once unused for `expiry`.
+    async fn declare_queue(
+        &self,
+        queue: &str,
+        expiry: Option<Duration>,
+    ) -> Result<(), TransportError>;
+    /// Deletes `queue` with whatever it holds; a queue that does not exist is not an error.
+    async fn delete_queue(&self, queue: &str) -> Result<(), TransportError>;
 }

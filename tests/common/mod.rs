@@ -228,3 +228,51 @@ pub fn output_text(output: &std::process::Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     )
 }
+
+/// A worker in this process serving the shipped digits model under a new name over a
+/// transport; stopped (drained) with [`LocalWorker::stop`].
+pub struct LocalWorker {
+    /// The model it serves.
+    pub model: String,
+    /// Its repository (a local directory).
+    pub repo: tempfile::TempDir,
+    shutdown: tokio_util::sync::CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl LocalWorker {
+    /// Serves a fresh model named after `prefix` over `transport` (queues declared on return).
+    pub async fn start(
+        transport: std::sync::Arc<dyn ember::transport::Transport>,
+        prefix: &str,
+    ) -> Self {
+        use ember::registry::Registry;
+        use ember::worker::{Worker, WorkerConfig};
+        let model = unique_model(prefix);
+        let repo = repo_with(&[&model]);
+        transport.declare(&model).await.unwrap();
+        let registry = std::sync::Arc::new(Registry::new(
+            ember::store::Repository::open(repo.path().to_str().unwrap()).unwrap(),
+            ember::batcher::BatchConfig::default(),
+        ));
+        let worker = Worker::new(transport, registry, WorkerConfig::for_batch_size(32));
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let serving = tokio::spawn({
+            let (shutdown, models) = (shutdown.clone(), vec![model.parse().unwrap()]);
+            async move { worker.run(&models, shutdown).await.unwrap() }
+        });
+        Self {
+            model,
+            repo,
+            shutdown,
+            serving,
+        }
+    }
+
+    /// Stops taking requests, answers those taken, and returns once done, with the model's name.
+    pub async fn stop(self) -> String {
+        self.shutdown.cancel();
+        self.serving.await.unwrap();
+        self.model
+    }
+}

@@ -1,0 +1,336 @@
+//! Batch jobs: requests sent to a model's batch lane with the job's results queue as their
+//! `reply_to`; answers wait there, durable, until the submitter stores and acks them.
+
+use super::{Client, ClientError, FIRST_BACKOFF, MAX_BACKOFF};
+use crate::protocol::{ErrorCode, Lane};
+use crate::transport::{
+    Delivery, Message, Properties, Subscription, Transport, TransportError, queues,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use std::collections::BTreeSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Requests of a batch job sent but not yet answered, by default.
+pub const DEFAULT_WINDOW: usize = 4096;
+/// A batch job's results queue is deleted by the broker after this long unused, by default.
+pub const DEFAULT_JOB_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Client {
+    /// Starts a batch job for `model` (or continues one: the same [`BatchOptions::job`] with
+    /// [`BatchOptions::first_index`] and [`BatchOptions::outstanding`] from where it stopped)
+    /// and sends `requests` (OIP request bodies) from a task, index after index, at most
+    /// [`BatchOptions::window`] unanswered at a time. Take the answers with
+    /// [`BatchJob::next_result`].
+    pub async fn submit_batch(
+        &self,
+        model: &str,
+        requests: impl Stream<Item = Bytes> + Send + 'static,
+        options: BatchOptions,
+    ) -> Result<BatchJob, ClientError> {
+        let first = options.first_index;
+        let mut job = self.batch(model, options).await?;
+        let sender = job.sender.clone();
+        job.sending = Some(tokio::spawn(async move {
+            let mut requests = std::pin::pin!(requests);
+            let mut index = first;
+            while let Some(body) = requests.next().await {
+                sender.send(index, body).await?;
+                index += 1;
+            }
+            Ok(index - first)
+        }));
+        Ok(job)
+    }
+
+    /// Opens a batch job for `model` without sending anything: send with
+    /// [`BatchJob::sender`].
+    pub async fn batch(&self, model: &str, options: BatchOptions) -> Result<BatchJob, ClientError> {
+        let job = match options.job {
+            Some(job) if is_job_id(&job) => job,
+            Some(job) => return Err(ClientError::BadJobId(job)),
+            None => self.ids.job(),
+        };
+        let results = queues::job_results(model, &job);
+        self.transport
+            .declare_queue(&results, Some(options.expiry))
+            .await?;
+        let state = Arc::new(BatchState::new(options.window, options.outstanding));
+        let prefetch = state.window + state.outstanding().len() + 64;
+        let subscription = self
+            .transport
+            .subscribe(std::slice::from_ref(&results), prefetch)
+            .await?;
+        let sender = BatchSender {
+            transport: self.transport.clone(),
+            model: model.to_owned(),
+            job: job.clone(),
+            requests: queues::requests(model, Lane::Batch),
+            results,
+            version: options.version,
+            deadline: options.deadline,
+            state,
+        };
+        Ok(BatchJob {
+            sender,
+            subscription,
+            sending: None,
+        })
+    }
+}
+
+/// A batch job's settings.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Job id (names its results queue `ember.<model>.job.<id>` and its message ids
+    /// `<id>-<index>`); default: a fresh one. Give the same id to continue a job.
+    pub job: Option<String>,
+    /// Version or alias (default: production).
+    pub version: Option<String>,
+    /// Requests sent but not answered at most (bounds the memory of whoever orders answers).
+    pub window: usize,
+    /// Requests not computed within this long of being sent are answered `DEADLINE_EXCEEDED`.
+    pub deadline: Option<Duration>,
+    /// The results queue is deleted by the broker once unused this long.
+    pub expiry: Duration,
+    /// Index of the first request [`Client::submit_batch`] sends (a continued job's next).
+    pub first_index: u64,
+    /// Indices sent earlier (by a previous run of the job) and not answered yet.
+    pub outstanding: Range<u64>,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        Self {
+            job: None,
+            version: None,
+            window: DEFAULT_WINDOW,
+            deadline: None,
+            expiry: DEFAULT_JOB_EXPIRY,
+            first_index: 0,
+            outstanding: 0..0,
+        }
+    }
+}
+
+/// How far a batch job got in this run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchProgress {
+    /// Requests the broker confirmed.
+    pub sent: u64,
+    /// Distinct requests whose answer was acked.
+    pub answered: u64,
+}
+
+/// A batch job: sends requests and hands out their answers.
+pub struct BatchJob {
+    sender: BatchSender,
+    subscription: Box<dyn Subscription>,
+    sending: Option<tokio::task::JoinHandle<Result<u64, ClientError>>>,
+}
+
+impl BatchJob {
+    /// The job's id.
+    pub fn id(&self) -> &str {
+        &self.sender.job
+    }
+
+    /// Sends requests of this job (clone it into as many tasks as needed).
+    pub fn sender(&self) -> &BatchSender {
+        &self.sender
+    }
+
+    /// Counts so far.
+    pub fn progress(&self) -> BatchProgress {
+        self.sender.progress()
+    }
+
+    /// The next answer of this job (any order; duplicates possible after a resume: check the
+    /// index). `None` if the transport closed.
+    pub async fn next_result(&mut self) -> Option<BatchResult> {
+        let delivery = self.subscription.next().await?;
+        let index = delivery
+            .message
+            .properties
+            .message_id
+            .as_deref()
+            .and_then(|id| id.strip_prefix(self.sender.job.as_str()))
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|n| n.parse().ok());
+        Some(BatchResult {
+            index: index.unwrap_or(u64::MAX),
+            delivery,
+            state: self.sender.state.clone(),
+        })
+    }
+
+    /// Waits for [`Client::submit_batch`]'s sending task: how many requests it sent.
+    pub async fn sent(&mut self) -> Result<u64, ClientError> {
+        match self.sending.take() {
+            Some(task) => task
+                .await
+                .map_err(|e| ClientError::Transport(TransportError::Unavailable(e.to_string())))?,
+            None => Ok(self.progress().sent),
+        }
+    }
+
+    /// Ends the job: deletes its results queue (call once every answer is stored).
+    pub async fn finish(mut self) -> Result<(), ClientError> {
+        if let Some(task) = self.sending.take() {
+            task.abort();
+        }
+        self.subscription.stop().await;
+        self.sender
+            .transport
+            .delete_queue(&self.sender.results)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Sends a batch job's requests; cheap to clone.
+#[derive(Clone)]
+pub struct BatchSender {
+    transport: Arc<dyn Transport>,
+    model: String,
+    job: String,
+    requests: String,
+    results: String,
+    version: Option<String>,
+    deadline: Option<Duration>,
+    state: Arc<BatchState>,
+}
+
+/// The window: `permits` + outstanding requests = `window` (while no more are outstanding).
+struct BatchState {
+    window: usize,
+    permits: Semaphore,
+    outstanding: Mutex<BTreeSet<u64>>,
+    sent: AtomicU64,
+    answered: AtomicU64,
+}
+
+impl BatchState {
+    fn new(window: usize, outstanding: Range<u64>) -> Self {
+        let window = window.max(1);
+        let outstanding: BTreeSet<u64> = outstanding.collect();
+        Self {
+            window,
+            permits: Semaphore::new(window.saturating_sub(outstanding.len())),
+            outstanding: Mutex::new(outstanding),
+            sent: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+        }
+    }
+
+    fn outstanding(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        // Every operation on the set is a single insert or remove.
+        self.outstanding
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl BatchSender {
+    /// Sends request `index` with `body`, waiting while the window is full; returns once the
+    /// broker has it. Sending an index again sends the same request (same message id).
+    pub async fn send(&self, index: u64, body: Bytes) -> Result<(), ClientError> {
+        let id = format!("{}-{index}", self.job);
+        let mut properties = Properties {
+            message_id: Some(id.clone()),
+            correlation_id: Some(id),
+            reply_to: Some(self.results.clone()),
+            model: Some(self.model.clone()),
+            version: self.version.clone(),
+            lane: Some(Lane::Batch),
+            ..Properties::default()
+        };
+        if let Some(deadline) = self.deadline {
+            properties = properties.with_deadline_in(deadline);
+        }
+        if self.state.outstanding().insert(index) {
+            let permit = self.state.permits.acquire().await;
+            permit
+                .map_err(|e| TransportError::Unavailable(e.to_string()))?
+                .forget();
+        }
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let message = Message {
+                body: body.clone(),
+                properties: properties.clone(),
+            };
+            match self.transport.publish(&self.requests, message).await {
+                Ok(()) => break,
+                Err(TransportError::Unroutable(queue)) => {
+                    return Err(ClientError::NoQueue {
+                        model: self.model.clone(),
+                        queue,
+                    });
+                }
+                Err(e) => {
+                    // Never give up on a batch: the broker comes back, or the user stops us.
+                    tracing::warn!(error = %e, "cannot send request {index}; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        self.state.sent.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Counts so far.
+    pub fn progress(&self) -> BatchProgress {
+        BatchProgress {
+            sent: self.state.sent.load(Ordering::Relaxed),
+            answered: self.state.answered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// One answer of a batch job; [`ack`](Self::ack) it once stored (dropped unacked, it stays in
+/// the job's queue and comes again).
+pub struct BatchResult {
+    /// Index of the request it answers (`u64::MAX` if its message id is not this job's).
+    pub index: u64,
+    delivery: Delivery,
+    state: Arc<BatchState>,
+}
+
+impl BatchResult {
+    /// The reply: an OIP response or error body.
+    pub fn message(&self) -> &Message {
+        &self.delivery.message
+    }
+
+    /// The error code, if the answer is an error.
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.delivery.message.properties.error_code
+    }
+
+    /// Settles the answer: the job's queue forgets it, and its place in the window frees.
+    pub async fn ack(self) -> Result<(), TransportError> {
+        self.delivery.settle.ack().await?;
+        let mut outstanding = self.state.outstanding();
+        if outstanding.remove(&self.index) {
+            self.state.answered.fetch_add(1, Ordering::Relaxed);
+            if outstanding.len() < self.state.window {
+                self.state.permits.add_permits(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `id` can name a job (its queue and message ids).
+fn is_job_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}

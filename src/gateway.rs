@@ -1,0 +1,273 @@
+//! `ember gateway`: the Open Inference Protocol V2 REST API in front of the queues, so V2
+//! clients (KServe and Triton client libraries, curl) reach workers that scale to zero.
+//!
+//! Metadata and validation come from the model repository (manifests only, cached for
+//! [`GatewayConfig::metadata_ttl`]): unknown models are 404 and invalid requests 400 without
+//! waking a worker. A valid request goes to the model's realtime queue unchanged (its bytes are
+//! not re-encoded) through one RPC inbox, and its reply comes back as the response: status from
+//! the reply's error code, body as the worker wrote it. The OpenAPI document is
+//! `docs/gateway.openapi.yaml`, served at `GET /v2/openapi.yaml`.
+
+use crate::client::{Client, ClientError, InferOptions};
+use crate::protocol::{ErrorCode, decode_request, validate};
+use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The OpenAPI document of the routes below.
+pub const OPENAPI: &str = include_str!("../docs/gateway.openapi.yaml");
+
+/// Gateway settings.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayConfig {
+    /// Longest a request waits for its answer (then 504); also its deadline on the queue.
+    pub timeout: Duration,
+    /// Larger bodies are refused (413) unread.
+    pub max_request_bytes: usize,
+    /// How long a model's manifest is reused before the repository is read again.
+    pub metadata_ttl: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            timeout: crate::client::DEFAULT_TIMEOUT,
+            max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
+            metadata_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Manifests read, by model and selector, with when they were read.
+type Manifests = HashMap<(String, String), (Instant, Arc<Manifest>)>;
+
+/// The gateway's state: a client of the queues and the repository's manifests.
+pub struct Gateway {
+    client: Client,
+    repository: Repository,
+    config: GatewayConfig,
+    manifests: Mutex<Manifests>,
+}
+
+impl Gateway {
+    /// A gateway asking workers through `client`, describing models from `repository`.
+    pub fn new(client: Client, repository: Repository, config: GatewayConfig) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            repository,
+            config,
+            manifests: Mutex::default(),
+        })
+    }
+
+    /// The HTTP routes.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/v2", get(server_metadata))
+            .route("/v2/health/live", get(|| async { StatusCode::OK }))
+            .route("/v2/health/ready", get(server_ready))
+            .route("/v2/openapi.yaml", get(openapi))
+            .route("/v2/models/{model}", get(model_metadata))
+            .route("/v2/models/{model}/ready", get(model_ready))
+            .route("/v2/models/{model}/infer", post(infer))
+            .route("/v2/models/{model}/versions/{version}", get(model_metadata))
+            .route(
+                "/v2/models/{model}/versions/{version}/ready",
+                get(model_ready),
+            )
+            .route("/v2/models/{model}/versions/{version}/infer", post(infer))
+            .fallback(|| async {
+                error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+            })
+            .with_state(self.clone())
+    }
+
+    /// The manifest `selector` (default production) of `model` names, from the cache while fresh.
+    async fn manifest(
+        &self,
+        model: &str,
+        selector: Option<&str>,
+    ) -> Result<Arc<Manifest>, Response> {
+        let selector = selector.unwrap_or(DEFAULT_ALIAS);
+        let key = (model.to_owned(), selector.to_owned());
+        if let Some((at, manifest)) = self.lock().get(&key)
+            && at.elapsed() < self.config.metadata_ttl
+        {
+            return Ok(manifest.clone());
+        }
+        let not_found = |what: String| error(StatusCode::NOT_FOUND, ErrorCode::NotFound, what);
+        let name =
+            ModelName::parse(model).map_err(|e| not_found(format!("model {model:?}: {e}")))?;
+        let selector = Version::parse(selector)
+            .map_err(|e| not_found(format!("version {selector:?}: {e}")))?;
+        let found = async {
+            let version = self.repository.resolve(&name, &selector).await?;
+            self.repository.manifest(&name, &version).await
+        };
+        let manifest = Arc::new(found.await.map_err(|e| match e {
+            StoreError::NotFound(what) => not_found(format!("unknown {what}")),
+            e => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Internal,
+                e.to_string(),
+            ),
+        })?);
+        self.lock().insert(key, (Instant::now(), manifest.clone()));
+        Ok(manifest)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Manifests> {
+        // Each operation is one get or insert.
+        self.manifests
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A V2 error response: `{"error": "...", "code": "..."}` with `status`.
+fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = json!({ "error": message.into(), "code": code.as_str() });
+    (status, Json(body)).into_response()
+}
+
+/// The HTTP status of an error code.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "ember",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": [],
+    }))
+}
+
+async fn server_ready(State(gateway): State<Arc<Gateway>>) -> StatusCode {
+    if gateway.client.connected().await {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}
+
+/// `{model}` and, on versioned routes, `{version}`.
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+async fn model_metadata(
+    State(gateway): State<Arc<Gateway>>,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
+        Ok(manifest) => manifest,
+        Err(response) => return response,
+    };
+    let versions = match ModelName::parse(&path.model) {
+        Ok(name) => gateway.repository.versions(&name).await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    Json(json!({
+        "name": manifest.name,
+        "versions": versions,
+        "platform": "ember-burn",
+        "inputs": manifest.inputs,
+        "outputs": manifest.outputs,
+    }))
+    .into_response()
+}
+
+async fn model_ready(State(gateway): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
+    match gateway.manifest(&path.model, path.version.as_deref()).await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(response) => response,
+    }
+}
+
+async fn infer(
+    State(gateway): State<Arc<Gateway>>,
+    Path(path): Path<ModelPath>,
+    body: Body,
+) -> Response {
+    let limit = gateway.config.max_request_bytes;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        let message = format!("the request is over the {limit}-byte limit");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::ResourceExhausted,
+            message,
+        );
+    };
+    let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
+        Ok(manifest) => manifest,
+        Err(response) => return response,
+    };
+    if let Err(e) = check(&body, &manifest, limit) {
+        return error(status_of(e.0), e.0, e.1);
+    }
+    let options = InferOptions {
+        version: path.version,
+        timeout: gateway.config.timeout,
+        ..InferOptions::default()
+    };
+    match gateway.client.call(&path.model, body, &options).await {
+        Ok(reply) => {
+            let status = reply
+                .properties
+                .error_code
+                .map_or(StatusCode::OK, status_of);
+            let mut response = Response::new(Body::from(reply.body));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(ClientError::Timeout { waited, .. }) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::DeadlineExceeded,
+            format!(
+                "no answer within {} (are workers for {} running?)",
+                humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
+                path.model
+            ),
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            e.to_string(),
+        ),
+    }
+}
+
+/// Decodes and validates `body` as a worker would, so a bad request is answered here.
+fn check(body: &[u8], manifest: &Manifest, limit: usize) -> Result<(), (ErrorCode, String)> {
+    let request = decode_request(body, limit).map_err(|e| (e.error.code, e.error.message))?;
+    let inputs = validate(request, &manifest.inputs).map_err(|e| (e.code, e.message))?;
+    manifest
+        .architecture
+        .check(&inputs)
+        .map_err(|e| (e.code, e.message))
+}
