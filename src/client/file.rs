@@ -193,6 +193,7 @@ pub async fn submit(
     let mut output = Output {
         writer: BufWriter::with_capacity(1 << 20, file),
         path: job.output.clone(),
+        bytes: state.output_bytes,
         written: Vec::new(),
     };
     let progress = Progress::new(job.progress, &state);
@@ -350,6 +351,7 @@ async fn checkpoint(
         .await
         .map_err(io(&output.path))?;
     state.sent = confirmed.load(Ordering::Acquire).max(state.written);
+    state.output_bytes = output.bytes;
     state.save(state_file).await?;
     for result in output.written.drain(..) {
         if let Err(e) = result.ack().await {
@@ -360,10 +362,11 @@ async fn checkpoint(
     Ok(())
 }
 
-/// The output file, and the answers written to it but not yet acked.
+/// The output file, its length, and the answers written to it but not yet acked.
 struct Output {
     writer: BufWriter<tokio::fs::File>,
     path: PathBuf,
+    bytes: u64,
     written: Vec<BatchResult>,
 }
 
@@ -372,6 +375,7 @@ impl Output {
         let body = &result.message().body;
         self.writer.write_all(body).await.map_err(io(&self.path))?;
         self.writer.write_all(b"\n").await.map_err(io(&self.path))?;
+        self.bytes += body.len() as u64 + 1;
         self.written.push(result);
         Ok(())
     }

@@ -276,3 +276,8 @@ impl LocalWorker {
         self.model
     }
 }
+
+/// The state file `ember batch submit` keeps beside `output`.
+pub fn state_file(output: &Path) -> std::path::PathBuf {
+    ember::client::file::state_path(output)
+}

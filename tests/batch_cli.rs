@@ -1,0 +1,188 @@
+//! `ember batch submit` against a real RabbitMQ and a worker in this process: answers in input
+//! order with errors counted, and a run killed with SIGKILL continued by the same command with
+//! every answer exactly once.
+
+mod common;
+
+use common::{LocalWorker, broker, held_out, image_request, output_text};
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `lines` digit requests with ids `r-<k>`; `bad` lines are replaced by a request with no rows.
+fn write_requests(path: &Path, lines: usize, bad: &[usize]) {
+    let data = held_out();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for k in 0..lines {
+        if bad.contains(&k) {
+            writeln!(file, r#"{{"id":"r-{k}","inputs":[]}}"#).unwrap();
+        } else {
+            let body = image_request(&format!("r-{k}"), data.image(k % data.labels.len()), 1);
+            file.write_all(&body).unwrap();
+            file.write_all(b"\n").unwrap();
+        }
+        if k == 7 {
+            file.write_all(b"\n  \n").unwrap(); // blank lines are not requests
+        }
+    }
+}
+
+fn submit(model: &str, input: &Path, output: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command
+        .args([
+            "batch", "submit", "--quiet", "--json", "--model", model, "--input",
+        ])
+        .arg(input)
+        .arg("--output")
+        .arg(output)
+        .env("EMBER_AMQP_URL", common::amqp_url());
+    command
+}
+
+fn summary(output: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {}", output_text(output)))
+}
+
+/// The `id` of each line of `path`.
+fn answer_ids(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let answer: serde_json::Value = serde_json::from_str(line).unwrap();
+            answer["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// Checks that `path` answers requests `r-0` to `r-<lines - 1>`, each once, in order.
+fn assert_answers_in_order(path: &Path, lines: usize) {
+    let ids = answer_ids(path);
+    let expected = (0..lines).map(|k| format!("r-{k}"));
+    if let Some((line, (got, want))) = ids
+        .iter()
+        .zip(expected)
+        .enumerate()
+        .find(|(_, (g, w))| *g != w)
+    {
+        panic!("line {}: {got}, expected {want}", line + 1);
+    }
+    assert_eq!(ids.len(), lines, "answers");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_come_in_input_order_and_errors_are_counted() {
+    let transport = Arc::new(broker(|c| c).await);
+    let worker = LocalWorker::start(transport.clone(), "batch-cli").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    write_requests(&input, 300, &[100, 299]);
+
+    let run = submit(&worker.model, &input, &output).output().unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "errors make it fail: {}",
+        output_text(&run)
+    );
+    let report = summary(&run);
+    assert_eq!(report["requests"], 300);
+    assert_eq!(report["written"], 300);
+    assert_eq!(report["errors"], 2);
+    assert!(
+        report["first_errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("line 101: INVALID_ARGUMENT"),
+        "{report}"
+    );
+    assert_answers_in_order(&output, 300);
+    let answers = std::fs::read_to_string(&output).unwrap();
+    let first: serde_json::Value = serde_json::from_str(answers.lines().next().unwrap()).unwrap();
+    assert_eq!(first["outputs"][1]["data"][0], held_out().labels[0]);
+    assert!(!common::state_file(&output).exists(), "done: no state left");
+    let job_queue = format!(
+        "ember.{}.job.{}",
+        worker.model,
+        report["job"].as_str().unwrap()
+    );
+    assert!(
+        transport.depth(&job_queue).await.is_err(),
+        "the job's queue is gone"
+    );
+
+    // The finished output is not overwritten by another job.
+    let again = submit(&worker.model, &input, &output).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        output_text(&again).contains("exists"),
+        "{}",
+        output_text(&again)
+    );
+    assert_eq!(answer_ids(&output).len(), 300);
+
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_submit_continues_with_every_answer_once() {
+    let transport = Arc::new(broker(|c| c).await);
+    let worker = LocalWorker::start(transport.clone(), "batch-kill").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    let lines = 20_000;
+    write_requests(&input, lines, &[]);
+
+    let mut first = submit(&worker.model, &input, &output)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = common::state_file(&output);
+    let started = Instant::now();
+    let written_at_kill = loop {
+        let written = std::fs::read(&state)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .and_then(|s| s["written"].as_u64())
+            .unwrap_or(0);
+        if written >= 2_000 {
+            first.kill().unwrap(); // SIGKILL: no chance to save anything
+            first.wait().unwrap();
+            break written;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(written_at_kill < lines as u64, "killed before the end");
+
+    // The state belongs to this model's job: another model is refused.
+    let other = submit("another-model", &input, &output).output().unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    assert!(
+        output_text(&other).contains("belongs to a job for"),
+        "{}",
+        output_text(&other)
+    );
+
+    let second = submit(&worker.model, &input, &output).output().unwrap();
+    assert_eq!(second.status.code(), Some(0), "{}", output_text(&second));
+    let report = summary(&second);
+    assert!(
+        report["resumed_at"].as_u64().unwrap() >= written_at_kill,
+        "{report}"
+    );
+    assert_eq!(report["written"], lines);
+    assert_eq!(report["errors"], 0);
+    assert_answers_in_order(&output, lines);
+    assert!(!state.exists());
+
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
+}
