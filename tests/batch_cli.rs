@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{LocalWorker, broker, held_out, image_request, output_text};
+use common::{KillOnDrop, LocalWorker, broker, held_out, image_request, output_text};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -139,11 +139,13 @@ async fn a_killed_submit_continues_with_every_answer_once() {
     let lines = 20_000;
     write_requests(&input, lines, &[]);
 
-    let mut first = submit(&worker.model, &input, &output)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = KillOnDrop(
+        submit(&worker.model, &input, &output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let state = common::state_file(&output);
     let started = Instant::now();
     let written_at_kill = loop {
@@ -153,8 +155,8 @@ async fn a_killed_submit_continues_with_every_answer_once() {
             .and_then(|s| s["written"].as_u64())
             .unwrap_or(0);
         if written >= 2_000 {
-            first.kill().unwrap(); // SIGKILL: no chance to save anything
-            first.wait().unwrap();
+            first.0.kill().unwrap(); // SIGKILL: no chance to save anything
+            first.0.wait().unwrap();
             break written;
         }
         assert!(started.elapsed() < Duration::from_secs(60), "no progress");
