@@ -9,8 +9,9 @@
 //! `docs/gateway.openapi.yaml`, served at `GET /v2/openapi.yaml`.
 
 use crate::client::{Client, ClientError, InferOptions};
-use crate::protocol::{ErrorCode, decode_request, validate};
+use crate::protocol::{ErrorCode, InferError, decode_request};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
+use crate::worker::check_request;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -224,7 +225,7 @@ async fn infer(
         Err(response) => return response,
     };
     if let Err(e) = check(&body, &manifest, limit) {
-        return error(status_of(e.0), e.0, e.1);
+        return error(status_of(e.code), e.code, e.message);
     }
     let options = InferOptions {
         version: path.version,
@@ -263,11 +264,7 @@ async fn infer(
 }
 
 /// Decodes and validates `body` as a worker would, so a bad request is answered here.
-fn check(body: &[u8], manifest: &Manifest, limit: usize) -> Result<(), (ErrorCode, String)> {
-    let request = decode_request(body, limit).map_err(|e| (e.error.code, e.error.message))?;
-    let inputs = validate(request, &manifest.inputs).map_err(|e| (e.code, e.message))?;
-    manifest
-        .architecture
-        .check(&inputs)
-        .map_err(|e| (e.code, e.message))
+fn check(body: &[u8], manifest: &Manifest, limit: usize) -> Result<(), InferError> {
+    let request = decode_request(body, limit).map_err(|e| e.error)?;
+    check_request(request, manifest).map(drop)
 }

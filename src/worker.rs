@@ -3,9 +3,13 @@
 //! delivery is acknowledged.
 
 use crate::batcher::Job;
-use crate::protocol::{ErrorResponse, InferError, Lane, decode_request, validate};
+use crate::protocol::{
+    ErrorResponse, InferError, InferRequest, Lane, ValidatedInputs, decode_request, select_outputs,
+    validate,
+};
 use crate::registry::Registry;
 use crate::results::{self, Publisher};
+use crate::store::Manifest;
 use crate::store::ModelName;
 use crate::transport::{Delivery, Subscription, Transport, TransportError, queues};
 use std::sync::Arc;
@@ -164,13 +168,12 @@ impl Worker {
             let mut request = decode_request(&delivery.message.body, self.config.max_request_bytes)
                 .map_err(|e| (e.error, e.id.unwrap_or_else(fallback_id)))?;
             let id = request.id.take().unwrap_or_else(fallback_id);
-            let inputs = validate(request, &served.manifest.inputs)
-                .and_then(|inputs| served.manifest.architecture.check(&inputs).map(|()| inputs))
-                .map_err(|e| (e, id.clone()))?;
-            Ok::<_, (InferError, String)>((served, id, inputs))
+            let checked = check_request(request, &served.manifest);
+            let (inputs, selected) = checked.map_err(|e| (e, id.clone()))?;
+            Ok::<_, (InferError, String)>((served, id, inputs, selected))
         };
         let model = model.to_owned();
-        let (served, id, inputs) = match prepared.await {
+        let (served, id, inputs, selected) = match prepared.await {
             Ok(ok) => ok,
             Err((error, id)) => {
                 let reply = Err(ErrorResponse::new(id, &error));
@@ -189,10 +192,28 @@ impl Worker {
                 ))
             });
             let reply = match outcome {
-                Ok(outputs) => Ok(results::response(&served.manifest, id, outputs, rows)),
+                Ok(outputs) => Ok(results::response(
+                    &served.manifest,
+                    id,
+                    outputs,
+                    rows,
+                    selected.as_deref(),
+                )),
                 Err(error) => Err(ErrorResponse::new(id, &error)),
             };
             publisher.finish(&model, delivery, reply).await;
         });
     }
+}
+
+/// Validates a decoded request against `manifest`: its inputs (declared tensors, then the
+/// architecture's own checks) and the outputs it asks for (their positions; `None`: all).
+pub fn check_request(
+    request: InferRequest,
+    manifest: &Manifest,
+) -> Result<(ValidatedInputs, Option<Vec<usize>>), InferError> {
+    let selected = select_outputs(request.outputs.as_deref(), &manifest.outputs)?;
+    let inputs = validate(request, &manifest.inputs)?;
+    manifest.architecture.check(&inputs)?;
+    Ok((inputs, selected))
 }

@@ -122,11 +122,23 @@ async fn every_route_answers_with_the_v2_status_and_body() {
         assert_eq!(answer["outputs"][1]["data"][0], data.labels[i]);
     }
 
+    // Only the outputs asked for.
+    let mut request: Value = serde_json::from_slice(&image_request("o", data.image(2), 1)).unwrap();
+    request["outputs"] = json!([{"name": "label"}]);
+    let url = format!("{base}/v2/models/{model}/infer");
+    let (status, answer) = post(&http, url, request.to_string().into_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["outputs"][0]["data"][0], data.labels[2]);
+
     // Errors, each with its status and a V2 error body.
     let infer = |m: &str| format!("{base}/v2/models/{m}/infer");
     let wrong_shape =
         br#"{"id":"w","inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
-    let cases: [(String, Vec<u8>, u16, &str); 6] = [
+    request["outputs"] = json!([{"name": "logits"}]);
+    let unknown_output = request.to_string().into_bytes();
+    let cases: [(String, Vec<u8>, u16, &str); 7] = [
+        (infer(&model), unknown_output, 400, "INVALID_ARGUMENT"),
         (infer(&model), wrong_shape.to_vec(), 400, "INVALID_ARGUMENT"),
         (
             infer(&model),

@@ -7,9 +7,11 @@ mod tensor;
 pub use error::{ErrorCode, ErrorResponse, InferError};
 pub use tensor::{DataType, TensorData};
 
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 /// Default for `--max-request-bytes`: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 << 20;
@@ -64,6 +66,8 @@ pub struct InferRequest {
     pub id: Option<String>,
     /// Its input tensors.
     pub inputs: Vec<Tensor>,
+    /// Names of the outputs wanted (`outputs` of the request); `None`: all of them.
+    pub outputs: Option<Vec<String>>,
 }
 
 /// A successful inference response.
@@ -117,14 +121,42 @@ struct WireTensor<'a> {
     datatype: DataType,
     #[serde(borrow)]
     data: &'a RawValue,
+    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
+    _parameters: Option<Parameters<'a>>,
 }
+
+/// `parameters` of the V2 protocol: an object; Ember reads none of them, but checks its type.
+type Parameters<'a> = HashMap<Cow<'a, str>, IgnoredAny>;
 
 #[derive(Deserialize)]
 struct WireRequest<'a> {
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "present")]
     id: Option<Cow<'a, str>>,
     #[serde(borrow)]
     inputs: Vec<WireTensor<'a>>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    outputs: Option<Vec<WireOutput<'a>>>,
+    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
+    _parameters: Option<Parameters<'a>>,
+}
+
+/// An optional field that, when present, has its type: `null` is not a string, array or
+/// object.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// A requested output.
+#[derive(Deserialize)]
+struct WireOutput<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
+    _parameters: Option<Parameters<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -209,7 +241,13 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
         .map(WireTensor::into_tensor)
         .collect()
     {
-        Ok(inputs) => Ok(InferRequest { id, inputs }),
+        Ok(inputs) => Ok(InferRequest {
+            id,
+            inputs,
+            outputs: wire
+                .outputs
+                .map(|outputs| outputs.into_iter().map(|o| o.name.into_owned()).collect()),
+        }),
         Err(message) => Err(DecodeError {
             error: InferError::invalid(message),
             id,
@@ -318,6 +356,31 @@ pub fn validate(
     Ok(ValidatedInputs { rows, tensors })
 }
 
+/// The positions, in `outputs` (a manifest's), of the outputs `requested` names, in manifest
+/// order; `None` (all) when none are requested.
+pub fn select_outputs(
+    requested: Option<&[String]>,
+    outputs: &[TensorSpec],
+) -> Result<Option<Vec<usize>>, InferError> {
+    let Some(requested) = requested else {
+        return Ok(None);
+    };
+    if let Some(unknown) = requested
+        .iter()
+        .find(|name| !outputs.iter().any(|spec| &spec.name == *name))
+    {
+        let known: Vec<_> = outputs.iter().map(|s| s.name.as_str()).collect();
+        return Err(InferError::invalid(format!(
+            "unknown output '{unknown}'; the model gives {known:?}"
+        )));
+    }
+    Ok(Some(
+        (0..outputs.len())
+            .filter(|&i| requested.contains(&outputs[i].name))
+            .collect(),
+    ))
+}
+
 /// Checks one tensor against its spec; returns its batch size.
 fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError> {
     let name = &spec.name;
@@ -364,6 +427,45 @@ mod tests {
             datatype: DataType::Fp32,
             shape: vec![-1, 64],
         }]
+    }
+
+    #[test]
+    fn parameters_must_be_objects_and_requested_outputs_are_read() {
+        let ok = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],
+            "parameters":{"a":1}}],"parameters":{"b":[2]},"outputs":[{"name":"label"}]}"#;
+        let decoded = decode_request(ok.as_bytes(), 1 << 20).unwrap();
+        assert_eq!(decoded.outputs, Some(vec!["label".to_owned()]));
+        for bad in [
+            r#"{"inputs":[],"parameters":[1]}"#,
+            r#"{"inputs":[],"outputs":[{"name":"a","parameters":"x"}]}"#,
+            r#"{"inputs":[],"outputs":[{"parameters":{}}]}"#,
+            r#"{"inputs":[],"outputs":null}"#,
+            r#"{"id":null,"inputs":[]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"parameters":5}]}"#,
+        ] {
+            let error = decode_request(bad.as_bytes(), 1 << 20).unwrap_err();
+            assert_eq!(error.error.code, ErrorCode::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn outputs_are_selected_by_name_in_manifest_order() {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1],
+        };
+        let outputs = [spec("probabilities"), spec("label")];
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(select_outputs(None, &outputs), Ok(None));
+        let both = names(&["label", "probabilities", "label"]);
+        assert_eq!(select_outputs(Some(&both), &outputs), Ok(Some(vec![0, 1])));
+        assert_eq!(
+            select_outputs(Some(&names(&["label"])), &outputs),
+            Ok(Some(vec![1]))
+        );
+        let error = select_outputs(Some(&names(&["logits"])), &outputs).unwrap_err();
+        assert!(error.message.contains("unknown output 'logits'"), "{error}");
     }
 
     fn request(body: &str) -> Result<ValidatedInputs, InferError> {

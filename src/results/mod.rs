@@ -16,18 +16,22 @@ pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
 /// The outcome of one request.
 pub type Outcome = Result<Vec<TensorData>, InferError>;
 
-/// Builds the response for `outputs` (manifest order, `rows` rows each).
+/// Builds the response for `outputs` (manifest order, `rows` rows each), keeping only the
+/// `selected` ones (positions in the manifest; `None`: all).
 pub fn response(
     manifest: &Manifest,
     id: String,
     outputs: Vec<TensorData>,
     rows: usize,
+    selected: Option<&[usize]>,
 ) -> InferResponse {
     let outputs = manifest
         .outputs
         .iter()
         .zip(outputs)
-        .map(|(spec, data)| Tensor {
+        .enumerate()
+        .filter(|(i, _)| selected.is_none_or(|selected| selected.contains(i)))
+        .map(|(_, (spec, data))| Tensor {
             name: spec.name.clone(),
             shape: spec
                 .shape
