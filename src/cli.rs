@@ -12,11 +12,11 @@ use crate::protocol::{
     DEFAULT_MAX_REQUEST_BYTES, ErrorCode, ErrorResponse, InferError, Lane, Reply, decode_reply,
 };
 use crate::registry::Registry;
-use crate::results::DEFAULT_MAX_REDELIVERIES;
+use crate::results::{ClaimChecks, DEFAULT_MAX_REDELIVERIES};
 use crate::runtime::{Device, Executor};
 use crate::store::{
     BlobAuth, DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, StoreOptions, Version,
-    WeightCache,
+    WeightCache, open_store,
 };
 use crate::train::{self, TrainOptions};
 use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
@@ -158,6 +158,13 @@ pub struct BatchSubmitArgs {
     /// Requests not computed within this long of being sent are answered DEADLINE_EXCEEDED.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub deadline: Option<Duration>,
+    /// Answers larger than this (e.g. 1MiB) come back as blob claim checks (from workers with
+    /// a --result-store) and are fetched into the output.
+    #[arg(long, value_parser = parse_bytes)]
+    pub blob_threshold: Option<u64>,
+    /// Credentials to fetch claim-checked answers.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -354,16 +361,21 @@ impl StoreArgs {
     fn open(&self, address: &str) -> anyhow::Result<Repository> {
         let cache_dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
         let options = StoreOptions {
-            blob: BlobAuth {
-                connection_string: self.storage_connection_string.clone(),
-                account: self.storage_account.clone(),
-                key: self.storage_key.clone(),
-                sas_token: self.storage_sas_token.clone(),
-                endpoint: self.storage_endpoint.clone(),
-            },
+            blob: self.auth(),
             cache: Some(WeightCache::new(cache_dir, self.cache_max_bytes)),
         };
         Ok(Repository::open_with(address, &options)?)
+    }
+
+    /// The Azure Blob credentials.
+    fn auth(&self) -> BlobAuth {
+        BlobAuth {
+            connection_string: self.storage_connection_string.clone(),
+            account: self.storage_account.clone(),
+            key: self.storage_key.clone(),
+            sas_token: self.storage_sas_token.clone(),
+            endpoint: self.storage_endpoint.clone(),
+        }
     }
 }
 
@@ -571,6 +583,10 @@ pub struct ServeArgs {
     /// Failed or crashing requests are retried this often, then dead-lettered.
     #[arg(long, env = "EMBER_MAX_REDELIVERIES", default_value_t = DEFAULT_MAX_REDELIVERIES)]
     pub max_redeliveries: u32,
+    /// Where answers larger than their request's ember-blob-threshold go (claim checks):
+    /// `az://<container>[/<prefix>]` (same credentials as the repository) or a directory.
+    #[arg(long, env = "EMBER_RESULT_STORE")]
+    pub result_store: Option<String>,
     /// After SIGTERM, longest to spend answering requests already taken; what is left is
     /// redelivered by the broker.
     #[arg(long, env = "EMBER_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -786,6 +802,8 @@ async fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
         window: args.window,
         deadline: args.deadline,
         progress: !args.quiet,
+        blob_threshold: args.blob_threshold,
+        storage: args.store.auth(),
     };
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -941,7 +959,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         reload_interval: args.reload_interval,
         ..args.pipeline.worker(args.max_redeliveries)
     };
-    let worker = Worker::new(transport, registry, config);
+    let mut worker = Worker::new(transport, registry, config);
+    if let Some(address) = &args.result_store {
+        let store = open_store(address, &args.pipeline.repo.store.auth())?;
+        worker = worker.with_claim_checks(ClaimChecks::new(store, address.as_str()));
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn({
         let shutdown = shutdown.clone();

@@ -69,6 +69,12 @@ impl Worker {
         }
     }
 
+    /// Stores answers over their request's `ember-blob-threshold` in `claim_checks`.
+    pub fn with_claim_checks(mut self, claim_checks: results::ClaimChecks) -> Self {
+        self.publisher = self.publisher.with_claim_checks(claim_checks);
+        self
+    }
+
     /// Declares and loads `models` and serves them (switching promoted versions in as
     /// [`Registry::watch`] finds them) until `shutdown`; then stops taking
     /// requests, answers those already taken (graceful drain) and returns once each is settled.

@@ -5,6 +5,8 @@
 mod common;
 
 use common::{KillOnDrop, LocalWorker, broker, held_out, image_request, output_text};
+use ember::results::ClaimChecks;
+use ember::store::{BlobAuth, open_store};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -184,6 +186,54 @@ async fn a_killed_submit_continues_with_every_answer_once() {
     assert_eq!(report["errors"], 0);
     assert_answers_in_order(&output, lines);
     assert!(!state.exists());
+
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_the_blob_threshold_come_back_as_claim_checks_and_are_fetched() {
+    let transport = Arc::new(broker(|c| c).await);
+    let container = common::azurite_container("claims").await;
+    let address = format!("az://{container}/answers");
+    let auth = BlobAuth {
+        connection_string: Some(common::azurite_connection_string()),
+        ..BlobAuth::default()
+    };
+    let store = open_store(&address, &auth).unwrap();
+    let claims = ClaimChecks::new(store.clone(), address.as_str());
+    let worker = LocalWorker::start_with(transport.clone(), "batch-claims", Some(claims)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    write_requests(&input, 50, &[]);
+
+    let run = submit(&worker.model, &input, &output)
+        .args(["--blob-threshold", "200"])
+        .env(
+            "AZURE_STORAGE_CONNECTION_STRING",
+            common::azurite_connection_string(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(0), "{}", output_text(&run));
+    assert_answers_in_order(&output, 50);
+    let answers = std::fs::read_to_string(&output).unwrap();
+    let data = held_out();
+    let correct = answers
+        .lines()
+        .enumerate()
+        .filter(|(k, line)| {
+            let answer: serde_json::Value = serde_json::from_str(line).unwrap();
+            answer["outputs"][1]["data"][0] == data.labels[*k]
+        })
+        .count();
+    assert!(correct >= 45, "{correct} of 50 digits right");
+    let listed = store.list("results").await.unwrap();
+    assert_eq!(
+        listed,
+        vec![worker.model.clone()],
+        "the answers went to blob storage"
+    );
 
     let model = worker.stop().await;
     transport.delete(&model).await.unwrap();

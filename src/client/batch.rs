@@ -73,6 +73,7 @@ impl Client {
             results,
             version: options.version,
             deadline: options.deadline,
+            blob_threshold: options.blob_threshold,
             state,
         };
         Ok(BatchJob {
@@ -95,6 +96,9 @@ pub struct BatchOptions {
     pub window: usize,
     /// Requests not computed within this long of being sent are answered `DEADLINE_EXCEEDED`.
     pub deadline: Option<Duration>,
+    /// Answers larger than this many bytes come back as claim checks (see [`super::redeem`]),
+    /// where workers have a result store.
+    pub blob_threshold: Option<u64>,
     /// The results queue is deleted by the broker once unused this long.
     pub expiry: Duration,
     /// Index of the first request [`Client::submit_batch`] sends (a continued job's next).
@@ -110,6 +114,7 @@ impl Default for BatchOptions {
             version: None,
             window: DEFAULT_WINDOW,
             deadline: None,
+            blob_threshold: None,
             expiry: DEFAULT_JOB_EXPIRY,
             first_index: 0,
             outstanding: 0..0,
@@ -202,6 +207,7 @@ pub struct BatchSender {
     results: String,
     version: Option<String>,
     deadline: Option<Duration>,
+    blob_threshold: Option<u64>,
     state: Arc<BatchState>,
 }
 
@@ -247,6 +253,7 @@ impl BatchSender {
             model: Some(self.model.clone()),
             version: self.version.clone(),
             lane: Some(Lane::Batch),
+            blob_threshold: self.blob_threshold,
             ..Properties::default()
         };
         if let Some(deadline) = self.deadline {

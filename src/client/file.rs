@@ -9,8 +9,9 @@
 //! length, requests already confirmed are not sent again, and their answers are taken from the
 //! job's queue, where they waited. An answer that comes twice is written once.
 
-use super::{BatchOptions, BatchResult, Client, ClientError};
+use super::{BatchOptions, BatchResult, Client, ClientError, redeem};
 use crate::protocol::ErrorResponse;
+use crate::store::BlobAuth;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -50,6 +51,10 @@ pub struct FileJob {
     pub deadline: Option<Duration>,
     /// Draw a progress bar (on a terminal; elsewhere a line every 10 s).
     pub progress: bool,
+    /// Answers larger than this come back as claim checks, fetched into the output.
+    pub blob_threshold: Option<u64>,
+    /// Credentials to fetch claim-checked answers.
+    pub storage: BlobAuth,
 }
 
 /// How a run went.
@@ -171,6 +176,7 @@ pub async fn submit(
         version: job.version.clone(),
         window: job.window,
         deadline: job.deadline,
+        blob_threshold: job.blob_threshold,
         first_index: state.sent,
         outstanding: state.written..state.sent,
         ..BatchOptions::default()
@@ -194,6 +200,7 @@ pub async fn submit(
         writer: BufWriter::with_capacity(1 << 20, file),
         path: job.output.clone(),
         bytes: state.output_bytes,
+        storage: job.storage.clone(),
         written: Vec::new(),
     };
     let progress = Progress::new(job.progress, &state);
@@ -367,12 +374,18 @@ struct Output {
     writer: BufWriter<tokio::fs::File>,
     path: PathBuf,
     bytes: u64,
+    storage: BlobAuth,
     written: Vec<BatchResult>,
 }
 
 impl Output {
+    /// Writes `result`'s answer (fetched, if it is a claim check) as the next line.
     async fn write(&mut self, result: BatchResult) -> Result<(), FileJobError> {
-        let body = &result.message().body;
+        let message = result.message();
+        let body = match message.properties.claim_check {
+            Some(_) => &redeem(message, &self.storage).await?,
+            None => &message.body,
+        };
         self.writer.write_all(body).await.map_err(io(&self.path))?;
         self.writer.write_all(b"\n").await.map_err(io(&self.path))?;
         self.bytes += body.len() as u64 + 1;

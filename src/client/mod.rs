@@ -45,6 +45,7 @@
 use crate::protocol::{
     ErrorResponse, InferResponse, Lane, Reply, Tensor, decode_reply, encode_request,
 };
+use crate::store::{BlobAuth, open_store, sha256_hex};
 use crate::transport::{InboxSender, Message, Properties, Transport, TransportError, queues};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -103,6 +104,47 @@ pub enum ClientError {
     /// A batch job id that cannot name a queue.
     #[error("job id {0:?}: use 1 to 64 letters, digits, '-' or '_'")]
     BadJobId(String),
+    /// The answer a claim check names cannot be fetched, or is not the one it describes.
+    #[error("claim check {url}: {reason}")]
+    ClaimCheck {
+        /// The answer's URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Fetches the answer a claim-check reply (`properties.claim_check` set) names, from blob
+/// storage with `auth` (or a directory), and checks it against the reply's sha256.
+pub async fn redeem(reply: &Message, auth: &BlobAuth) -> Result<Bytes, ClientError> {
+    #[derive(serde::Deserialize)]
+    struct Claim {
+        claim_check: String,
+        sha256: String,
+    }
+    let claim: Claim =
+        serde_json::from_slice(&reply.body).map_err(|e| ClientError::ClaimCheck {
+            url: reply.properties.claim_check.clone().unwrap_or_default(),
+            reason: format!("unreadable claim check: {e}"),
+        })?;
+    let failed = |reason: String| ClientError::ClaimCheck {
+        url: claim.claim_check.clone(),
+        reason,
+    };
+    let (folder, name) = claim
+        .claim_check
+        .rsplit_once('/')
+        .ok_or_else(|| failed("not a URL of a file".into()))?;
+    let store = open_store(folder, auth).map_err(|e| failed(e.to_string()))?;
+    let answer = store.get(name).await.map_err(|e| failed(e.to_string()))?;
+    let sha256 = sha256_hex(&answer);
+    if sha256 != claim.sha256 {
+        return Err(failed(format!(
+            "sha256 {sha256}, the claim says {}",
+            claim.sha256
+        )));
+    }
+    Ok(answer)
 }
 
 /// Options of one realtime call.

@@ -4,7 +4,7 @@
 use crate::protocol::{
     ErrorCode, ErrorResponse, InferError, InferResponse, Tensor, TensorData, encode_reply,
 };
-use crate::store::Manifest;
+use crate::store::{Manifest, ModelStore, StoreError, sha256_hex};
 use crate::transport::{Delivery, Message, Properties, Transport, TransportError, queues};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -58,6 +58,45 @@ pub struct Publisher {
     transport: Arc<dyn Transport>,
     max_redeliveries: u32,
     answered: Arc<RecentAnswers>,
+    claim_checks: Option<ClaimChecks>,
+}
+
+/// Where answers larger than their request's `ember-blob-threshold` go: a blob store (or
+/// directory) and the address that names it in claim-check URLs.
+#[derive(Clone)]
+pub struct ClaimChecks {
+    store: Arc<dyn ModelStore>,
+    address: String,
+}
+
+impl ClaimChecks {
+    /// Answers stored in `store`, which `address` (`az://...` or a directory) names.
+    pub fn new(store: Arc<dyn ModelStore>, address: impl Into<String>) -> Self {
+        let address = address.into().trim_end_matches('/').to_owned();
+        Self { store, address }
+    }
+
+    /// Stores `body`, `response`'s encoding, under its sha256; returns the claim-check body
+    /// (`id`, `model_name`, `model_version`, `claim_check` URL, `bytes`, `sha256`) and the URL.
+    async fn check_in(
+        &self,
+        response: &InferResponse,
+        body: Vec<u8>,
+    ) -> Result<(Vec<u8>, String), StoreError> {
+        let (bytes, sha256) = (body.len(), sha256_hex(&body));
+        let key = format!("results/{}/{sha256}.json", response.model_name);
+        self.store.put(&key, body.into()).await?;
+        let url = format!("{}/{key}", self.address);
+        let claim = serde_json::json!({
+            "id": response.id,
+            "model_name": response.model_name,
+            "model_version": response.model_version,
+            "claim_check": url,
+            "bytes": bytes,
+            "sha256": sha256,
+        });
+        Ok((claim.to_string().into_bytes(), url))
+    }
 }
 
 /// Answers remembered per worker: at most this many...
@@ -72,7 +111,15 @@ impl Publisher {
             transport,
             max_redeliveries,
             answered: Arc::new(RecentAnswers::new(ANSWERED_WINDOW, ANSWERED_BYTES)),
+            claim_checks: None,
         }
+    }
+
+    /// Stores answers over their request's `ember-blob-threshold` in `claim_checks` (without
+    /// it, every answer goes in its message).
+    pub fn with_claim_checks(mut self, claim_checks: ClaimChecks) -> Self {
+        self.claim_checks = Some(claim_checks);
+        self
     }
 
     /// Redeliveries after which a request is dead-lettered instead of computed again.
@@ -146,8 +193,25 @@ impl Publisher {
             Err(error) => (None, Some(error.error.clone())),
         };
         let message_id = request.message_id.clone();
+        let mut body = encode_reply(&reply);
+        let mut claim_check = None;
+        if let (Some(threshold), Some(claims), Ok(response)) =
+            (request.blob_threshold, &self.claim_checks, &reply)
+            && body.len() as u64 > threshold
+        {
+            match claims.check_in(response, body).await {
+                Ok((claim, url)) => (body, claim_check) = (claim, Some(url)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing a large answer failed; requeueing the request");
+                    if let Err(e) = settle.requeue().await {
+                        tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                    }
+                    return;
+                }
+            }
+        }
         let outgoing = Message {
-            body: encode_reply(&reply).into(),
+            body: body.into(),
             properties: Properties {
                 correlation_id: request.correlation_id.or_else(|| message_id.clone()),
                 message_id: message_id.clone(),
@@ -155,6 +219,7 @@ impl Publisher {
                 version,
                 lane: request.lane,
                 error_code,
+                claim_check,
                 ..Properties::default()
             },
         };

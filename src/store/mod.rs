@@ -282,6 +282,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The model repository over any [`ModelStore`].
+/// Opens the store at `address`: `az://<container>[/<prefix>]` (Azure Blob, with `auth`) or a
+/// local directory. Makes no request.
+pub fn open_store(address: &str, auth: &BlobAuth) -> Result<Arc<dyn ModelStore>, StoreError> {
+    if address.starts_with("az://") {
+        return Ok(Arc::new(BlobStore::open(address, auth)?));
+    }
+    if address.contains("://") {
+        return Err(StoreError::Invalid(format!(
+            "unsupported store {address:?}; give az://<container>[/<prefix>] or a local directory"
+        )));
+    }
+    Ok(Arc::new(FsStore::new(address)))
+}
+
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ModelStore>,
@@ -308,20 +322,12 @@ impl Repository {
     /// Opens the repository at `address`: `az://<container>[/<prefix>]` (Azure Blob, with the
     /// weights cached locally) or a local directory. Makes no request.
     pub fn open_with(address: &str, options: &StoreOptions) -> Result<Self, StoreError> {
-        if address.starts_with("az://") {
-            let store = BlobStore::open(address, &options.blob)?;
-            return Ok(Self {
-                store: Arc::new(store),
-                cache: options.cache.clone(),
-            });
-        }
-        if address.contains("://") {
-            return Err(StoreError::Invalid(format!(
-                "unsupported model repository {address:?}; give az://<container>[/<prefix>] or a \
-                 local directory"
-            )));
-        }
-        Ok(Self::new(Arc::new(FsStore::new(address))))
+        let store = open_store(address, &options.blob)?;
+        let cache = address
+            .starts_with("az://")
+            .then(|| options.cache.clone())
+            .flatten();
+        Ok(Self { store, cache })
     }
 
     /// Where the repository is.

@@ -48,6 +48,8 @@ const LANE_HEADER: &str = "ember-lane";
 const DEADLINE_HEADER: &str = "ember-deadline-ms";
 const ERROR_CODE_HEADER: &str = "ember-error-code";
 const ERROR_HEADER: &str = "ember-error";
+const BLOB_THRESHOLD_HEADER: &str = "ember-blob-threshold";
+const CLAIM_CHECK_HEADER: &str = "ember-claim-check";
 /// Quorum queues count every delivery attempt in this header.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
@@ -879,6 +881,16 @@ fn to_amqp(properties: &Properties) -> BasicProperties {
         properties.error_code.map(|code| text(code.as_str())),
     );
     put(ERROR_HEADER, properties.error.as_deref().map(text));
+    put(
+        BLOB_THRESHOLD_HEADER,
+        properties
+            .blob_threshold
+            .map(|bytes| AMQPValue::LongLongInt(i64::try_from(bytes).unwrap_or(i64::MAX))),
+    );
+    put(
+        CLAIM_CHECK_HEADER,
+        properties.claim_check.as_deref().map(text),
+    );
     let short = |value: &Option<String>| value.as_deref().map(ShortString::from);
     let mut amqp = BasicProperties::default()
         .with_content_type("application/json".into())
@@ -915,6 +927,10 @@ fn from_amqp(amqp: &BasicProperties) -> Properties {
             .and_then(|ms| u64::try_from(ms).ok()),
         error_code: header_text(ERROR_CODE_HEADER).and_then(|code| ErrorCode::parse(&code)),
         error: header_text(ERROR_HEADER),
+        blob_threshold: header(BLOB_THRESHOLD_HEADER)
+            .and_then(integer)
+            .and_then(|bytes| u64::try_from(bytes).ok()),
+        claim_check: header_text(CLAIM_CHECK_HEADER),
     }
 }
 
@@ -949,6 +965,8 @@ mod tests {
             deadline_ms: Some(1_700_000_000_123),
             error_code: Some(ErrorCode::DeadlineExceeded),
             error: Some("late".into()),
+            blob_threshold: Some(1 << 20),
+            claim_check: Some("az://results/m/x.json".into()),
         };
         assert_eq!(from_amqp(&to_amqp(&properties)), properties);
     }

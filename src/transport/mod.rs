@@ -73,6 +73,11 @@ pub struct Properties {
     pub error_code: Option<ErrorCode>,
     /// `ember-error` on dead letters: why.
     pub error: Option<String>,
+    /// `ember-blob-threshold` on requests: answers with a larger body go to blob storage,
+    /// and the reply carries a claim check instead.
+    pub blob_threshold: Option<u64>,
+    /// `ember-claim-check` on replies: the URL of the answer in blob storage.
+    pub claim_check: Option<String>,
 }
 
 impl Properties {

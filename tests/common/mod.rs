@@ -246,6 +246,16 @@ impl LocalWorker {
         transport: std::sync::Arc<dyn ember::transport::Transport>,
         prefix: &str,
     ) -> Self {
+        Self::start_with(transport, prefix, None).await
+    }
+
+    /// [`start`](Self::start), storing answers over their request's blob threshold in
+    /// `claim_checks`.
+    pub async fn start_with(
+        transport: std::sync::Arc<dyn ember::transport::Transport>,
+        prefix: &str,
+        claim_checks: Option<ember::results::ClaimChecks>,
+    ) -> Self {
         use ember::registry::Registry;
         use ember::worker::{Worker, WorkerConfig};
         let model = unique_model(prefix);
@@ -255,7 +265,10 @@ impl LocalWorker {
             ember::store::Repository::open(repo.path().to_str().unwrap()).unwrap(),
             ember::batcher::BatchConfig::default(),
         ));
-        let worker = Worker::new(transport, registry, WorkerConfig::for_batch_size(32));
+        let mut worker = Worker::new(transport, registry, WorkerConfig::for_batch_size(32));
+        if let Some(claim_checks) = claim_checks {
+            worker = worker.with_claim_checks(claim_checks);
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let serving = tokio::spawn({
             let (shutdown, models) = (shutdown.clone(), vec![model.parse().unwrap()]);
