@@ -24,6 +24,7 @@ use crate::transport::memory::MemoryTransport;
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use crate::worker::{Worker, WorkerConfig};
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::Read;
@@ -783,6 +784,12 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
         "ember gateway listening on http://{}",
         listener.local_addr()?
     );
+    // Answers are small and awaited: send them at once (no Nagle delay).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, gateway.router())
         .with_graceful_shutdown(shutdown_signal())
         .await?;

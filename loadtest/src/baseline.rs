@@ -56,6 +56,27 @@ pub async fn raw_broker(url: &str, bodies: Arc<Vec<Bytes>>, prefetch: u16) -> an
     Ok(rate)
 }
 
+/// Messages per second of publishing `bodies` persistent with confirms (`WINDOW` awaiting
+/// theirs at once) to a fresh durable quorum queue nobody consumes; the queue is deleted after.
+pub async fn raw_publish(url: &str, bodies: Arc<Vec<Bytes>>) -> anyhow::Result<f64> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    let queue = format!("ember-loadtest.publish.{}", std::process::id());
+    declare_quorum(&channel, &queue).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let count = bodies.len();
+    let started = Instant::now();
+    publish_confirmed(channel.clone(), queue.clone(), bodies).await?;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(rate)
+}
+
 /// A channel with `prefetch` consuming `queue` (manual acks), and its consumer.
 async fn consume(
     connection: &Connection,

@@ -3,6 +3,7 @@
 //! with the broker and compute ceilings measured in the same run.
 
 mod baseline;
+mod clients;
 mod load;
 mod payloads;
 mod plot;
@@ -53,6 +54,23 @@ enum Command {
         #[command(flatten)]
         report: ReportArgs,
         /// Exit non-zero unless every ratio meets its target (lost requests always fail).
+        #[arg(long)]
+        strict: bool,
+    },
+    /// The hybrid clients' overheads: gateway ÷ RPC and batch submission ÷ raw publishing
+    /// (starts its own `ember serve` and `ember gateway`).
+    Clients {
+        /// Requests per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        requests: usize,
+        /// Requests in flight in the RPC and gateway runs.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+        /// Exit non-zero unless both ratios meet their target.
         #[arg(long)]
         strict: bool,
     },
@@ -243,6 +261,25 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })?;
             let met = report.meets_target.values().all(|m| *m);
             Ok(report.lost == 0 && (met || !strict))
+        }
+        Command::Clients {
+            requests,
+            in_flight,
+            workers,
+            report: out,
+            strict,
+        } => {
+            let options = clients::ClientsOptions {
+                url,
+                ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+                model_repo: workers.model_repo,
+                requests,
+                in_flight,
+            };
+            let report = clients::run(&options).await?;
+            println!("{}", clients::markdown(&report));
+            out.write_json(&report)?;
+            Ok(report.meets_target() || !strict)
         }
         Command::Sweep {
             steps,
