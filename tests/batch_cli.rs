@@ -238,3 +238,76 @@ async fn answers_over_the_blob_threshold_come_back_as_claim_checks_and_are_fetch
     let model = worker.stop().await;
     transport.delete(&model).await.unwrap();
 }
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib << 10)
+}
+
+/// `EMBER_BATCH_LINES` requests (default 100 000; the figures in the notes use 1 000 000 with
+/// `cargo test --release`): the CLI's memory stays flat from a quarter of the way to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_file_is_submitted_in_flat_memory() {
+    let lines: usize = std::env::var("EMBER_BATCH_LINES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100_000);
+    let transport = Arc::new(broker(|c| c).await);
+    let worker = LocalWorker::start(transport.clone(), "batch-long").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    write_requests(&input, lines, &[]);
+    let state = common::state_file(&output);
+
+    let started = Instant::now();
+    let mut child = KillOnDrop(
+        submit(&worker.model, &input, &output)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id();
+    let (mut peak, mut at_quarter) = (0, None);
+    while child.0.try_wait().unwrap().is_none() {
+        if let Some(bytes) = rss(pid) {
+            peak = peak.max(bytes);
+            let written = std::fs::read(&state)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                .and_then(|s| s["written"].as_u64())
+                .unwrap_or(0);
+            if at_quarter.is_none() && written as usize >= lines / 4 {
+                at_quarter = Some(bytes);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(child.0.wait().unwrap().code(), Some(0), "the job succeeds");
+    assert_answers_in_order(&output, lines);
+    let at_quarter = at_quarter.expect("sampled at a quarter of the way");
+    eprintln!(
+        "{lines} requests in {seconds:.1} s ({:.0}/s): CLI peak RSS {:.1} MiB, {:.1} MiB at a quarter",
+        lines as f64 / seconds,
+        peak as f64 / (1 << 20) as f64,
+        at_quarter as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak <= at_quarter + (16 << 20),
+        "memory grew from {at_quarter} to {peak} bytes"
+    );
+    assert!(peak < 200 << 20, "peak RSS {peak} bytes");
+
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
+}
