@@ -73,7 +73,10 @@ impl Gateway {
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/v2", get(server_metadata))
-            .route("/v2/health/live", get(|| async { StatusCode::OK }))
+            .route(
+                "/v2/health/live",
+                get(|| async { Json(json!({ "live": true })) }),
+            )
             .route("/v2/health/ready", get(server_ready))
             .route("/v2/openapi.yaml", get(openapi))
             .route("/v2/models/{model}", get(model_metadata))
@@ -158,12 +161,14 @@ async fn server_metadata() -> Json<serde_json::Value> {
     }))
 }
 
-async fn server_ready(State(gateway): State<Arc<Gateway>>) -> StatusCode {
-    if gateway.client.connected().await {
+async fn server_ready(State(gateway): State<Arc<Gateway>>) -> Response {
+    let ready = gateway.client.connected().await;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -201,7 +206,7 @@ async fn model_metadata(
 
 async fn model_ready(State(gateway): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
     match gateway.manifest(&path.model, path.version.as_deref()).await {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(manifest) => Json(json!({ "name": manifest.name, "ready": true })).into_response(),
         Err(response) => response,
     }
 }

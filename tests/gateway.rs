@@ -78,12 +78,20 @@ async fn every_route_answers_with_the_v2_status_and_body() {
 
     let (status, server) = get(&http, format!("{base}/v2")).await;
     assert_eq!((status, server["name"].as_str()), (200, Some("ember")));
-    for path in [
-        "/v2/health/live",
-        "/v2/health/ready",
-        &format!("/v2/models/{model}/ready"),
-    ] {
-        assert_eq!(get(&http, format!("{base}{path}")).await.0, 200, "{path}");
+    let health = [
+        ("/v2/health/live".to_owned(), json!({"live": true})),
+        ("/v2/health/ready".to_owned(), json!({"ready": true})),
+        (
+            format!("/v2/models/{model}/ready"),
+            json!({"name": model, "ready": true}),
+        ),
+    ];
+    for (path, expected) in health {
+        assert_eq!(
+            get(&http, format!("{base}{path}")).await,
+            (200, expected),
+            "{path}"
+        );
     }
 
     let (status, metadata) = get(&http, format!("{base}/v2/models/{model}")).await;
