@@ -14,7 +14,7 @@ use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, V
 use crate::worker::check_request;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 
 /// The OpenAPI document of the routes below.
 pub const OPENAPI: &str = include_str!("../docs/gateway.openapi.yaml");
+
+/// The header of the V2 binary tensor data extension.
+const BINARY_HEADER: &str = "inference-header-content-length";
 
 /// Gateway settings.
 #[derive(Debug, Clone, Copy)]
@@ -214,8 +217,14 @@ async fn model_ready(State(gateway): State<Arc<Gateway>>, Path(path): Path<Model
 async fn infer(
     State(gateway): State<Arc<Gateway>>,
     Path(path): Path<ModelPath>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if headers.contains_key(BINARY_HEADER) {
+        let message = "the binary tensor data extension (Inference-Header-Content-Length) is not \
+                       supported: send tensors as JSON (tritonclient: binary_data=False)";
+        return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message);
+    }
     let limit = gateway.config.max_request_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request is over the {limit}-byte limit");

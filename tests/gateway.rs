@@ -174,6 +174,21 @@ async fn every_route_answers_with_the_v2_status_and_body() {
             "INTERNAL",
         ),
     ];
+    let binary = http
+        .post(infer(&model))
+        .header("inference-header-content-length", "10")
+        .body(image_request("b", data.image(0), 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(binary.status().as_u16(), 400);
+    let refusal: Value = binary.json().await.unwrap();
+    assert!(
+        refusal["error"]
+            .as_str()
+            .unwrap()
+            .contains("binary tensor data extension")
+    );
     for (url, body, expected, code) in cases {
         let (status, answer) = post(&http, url.clone(), body).await;
         assert_eq!(status, expected, "{url}: {answer}");
@@ -188,4 +203,27 @@ async fn every_route_answers_with_the_v2_status_and_body() {
     for model in [&served, &idle] {
         transport.delete(model).await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvidias_tritonclient_talks_to_the_gateway() {
+    let transport = Arc::new(broker(|c| c).await);
+    let worker = LocalWorker::start(transport.clone(), "gw-triton").await;
+    let (_gateway, base) = start_gateway(worker.repo.path(), &[]);
+    let data = held_out();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/triton_http.py");
+    let output = Command::new("python3")
+        .arg(script)
+        .arg(base.trim_start_matches("http://"))
+        .arg(&worker.model)
+        .arg(serde_json::to_string(data.image(5)).unwrap())
+        .output()
+        .expect("python3 (bash .ci/run installs tritonclient[http])");
+    assert!(output.status.success(), "{}", common::output_text(&output));
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["id"], "triton-1");
+    assert_eq!(printed["label"], data.labels[5]);
+    assert_eq!(printed["inputs"][0]["shape"], json!([-1, 64]));
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
 }
