@@ -273,7 +273,9 @@ impl Client {
                 };
                 if let Err(e) = rpc.sender.send(&queue, message.clone()).await {
                     rpc.forget(&id);
-                    self.discard(&rpc).await;
+                    if matches!(e, TransportError::Unavailable(_)) {
+                        self.discard(&rpc).await;
+                    }
                     return Err(e);
                 }
                 match tokio::time::timeout(remaining, answer).await {
