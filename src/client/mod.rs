@@ -32,7 +32,7 @@
 //!     .submit_batch("digits", futures::stream::iter(bodies), BatchOptions::default())
 //!     .await?;
 //! while let Some(result) = job.next_result().await {
-//!     println!("{}: {}", result.index, String::from_utf8_lossy(&result.message.body));
+//!     println!("{}: {}", result.index, String::from_utf8_lossy(&result.message().body));
 //!     result.ack().await?; // stored: the job's queue may forget it
 //!     if job.progress().answered == 1000 {
 //!         break;
