@@ -62,6 +62,16 @@ fn answer_ids(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Answers written so far by a running `ember batch submit`, as its state file says (0 before
+/// it has one).
+fn written_so_far(state: &Path) -> u64 {
+    std::fs::read(state)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|s| s["written"].as_u64())
+        .unwrap_or(0)
+}
+
 /// Checks that `path` answers requests `r-0` to `r-<lines - 1>`, each once, in order.
 fn assert_answers_in_order(path: &Path, lines: usize) {
     let ids = answer_ids(path);
@@ -151,11 +161,7 @@ async fn a_killed_submit_continues_with_every_answer_once() {
     let state = common::state_file(&output);
     let started = Instant::now();
     let written_at_kill = loop {
-        let written = std::fs::read(&state)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|s| s["written"].as_u64())
-            .unwrap_or(0);
+        let written = written_so_far(&state);
         if written >= 2_000 {
             first.0.kill().unwrap(); // SIGKILL: no chance to save anything
             first.0.wait().unwrap();
@@ -281,11 +287,7 @@ async fn a_long_file_is_submitted_in_flat_memory() {
     while child.0.try_wait().unwrap().is_none() {
         if let Some(bytes) = rss(pid) {
             peak = peak.max(bytes);
-            let written = std::fs::read(&state)
-                .ok()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-                .and_then(|s| s["written"].as_u64())
-                .unwrap_or(0);
+            let written = written_so_far(&state);
             if at_quarter.is_none() && written as usize >= lines / 4 {
                 at_quarter = Some(bytes);
             }

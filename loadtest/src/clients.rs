@@ -10,7 +10,7 @@
 
 use crate::baseline;
 use crate::payloads::{self, Payloads};
-use crate::ratios::scratch_repo;
+use crate::ratios::{median, scratch_repo};
 use crate::worker::Worker;
 use anyhow::Context;
 use ember::client::{BatchOptions, Client, InferOptions};
@@ -73,11 +73,6 @@ impl ClientsReport {
     pub fn meets_target(&self) -> bool {
         self.gateway_efficiency >= TARGET && self.batch_submit_efficiency >= TARGET
     }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Runs the scenario.

@@ -118,7 +118,7 @@ pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> 
 const ROUNDS: usize = 3;
 
 /// The middle value of `values` (odd length).
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
