@@ -44,6 +44,25 @@ fn submit(model: &str, input: &Path, output: &Path) -> Command {
     command
 }
 
+/// Runs `command` to the end, failing if it takes longer than `limit` (a stalled job).
+fn output_within(mut command: Command, limit: Duration) -> Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 fn summary(output: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
@@ -95,7 +114,10 @@ async fn answers_come_in_input_order_and_errors_are_counted() {
     let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
     write_requests(&input, 300, &[100, 299]);
 
-    let run = submit(&worker.model, &input, &output).output().unwrap();
+    // A window far smaller than the requests awaiting their confirm at once (256).
+    let mut small_window = submit(&worker.model, &input, &output);
+    small_window.args(["--window", "8"]);
+    let run = output_within(small_window, Duration::from_secs(120));
     assert_eq!(
         run.status.code(),
         Some(1),

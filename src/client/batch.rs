@@ -239,6 +239,33 @@ impl BatchState {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+
+    /// Waits for a place in the window for request `index` (none needed if it is outstanding
+    /// already: a request sent again), then counts it outstanding.
+    async fn admit(&self, index: u64) {
+        if self.outstanding().contains(&index) {
+            return;
+        }
+        if let Ok(permit) = self.permits.acquire().await {
+            permit.forget();
+        }
+        if !self.outstanding().insert(index) {
+            // Sent twice at once: one place is enough.
+            self.permits.add_permits(1);
+        }
+    }
+
+    /// Request `index` is answered: its place frees (once, however often its answer comes),
+    /// unless more than the window are outstanding (after a resume with a smaller window).
+    fn answered(&self, index: u64) {
+        let mut outstanding = self.outstanding();
+        if outstanding.remove(&index) {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+            if outstanding.len() < self.window {
+                self.permits.add_permits(1);
+            }
+        }
+    }
 }
 
 impl BatchSender {
@@ -259,12 +286,7 @@ impl BatchSender {
         if let Some(deadline) = self.deadline {
             properties = properties.with_deadline_in(deadline);
         }
-        if self.state.outstanding().insert(index) {
-            let permit = self.state.permits.acquire().await;
-            permit
-                .map_err(|e| TransportError::Unavailable(e.to_string()))?
-                .forget();
-        }
+        self.state.admit(index).await;
         let mut backoff = FIRST_BACKOFF;
         loop {
             let message = Message {
@@ -323,13 +345,7 @@ impl BatchResult {
     /// Settles the answer: the job's queue forgets it, and its place in the window frees.
     pub async fn ack(self) -> Result<(), TransportError> {
         self.delivery.settle.ack().await?;
-        let mut outstanding = self.state.outstanding();
-        if outstanding.remove(&self.index) {
-            self.state.answered.fetch_add(1, Ordering::Relaxed);
-            if outstanding.len() < self.state.window {
-                self.state.permits.add_permits(1);
-            }
-        }
+        self.state.answered(self.index);
         Ok(())
     }
 }
@@ -340,4 +356,66 @@ fn is_job_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BatchState;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn admitted(state: &BatchState, index: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), state.admit(index))
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_window_frees_once_per_answer_and_shrinks_back_after_a_resume() {
+        // Resumed with 3 outstanding and a window of 2: nothing more until only 1 is left.
+        let state = BatchState::new(2, 0..3);
+        assert!(!admitted(&state, 3).await);
+        state.answered(0);
+        assert!(!admitted(&state, 3).await, "2 outstanding, window 2");
+        state.answered(0);
+        assert!(
+            !admitted(&state, 3).await,
+            "an answer that comes twice frees once"
+        );
+        state.answered(1);
+        assert!(admitted(&state, 3).await);
+        assert!(admitted(&state, 3).await, "sending again needs no place");
+        assert!(!admitted(&state, 4).await, "2 and 3 outstanding");
+    }
+
+    #[tokio::test]
+    async fn many_senders_waiting_on_a_small_window_all_get_through() {
+        let state = Arc::new(BatchState::new(4, 0..0));
+        let senders: Vec<_> = (0..64)
+            .map(|index| {
+                let state = state.clone();
+                tokio::spawn(async move { state.admit(index).await })
+            })
+            .collect();
+        let mut answered = 0;
+        while answered < 64 {
+            // Answer whatever is outstanding, as a worker would.
+            let first = state.outstanding().first().copied();
+            match first {
+                Some(index) => {
+                    assert!(state.outstanding().len() <= 4, "never more than the window");
+                    state.answered(index);
+                    answered += 1;
+                }
+                None => tokio::task::yield_now().await,
+            }
+        }
+        for sender in senders {
+            tokio::time::timeout(Duration::from_secs(5), sender)
+                .await
+                .expect("every sender admitted")
+                .unwrap();
+        }
+        assert_eq!(state.permits.available_permits(), 4);
+    }
 }
