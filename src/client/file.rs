@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 const SEND_AHEAD: usize = 256;
 /// How often the state is saved (and answers acked) at least.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-/// Answers written before the state is saved early.
+/// Answers written before the state is saved early (half the window, if that is fewer: the
+/// window's places free only once the answers are acked, after the save).
 const CHECKPOINT_ANSWERS: usize = 2048;
 /// Error messages kept for the summary.
 const ERRORS_SHOWN: usize = 5;
@@ -207,6 +208,7 @@ pub async fn submit(
     let mut waiting: BTreeMap<u64, BatchResult> = BTreeMap::new();
     let mut first_errors = Vec::new();
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    let checkpoint_answers = CHECKPOINT_ANSWERS.min(job.window / 2).max(1);
     let mut interrupted = false;
     while state.written < state.requests {
         tokio::select! {
@@ -242,7 +244,7 @@ pub async fn submit(
                     output.write(result).await?;
                     state.written += 1;
                 }
-                if output.written.len() >= CHECKPOINT_ANSWERS {
+                if output.written.len() >= checkpoint_answers {
                     checkpoint(&mut output, &mut state, &confirmed, &state_file).await?;
                 }
             }
