@@ -820,7 +820,9 @@ async fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
             stop.cancel();
         }
     });
-    let summary = file::submit(&client, &job, stop).await?;
+    let summary = file::submit(&client, &job, stop).await;
+    client.transport().close().await;
+    let summary = summary?;
     let resumed = summary
         .resumed_at
         .map_or_else(String::new, |n| format!(" (continued after {n})"));
@@ -966,7 +968,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         reload_interval: args.reload_interval,
         ..args.pipeline.worker(args.max_redeliveries)
     };
-    let mut worker = Worker::new(transport, registry, config);
+    let mut worker = Worker::new(transport.clone(), registry, config);
     if let Some(address) = &args.result_store {
         let store = open_store(address, &args.pipeline.repo.store.auth())?;
         worker = worker.with_claim_checks(ClaimChecks::new(store, address.as_str()));
@@ -988,6 +990,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
     tokio::select! {
         served = worker.run(&models, shutdown.clone()) => {
             served?;
+            transport.close().await;
             Ok(0)
         }
         () = drain_expired => {

@@ -538,6 +538,16 @@ impl Transport for AmqpTransport {
             .map_err(|e| TransportError::Topology(format!("declaring {queue}: {e}")))
     }
 
+    /// A connection close is answered only after every frame sent before it (acks included)
+    /// was read: exiting without it can drop acks still in the socket's buffers.
+    async fn close(&self) {
+        if let Some(session) = self.shared.current.swap(None)
+            && let Err(e) = session.connection.close(200, "shutting down".into()).await
+        {
+            tracing::debug!(error = %e, "closing the connection");
+        }
+    }
+
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
         let channel = self.shared.channel().await?;
         let deleted = channel

@@ -212,4 +212,7 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<(), TransportError>;
     /// Deletes `queue` with whatever it holds; a queue that does not exist is not an error.
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError>;
+    /// Closes the connection once everything sent on it (acks included) has reached the
+    /// broker: the last step of a graceful shutdown.
+    async fn close(&self) {}
 }
