@@ -18,6 +18,7 @@ use crate::store::{
     BlobAuth, DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, StoreOptions, Version,
     WeightCache, open_store,
 };
+use crate::telemetry::{DEFAULT_METRICS_ADDR, Endpoint, Health, LogFormat};
 use crate::train::{self, TrainOptions};
 use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
 use crate::transport::memory::MemoryTransport;
@@ -43,15 +44,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line (production).
-    Json,
 }
 
 /// Subcommands.
@@ -595,6 +587,14 @@ pub struct ServeArgs {
     /// How often to check the models' aliases for promotions (hot reload).
     #[arg(long, env = "EMBER_RELOAD_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub reload_interval: Duration,
+    /// Where to serve /metrics (Prometheus), /healthz (liveness) and /readyz (readiness);
+    /// port 0 picks a free port (logged).
+    #[arg(long, env = "EMBER_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Drain and exit 0 once no request has arrived for this long (e.g. 30s): for a KEDA
+    /// ScaledJob whose pod should end when its queue is empty.
+    #[arg(long, env = "EMBER_EXIT_WHEN_IDLE", value_parser = humantime::parse_duration)]
+    pub exit_when_idle: Option<Duration>,
     /// Pipeline limits.
     #[command(flatten)]
     pub pipeline: PipelineArgs,
@@ -887,7 +887,8 @@ async fn send(args: SendArgs) -> anyhow::Result<i32> {
             version: args.version.clone(),
             lane: Some(args.lane),
             ..Properties::default()
-        };
+        }
+        .sent_now();
         if let Some(deadline) = args.deadline {
             properties = properties.with_deadline_in(deadline);
         }
@@ -946,6 +947,14 @@ fn request_id(body: &[u8]) -> Option<String> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
+    // Listening first: /healthz answers (and /readyz says "starting") while models load.
+    let health = Health::new();
+    let endpoint = Endpoint::bind(args.metrics_addr, health.clone()).await?;
+    let url = format!("http://{}", endpoint.local_addr()?);
+    tracing::info!(%url, "telemetry listening: /metrics /healthz /readyz");
+    let telemetry = CancellationToken::new();
+    tokio::spawn(endpoint.serve(telemetry.clone()));
+    let _stop_telemetry = telemetry.drop_guard();
     let registry = args.pipeline.registry()?;
     let models = if args.models.is_empty() {
         registry.repository().models().await?
@@ -968,7 +977,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         reload_interval: args.reload_interval,
         ..args.pipeline.worker(args.max_redeliveries)
     };
-    let mut worker = Worker::new(transport.clone(), registry, config);
+    health.watch_transport(transport.clone());
+    let mut worker = Worker::new(transport.clone(), registry, config).with_health(health);
     if let Some(address) = &args.result_store {
         let store = open_store(address, &args.pipeline.repo.store.auth())?;
         worker = worker.with_claim_checks(ClaimChecks::new(store, address.as_str()));
@@ -982,6 +992,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             shutdown.cancel();
         }
     });
+    if let Some(idle) = args.exit_when_idle {
+        let (worker, shutdown) = (worker.clone(), shutdown.clone());
+        tokio::spawn(async move { worker.stop_when_idle(idle, shutdown).await });
+    }
     let drain_timeout = args.drain_timeout;
     let drain_expired = async {
         shutdown.cancelled().await;

@@ -15,6 +15,7 @@ pub mod registry;
 pub mod results;
 pub mod runtime;
 pub mod store;
+pub mod telemetry;
 pub mod train;
 pub mod transport;
 pub mod worker;

@@ -1,22 +1,11 @@
 //! The `ember` binary: parses the command line and runs it.
 
 use clap::Parser;
-use ember::cli::{Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
+use ember::cli::Cli;
 
 fn main() {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    // A log line that cannot be written (stderr closed) is dropped: reporting that failure on
-    // stderr would panic the task that logged, e.g. the one that starts the graceful drain.
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .log_internal_errors(false);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    ember::telemetry::init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -14,6 +14,7 @@ use crate::batcher::{BatchConfig, Batcher};
 use crate::protocol::{ErrorCode, InferError};
 use crate::runtime::Executor;
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
+use crate::telemetry::metrics::{self as names, VersionMetrics};
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -140,6 +141,9 @@ impl Registry {
             .insert(selector.to_owned(), version.to_string());
         slots.versions.insert(version.to_string(), slot.clone());
         self.snapshot.store(Arc::new(all));
+        if matches!(slot, Slot::Ready(_)) {
+            model_info(model, selector, version.as_str(), true);
+        }
         match slot {
             Slot::Ready(served) => Ok(served),
             Slot::Failed(e) => Err(e),
@@ -266,7 +270,9 @@ impl Registry {
             .into_iter()
             .map(|(switch, _)| {
                 tracing::info!(model, alias = %switch.alias, from = %switch.from, to = %switch.to, "switched to the promoted version");
-                metrics::counter!("ember_model_reloads_total", "model" => model.to_owned(), "outcome" => "switched").increment(1);
+                metrics::counter!(names::MODEL_RELOADS, "model" => model.to_owned(), "outcome" => "switched").increment(1);
+                model_info(model, &switch.alias, &switch.from, false);
+                model_info(model, &switch.alias, &switch.to, true);
                 switch
             })
             .collect()
@@ -298,6 +304,7 @@ impl Registry {
                 "model {model} version {version} is not available: {e}"
             ))))
         };
+        let started = std::time::Instant::now();
         let artifact = match self.repo.load(model, version).await {
             Ok(artifact) => artifact,
             Err(e @ (StoreError::Integrity { .. } | StoreError::Invalid(_))) => {
@@ -307,8 +314,12 @@ impl Registry {
         };
         match Executor::start(&artifact, &self.batch).await {
             Ok((executor, done)) => {
-                tracing::info!(%model, %version, "model version loaded");
-                let batcher = Batcher::spawn(executor, done, self.batch);
+                let seconds = started.elapsed().as_secs_f64();
+                tracing::info!(%model, %version, seconds, "model version loaded");
+                metrics::histogram!(names::MODEL_LOAD, "model" => model.to_string())
+                    .record(seconds);
+                let version_metrics = VersionMetrics::new(model.as_str(), version.as_str());
+                let batcher = Batcher::spawn(executor, done, self.batch, version_metrics);
                 let manifest = artifact.manifest;
                 Ok(Slot::Ready(Arc::new(Served { manifest, batcher })))
             }
@@ -324,8 +335,15 @@ fn reload_failed(model: &str, target: &str, error: &str) {
         error,
         "reload failed; still serving the last good version"
     );
-    metrics::counter!("ember_model_reloads_total", "model" => model.to_owned(), "outcome" => "failed")
+    metrics::counter!(names::MODEL_RELOADS, "model" => model.to_owned(), "outcome" => "failed")
         .increment(1);
+}
+
+/// Sets `ember_model_info{model, alias, version}`: 1 while `alias` serves `version`.
+fn model_info(model: &str, alias: &str, version: &str, serving: bool) {
+    let labels = [("model", model), ("alias", alias), ("version", version)];
+    let labels = labels.map(|(key, value)| (key, value.to_owned()));
+    metrics::gauge!(names::MODEL_INFO, &labels).set(if serving { 1.0 } else { 0.0 });
 }
 
 fn store_error(e: StoreError) -> InferError {

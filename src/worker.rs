@@ -11,9 +11,12 @@ use crate::registry::Registry;
 use crate::results::{self, Publisher};
 use crate::store::Manifest;
 use crate::store::ModelName;
+use crate::telemetry::Health;
+use crate::telemetry::metrics::ModelMetrics;
 use crate::transport::{Delivery, Subscription, Transport, TransportError, queues};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,6 +54,10 @@ pub struct Worker {
     registry: Arc<Registry>,
     config: WorkerConfig,
     in_flight: TaskTracker,
+    health: Arc<Health>,
+    /// When the last delivery was taken, in ms after `started` (for `--exit-when-idle`).
+    last_taken_ms: Arc<AtomicU64>,
+    started: Instant,
 }
 
 impl Worker {
@@ -66,6 +73,36 @@ impl Worker {
             registry,
             config,
             in_flight: TaskTracker::new(),
+            health: Health::new(),
+            last_taken_ms: Arc::default(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Reports readiness to `health`: ready once every model is subscribed, not ready from
+    /// the moment `run`'s shutdown begins.
+    pub fn with_health(mut self, health: Arc<Health>) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Cancels `shutdown` (a graceful drain) once no request has been taken for `idle` and
+    /// none is in flight: a ScaledJob's worker exits when its queue is empty.
+    pub async fn stop_when_idle(&self, idle: Duration, shutdown: CancellationToken) {
+        let check_every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(check_every) => {}
+            }
+            let last_taken = Duration::from_millis(self.last_taken_ms.load(Ordering::Relaxed));
+            if self.in_flight.is_empty()
+                && self.started.elapsed().saturating_sub(last_taken) >= idle
+            {
+                tracing::info!(?idle, "no request for the idle time; stopping");
+                shutdown.cancel();
+                return;
+            }
         }
     }
 
@@ -99,6 +136,16 @@ impl Worker {
             consumers.spawn(async move { worker.consume(model, subscription, shutdown).await });
         }
         tracing::info!(served = ?self.registry.served(), "worker ready");
+        self.health.set_serving();
+        // Idle time counts from now, not from the start of the models' loading.
+        let since_start = self.started.elapsed().as_millis() as u64;
+        self.last_taken_ms.store(since_start, Ordering::Relaxed);
+        let health = self.health.clone();
+        let draining = shutdown.clone();
+        tokio::spawn(async move {
+            draining.cancelled().await;
+            health.set_draining();
+        });
         let watcher = tokio::spawn({
             let (registry, interval) = (self.registry.clone(), self.config.reload_interval);
             let stop = shutdown.clone();
@@ -120,6 +167,7 @@ impl Worker {
         shutdown: CancellationToken,
     ) -> Box<dyn Subscription> {
         let realtime = queues::requests(&model, Lane::Realtime);
+        let metrics = Arc::new(ModelMetrics::new(&model));
         let mut stopping = false;
         loop {
             let delivery = tokio::select! {
@@ -139,21 +187,27 @@ impl Worker {
             } else {
                 Lane::Batch
             };
-            self.accept(&model, lane, delivery).await;
+            self.accept(&metrics, lane, delivery).await;
         }
         subscription
     }
 
     /// Takes one delivery into the pipeline; its answer is published by a tracked task.
-    async fn accept(&self, model: &str, lane: Lane, delivery: Delivery) {
-        let publisher = self.publisher.clone();
+    async fn accept(&self, metrics: &Arc<ModelMetrics>, lane: Lane, delivery: Delivery) {
+        let taken = Instant::now();
+        let since_start = taken.duration_since(self.started).as_millis() as u64;
+        self.last_taken_ms.store(since_start, Ordering::Relaxed);
+        let properties = &delivery.message.properties;
+        metrics.received(lane, delivery.redeliveries > 0, properties.queued_for());
+        let (publisher, metrics) = (self.publisher.clone(), metrics.clone());
         if let Some(answer) = publisher.answered(&delivery) {
-            let model = model.to_owned();
-            self.in_flight
-                .spawn(async move { publisher.replay(&model, delivery, answer).await });
+            self.in_flight.spawn(async move {
+                publisher.replay(&metrics, delivery, answer).await;
+                metrics.settled(lane, taken.elapsed());
+            });
             return;
         }
-        let properties = &delivery.message.properties;
+        let model = metrics.name();
         // Errors and id-less requests are answered with the message id; copied only then.
         let fallback_id = || properties.message_id.clone().unwrap_or_default();
         let deadline = properties.deadline();
@@ -178,13 +232,14 @@ impl Worker {
             let (inputs, selected) = checked.map_err(|e| (e, id.clone()))?;
             Ok::<_, (InferError, String)>((served, id, inputs, selected))
         };
-        let model = model.to_owned();
         let (served, id, inputs, selected) = match prepared.await {
             Ok(ok) => ok,
             Err((error, id)) => {
                 let reply = Err(ErrorResponse::new(id, &error));
-                self.in_flight
-                    .spawn(async move { publisher.finish(&model, delivery, reply).await });
+                self.in_flight.spawn(async move {
+                    publisher.finish(&metrics, lane, delivery, reply).await;
+                    metrics.settled(lane, taken.elapsed());
+                });
                 return;
             }
         };
@@ -207,7 +262,8 @@ impl Worker {
                 )),
                 Err(error) => Err(ErrorResponse::new(id, &error)),
             };
-            publisher.finish(&model, delivery, reply).await;
+            publisher.finish(&metrics, lane, delivery, reply).await;
+            metrics.settled(lane, taken.elapsed());
         });
     }
 }

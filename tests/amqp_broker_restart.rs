@@ -32,6 +32,7 @@ async fn worker_survives_a_broker_restart() {
         .arg("--model-repo")
         .arg(repo.path())
         .env("EMBER_AMQP_URL", common::amqp_url())
+        .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
         .env("EMBER_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()

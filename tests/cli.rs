@@ -153,6 +153,7 @@ fn serve_drains_on_sigterm_even_with_its_log_pipe_closed() {
         .args(["serve", "--transport", "memory", "--model", "digits"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("EMBER_LOG", "info")
+        .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

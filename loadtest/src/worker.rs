@@ -90,6 +90,7 @@ impl Worker {
             .args(["--transport", "amqp"])
             .args(args)
             .env("EMBER_AMQP_URL", amqp_url)
+            .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
             .env("EMBER_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

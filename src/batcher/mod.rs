@@ -8,6 +8,7 @@
 
 use crate::protocol::{ErrorCode, InferError, Lane, ValidatedInputs};
 use crate::runtime::{Executor, Responder, Work};
+use crate::telemetry::metrics::VersionMetrics;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{mpsc, oneshot};
@@ -81,14 +82,22 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the batcher task feeding `executor`, whose batch-done signals arrive on `done`.
+    /// Starts the batcher task feeding `executor`, whose batch-done signals arrive on `done`;
+    /// waits, batch sizes and drops are recorded in `metrics`.
     pub fn spawn(
         executor: Executor,
         done: mpsc::UnboundedReceiver<()>,
         config: BatchConfig,
+        metrics: VersionMetrics,
     ) -> Self {
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(rx, executor, done, config));
+        let lanes = Lanes {
+            realtime: VecDeque::new(),
+            batch: VecDeque::new(),
+            rows: 0,
+            metrics,
+        };
+        tokio::spawn(run(rx, lanes, executor, done, config));
         Self { jobs }
     }
 
@@ -107,6 +116,7 @@ struct Lanes {
     realtime: VecDeque<Queued>,
     batch: VecDeque<Queued>,
     rows: usize,
+    metrics: VersionMetrics,
 }
 
 struct Queued {
@@ -142,6 +152,7 @@ impl Lanes {
     /// settled on the way.
     fn take_batch(&mut self, max_rows: usize) -> Vec<Work> {
         let now = SystemTime::now();
+        let started = Instant::now();
         let mut batch = Vec::new();
         let mut rows = 0;
         for lane in [&mut self.realtime, &mut self.batch] {
@@ -155,20 +166,23 @@ impl Lanes {
                 {
                     return batch;
                 }
+                let Queued { job, arrived } = lane.pop_front().expect("front exists");
                 let Job {
                     inputs, respond, ..
-                } = lane.pop_front().expect("front exists").job;
+                } = job;
                 self.rows -= inputs.rows;
                 if respond.is_closed() {
-                    metrics::counter!("ember_requests_abandoned_total").increment(1);
+                    self.metrics.abandoned.increment(1);
                 } else if expired {
-                    metrics::counter!("ember_requests_expired_total").increment(1);
+                    self.metrics.deadline_drops.increment(1);
                     let _ = respond.send(Err(InferError::new(
                         ErrorCode::DeadlineExceeded,
                         "deadline passed before the request was computed",
                     )));
                 } else {
                     rows += inputs.rows;
+                    let waited = started.saturating_duration_since(arrived);
+                    self.metrics.batch_wait.record(waited.as_secs_f64());
                     batch.push(Work { inputs, respond });
                 }
             }
@@ -179,15 +193,11 @@ impl Lanes {
 
 async fn run(
     mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut lanes: Lanes,
     executor: Executor,
     mut done: mpsc::UnboundedReceiver<()>,
     config: BatchConfig,
 ) {
-    let mut lanes = Lanes {
-        realtime: VecDeque::new(),
-        batch: VecDeque::new(),
-        rows: 0,
-    };
     let (mut busy, mut open) = (false, true);
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
@@ -249,6 +259,7 @@ mod tests {
             realtime: VecDeque::new(),
             batch: VecDeque::new(),
             rows: 0,
+            metrics: VersionMetrics::new("test", "1"),
         }
     }
 

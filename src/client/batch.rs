@@ -287,6 +287,7 @@ impl BatchSender {
             properties = properties.with_deadline_in(deadline);
         }
         self.state.admit(index).await;
+        let properties = properties.sent_now();
         let mut backoff = FIRST_BACKOFF;
         loop {
             let message = Message {

@@ -253,7 +253,8 @@ impl Client {
                 lane: Some(options.lane),
                 ..Properties::default()
             }
-            .with_deadline_in(options.timeout),
+            .with_deadline_in(options.timeout)
+            .sent_now(),
         };
         let timeout = || ClientError::Timeout {
             model: model.to_owned(),

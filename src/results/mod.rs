@@ -2,9 +2,10 @@
 //! queue, and only once the transport has confirmed it is the request's delivery acked.
 
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, InferResponse, Tensor, TensorData, encode_reply,
+    ErrorCode, ErrorResponse, InferError, InferResponse, Lane, Tensor, TensorData, encode_reply,
 };
 use crate::store::{Manifest, ModelStore, StoreError, sha256_hex};
+use crate::telemetry::metrics::ModelMetrics;
 use crate::transport::{Delivery, Message, Properties, Transport, TransportError, queues};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -137,9 +138,9 @@ impl Publisher {
 
     /// Answers `delivery` with `answer`, published again only if it asks for it somewhere
     /// else than the first time (a client's new reply inbox), then acks it.
-    pub async fn replay(&self, model: &str, delivery: Delivery, answer: Answer) {
-        metrics::counter!("ember_requests_deduplicated_total").increment(1);
-        let destination = destination(model, &delivery.message.properties);
+    pub async fn replay(&self, model: &ModelMetrics, delivery: Delivery, answer: Answer) {
+        model.deduplicated();
+        let destination = destination(model.name(), &delivery.message.properties);
         if destination != answer.destination {
             let mut reply = answer.reply;
             reply.properties.correlation_id = delivery
@@ -149,7 +150,8 @@ impl Publisher {
                 .clone()
                 .or(reply.properties.correlation_id);
             if let Err(e) = self.transport.publish(&destination, reply).await {
-                tracing::warn!(error = %e, %destination, "publishing a remembered answer failed; requeueing the request");
+                let request_id = delivery.message.properties.message_id.as_deref();
+                tracing::warn!(request_id, error = %e, %destination, "publishing a remembered answer failed; requeueing the request");
                 if let Err(e) = delivery.settle.requeue().await {
                     tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
                 }
@@ -161,13 +163,15 @@ impl Publisher {
         }
     }
 
-    /// Answers `delivery` for `model` and settles it: publish the reply, then ack. An internal
+    /// Answers `delivery` (from `lane`) for `model` and settles it, counting the outcome in
+    /// `model`'s metrics: publish the reply, then ack. An internal
     /// failure is requeued (no reply) until `max_redeliveries`, then answered and
     /// dead-lettered. If publishing fails the delivery is requeued, so nothing is lost; if the
     /// reply has nowhere to go (`reply_to` names no queue) it is dead-lettered with the reason.
     pub async fn finish(
         &self,
-        model: &str,
+        model: &ModelMetrics,
+        lane: Lane,
         delivery: Delivery,
         reply: Result<InferResponse, ErrorResponse>,
     ) {
@@ -180,19 +184,19 @@ impl Publisher {
         let fingerprint = self.answered.fingerprint(&message);
         let request = message.properties;
         let error_code = reply.as_ref().err().map(|e| e.code);
+        let request_id = request.message_id.as_deref();
         if error_code == Some(ErrorCode::Internal) && redeliveries < self.max_redeliveries {
-            metrics::counter!("ember_requests_requeued_total").increment(1);
+            model.requeued();
             if let Err(e) = settle.requeue().await {
-                tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                tracing::warn!(request_id, error = %e, "requeue failed; the broker will redeliver");
             }
             return;
         }
-        let destination = destination(model, &request);
+        let destination = destination(model.name(), &request);
         let (version, reason) = match &reply {
             Ok(response) => (Some(response.model_version.clone()), None),
             Err(error) => (None, Some(error.error.clone())),
         };
-        let message_id = request.message_id.clone();
         let mut body = encode_reply(&reply);
         let mut claim_check = None;
         if let (Some(threshold), Some(claims), Ok(response)) =
@@ -202,9 +206,9 @@ impl Publisher {
             match claims.check_in(response, body).await {
                 Ok((claim, url)) => (body, claim_check) = (claim, Some(url)),
                 Err(e) => {
-                    tracing::warn!(error = %e, "storing a large answer failed; requeueing the request");
+                    tracing::warn!(request_id, error = %e, "storing a large answer failed; requeueing the request");
                     if let Err(e) = settle.requeue().await {
-                        tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                        tracing::warn!(request_id, error = %e, "requeue failed; the broker will redeliver");
                     }
                     return;
                 }
@@ -213,24 +217,22 @@ impl Publisher {
         let outgoing = Message {
             body: body.into(),
             properties: Properties {
-                correlation_id: request.correlation_id.or_else(|| message_id.clone()),
-                message_id: message_id.clone(),
-                model: Some(model.to_owned()),
-                version,
+                correlation_id: request
+                    .correlation_id
+                    .clone()
+                    .or_else(|| request.message_id.clone()),
+                message_id: request.message_id.clone(),
+                model: Some(model.name().to_owned()),
+                version: version.clone(),
                 lane: request.lane,
                 error_code,
                 claim_check,
                 ..Properties::default()
             },
         };
-        let counter = match error_code {
-            None => "ok",
-            Some(code) => code.as_str(),
-        };
-        metrics::counter!("ember_requests_total", "code" => counter).increment(1);
         // Answers that depend on the request alone are remembered (not the deadline's, nor
         // NOT_FOUND, which a promotion may change).
-        let remembered = match (&message_id, error_code) {
+        let remembered = match (&request.message_id, error_code) {
             (Some(id), None | Some(ErrorCode::InvalidArgument | ErrorCode::ResourceExhausted)) => {
                 Some((id.clone(), outgoing.clone()))
             }
@@ -238,6 +240,7 @@ impl Publisher {
         };
         let settled = match self.transport.publish(&destination, outgoing).await {
             Ok(()) => {
+                model.answered(version.as_deref().unwrap_or_default(), lane, error_code);
                 if let Some((id, reply)) = remembered {
                     let answer = Answer {
                         fingerprint,
@@ -248,6 +251,7 @@ impl Publisher {
                 }
                 match reason {
                     Some(reason) if error_code == Some(ErrorCode::Internal) => {
+                        model.dead_lettered(ErrorCode::Internal);
                         settle.dead_letter(ErrorCode::Internal, &reason).await
                     }
                     _ => settle.ack().await,
@@ -256,16 +260,17 @@ impl Publisher {
             Err(TransportError::Unroutable(queue)) => {
                 let reason =
                     format!("reply_to names no queue ({queue}); the answer was not delivered");
-                tracing::warn!(%queue, "reply destination does not exist; dead-lettering the request");
+                tracing::warn!(request_id, %queue, "reply destination does not exist; dead-lettering the request");
+                model.dead_lettered(ErrorCode::NotFound);
                 settle.dead_letter(ErrorCode::NotFound, &reason).await
             }
             Err(e) => {
-                tracing::warn!(error = %e, %destination, "publishing the reply failed; requeueing the request");
+                tracing::warn!(request_id, error = %e, %destination, "publishing the reply failed; requeueing the request");
                 settle.requeue().await
             }
         };
         if let Err(e) = settled {
-            tracing::warn!(error = %e, "settling the delivery failed; the broker will redeliver");
+            tracing::warn!(request_id, error = %e, "settling the delivery failed; the broker will redeliver");
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::batcher::BatchConfig;
 use crate::models::Model;
 use crate::protocol::{InferError, TensorData, ValidatedInputs};
 use crate::store::Artifact;
+use crate::telemetry::metrics::VersionMetrics;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
@@ -111,6 +112,7 @@ impl Executor {
         let (assets, batch) = (artifact.assets.clone(), *batch);
         let inputs = manifest.inputs.clone();
         let thread_name = format!("exec-{}-{}", manifest.name, manifest.version);
+        let metrics = VersionMetrics::new(manifest.name.as_str(), manifest.version.as_str());
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
@@ -136,7 +138,7 @@ impl Executor {
                 };
                 drop((weights, assets));
                 while let Ok(batch) = batch_rx.recv() {
-                    run_batch(model.as_ref(), batch);
+                    run_batch(model.as_ref(), batch, &metrics);
                     if done_tx.send(()).is_err() {
                         break;
                     }
@@ -158,7 +160,7 @@ impl Executor {
 }
 
 /// Concatenates the batch's inputs, runs the model once, and splits the outputs back.
-fn run_batch(model: &dyn Model, batch: Vec<Work>) {
+fn run_batch(model: &dyn Model, batch: Vec<Work>, metrics: &VersionMetrics) {
     let started = Instant::now();
     let rows: usize = batch.iter().map(|w| w.inputs.rows).sum();
     let (inputs, parts): (Vec<_>, Vec<_>) = batch
@@ -172,8 +174,8 @@ fn run_batch(model: &dyn Model, batch: Vec<Work>) {
         model.infer(rows, concat_inputs(inputs, rows))
     }))
     .unwrap_or_else(|panic| Err(panic_message(&panic)));
-    metrics::histogram!("ember_batch_rows").record(rows as f64);
-    metrics::histogram!("ember_batch_compute_seconds").record(started.elapsed().as_secs_f64());
+    metrics.batch_size.record(rows as f64);
+    metrics.compute.record(started.elapsed().as_secs_f64());
     let outputs = match result {
         Ok(outputs) if outputs.iter().all(|o| o.len() % rows == 0) => outputs,
         Ok(_) => return fail_all(parts, "model returned outputs that do not split into rows"),

@@ -347,7 +347,7 @@ impl<'a> Retries<'a> {
             )));
         }
         tracing::warn!(what = self.what, attempt = self.attempt, error = %why, "blob request failed; retrying");
-        metrics::counter!("ember_store_retries_total").increment(1);
+        metrics::counter!(crate::telemetry::metrics::STORE_RETRIES).increment(1);
         tokio::time::sleep(self.backoff).await;
         self.backoff *= 2;
         Ok(None)
@@ -438,7 +438,8 @@ impl ModelStore for BlobStore {
             return Ok(Bytes::new());
         };
         if !more {
-            metrics::counter!("ember_store_download_bytes_total").increment(head.len() as u64);
+            metrics::counter!(crate::telemetry::metrics::DOWNLOAD_BYTES)
+                .increment(head.len() as u64);
             return Ok(head);
         }
         let properties = retry(&what, || async {
@@ -462,7 +463,7 @@ impl ModelStore for BlobStore {
             .buffer_unordered(PARALLEL)
             .try_collect::<()>()
             .await?;
-        metrics::counter!("ember_store_download_bytes_total").increment(total as u64);
+        metrics::counter!(crate::telemetry::metrics::DOWNLOAD_BYTES).increment(total as u64);
         Ok(Bytes::from(buf))
     }
 

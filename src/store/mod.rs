@@ -489,7 +489,7 @@ impl Repository {
             let download = started.elapsed();
             match verified(&bytes) {
                 (true, _, verify) => {
-                    metrics::counter!("ember_model_cache_hits_total").increment(1);
+                    metrics::counter!(crate::telemetry::metrics::CACHE_HITS).increment(1);
                     let fetch = report(&bytes, true, download, verify);
                     return Ok((bytes, fetch));
                 }
@@ -521,7 +521,7 @@ impl Repository {
             });
         }
         if let Some(cache) = &self.cache {
-            metrics::counter!("ember_model_cache_misses_total").increment(1);
+            metrics::counter!(crate::telemetry::metrics::CACHE_MISSES).increment(1);
             // A cache that cannot be written (disk full, read-only) costs the next start a
             // download; it must not stop verified files from being served now.
             if let Err(e) = cache.put(&actual, bytes.clone()).await {

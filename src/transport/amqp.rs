@@ -46,6 +46,7 @@ const MODEL_HEADER: &str = "ember-model";
 const VERSION_HEADER: &str = "ember-model-version";
 const LANE_HEADER: &str = "ember-lane";
 const DEADLINE_HEADER: &str = "ember-deadline-ms";
+const SENT_HEADER: &str = "ember-sent-ms";
 const ERROR_CODE_HEADER: &str = "ember-error-code";
 const ERROR_HEADER: &str = "ember-error";
 const BLOB_THRESHOLD_HEADER: &str = "ember-blob-threshold";
@@ -206,7 +207,8 @@ impl Shared {
             return Ok(session);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(session) = self.current.load_full().filter(|s| s.usable()) {
+        let previous = self.current.load_full();
+        if let Some(session) = previous.clone().filter(|s| s.usable()) {
             return Ok(session);
         }
         let session = Arc::new(self.open().await.map_err(|e| {
@@ -216,6 +218,9 @@ impl Shared {
             ))
         })?);
         tracing::info!(broker = %redact(&self.config.url), "connected to RabbitMQ");
+        if previous.is_some() {
+            metrics::counter!(crate::telemetry::metrics::RECONNECTS).increment(1);
+        }
         self.current.store(Some(session.clone()));
         Ok(session)
     }
@@ -546,6 +551,14 @@ impl Transport for AmqpTransport {
         {
             tracing::debug!(error = %e, "closing the connection");
         }
+    }
+
+    fn connected(&self) -> bool {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.usable())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
@@ -887,6 +900,12 @@ fn to_amqp(properties: &Properties) -> BasicProperties {
             .map(|ms| AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX))),
     );
     put(
+        SENT_HEADER,
+        properties
+            .sent_ms
+            .map(|ms| AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX))),
+    );
+    put(
         ERROR_CODE_HEADER,
         properties.error_code.map(|code| text(code.as_str())),
     );
@@ -935,6 +954,9 @@ fn from_amqp(amqp: &BasicProperties) -> Properties {
         deadline_ms: header(DEADLINE_HEADER)
             .and_then(integer)
             .and_then(|ms| u64::try_from(ms).ok()),
+        sent_ms: header(SENT_HEADER)
+            .and_then(integer)
+            .and_then(|ms| u64::try_from(ms).ok()),
         error_code: header_text(ERROR_CODE_HEADER).and_then(|code| ErrorCode::parse(&code)),
         error: header_text(ERROR_HEADER),
         blob_threshold: header(BLOB_THRESHOLD_HEADER)
@@ -973,6 +995,7 @@ mod tests {
             version: Some("production".into()),
             lane: Some(Lane::Realtime),
             deadline_ms: Some(1_700_000_000_123),
+            sent_ms: Some(1_700_000_000_001),
             error_code: Some(ErrorCode::DeadlineExceeded),
             error: Some("late".into()),
             blob_threshold: Some(1 << 20),

@@ -69,6 +69,9 @@ pub struct Properties {
     pub lane: Option<Lane>,
     /// `ember-deadline-ms`: unix epoch milliseconds.
     pub deadline_ms: Option<u64>,
+    /// `ember-sent-ms` on requests: when the producer sent it, unix epoch milliseconds (for
+    /// the queue-wait metric; optional).
+    pub sent_ms: Option<u64>,
     /// `ember-error-code` on error replies and dead letters.
     pub error_code: Option<ErrorCode>,
     /// `ember-error` on dead letters: why.
@@ -87,15 +90,29 @@ impl Properties {
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
     }
 
-    /// Sets the deadline `after` from now.
-    pub fn with_deadline_in(mut self, after: Duration) -> Self {
-        let at = SystemTime::now() + after;
-        self.deadline_ms = at
-            .duration_since(UNIX_EPOCH)
-            .ok()
-            .map(|d| d.as_millis() as u64);
+    /// How long ago the producer sent it, if it said (0 if the clocks disagree).
+    pub fn queued_for(&self) -> Option<Duration> {
+        let sent = UNIX_EPOCH + Duration::from_millis(self.sent_ms?);
+        Some(SystemTime::now().duration_since(sent).unwrap_or_default())
+    }
+
+    /// Stamps it as sent now (`ember-sent-ms`).
+    pub fn sent_now(mut self) -> Self {
+        self.sent_ms = unix_ms(SystemTime::now());
         self
     }
+
+    /// Sets the deadline `after` from now.
+    pub fn with_deadline_in(mut self, after: Duration) -> Self {
+        self.deadline_ms = unix_ms(SystemTime::now() + after);
+        self
+    }
+}
+
+fn unix_ms(at: SystemTime) -> Option<u64> {
+    at.duration_since(UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_millis() as u64)
 }
 
 /// A message: body plus properties.
@@ -215,4 +232,9 @@ pub trait Transport: Send + Sync + 'static {
     /// Closes the connection once everything sent on it (acks included) has reached the
     /// broker: the last step of a graceful shutdown.
     async fn close(&self) {}
+    /// Whether the broker is reachable now (readiness); a transport without a connection
+    /// always is.
+    fn connected(&self) -> bool {
+        true
+    }
 }

@@ -188,6 +188,7 @@ impl BlobRepo {
             .env("AZURE_STORAGE_CONNECTION_STRING", &self.storage)
             .env("EMBER_CACHE_DIR", self.cache.path())
             .env("EMBER_AMQP_URL", amqp_url())
+            .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
             .env("EMBER_LOG", "warn");
         command
     }
