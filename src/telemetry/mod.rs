@@ -24,6 +24,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Default of `--metrics-addr`: the port Ember's ServiceMonitor and probes use.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
+/// The Prometheus scrape path.
+pub const METRICS_PATH: &str = "/metrics";
+/// The liveness probe's path.
+pub const LIVENESS_PATH: &str = "/healthz";
+/// The readiness probe's path.
+pub const READINESS_PATH: &str = "/readyz";
 
 /// How often histograms are compacted (the exporter leaves it to its caller).
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -156,9 +162,9 @@ impl Endpoint {
             }
         });
         let router = Router::new()
-            .route("/metrics", get(scrape))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(ready))
+            .route(METRICS_PATH, get(scrape))
+            .route(LIVENESS_PATH, get(|| async { "ok\n" }))
+            .route(READINESS_PATH, get(ready))
             .with_state((self.handle, self.health));
         let served = axum::serve(self.listener, router)
             .with_graceful_shutdown(stop.cancelled_owned())

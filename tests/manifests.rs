@@ -1,0 +1,282 @@
+//! The Kubernetes files agree with the binary they run: every `ember serve` / `ember gateway`
+//! container's arguments parse with Ember's own command line, the grace period outlasts the
+//! drain timeout, probes hit the paths and port the server listens on, the pods run non-root on
+//! a read-only root filesystem with the writable paths mounted, and KEDA watches the queues the
+//! worker consumes. (Schemas are checked by `.ci/manifests.py`.)
+
+use clap::Parser;
+use ember::cli::{Cli, Command};
+use ember::protocol::Lane;
+use ember::telemetry::{LIVENESS_PATH, READINESS_PATH};
+use ember::transport::queues;
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::path::{Path, PathBuf};
+
+/// Every object in the YAML files under `manifests/` and `keda/` (kustomizations aside).
+fn objects() -> Vec<(PathBuf, Value)> {
+    fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "yaml")
+                && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
+                found.push(path);
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    walk(&root.join("manifests"), &mut files);
+    walk(&root.join("keda"), &mut files);
+    files.sort();
+    let mut objects = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(document).unwrap();
+            if !value.is_null() {
+                objects.push((path.clone(), value));
+            }
+        }
+    }
+    objects
+}
+
+fn kind(object: &Value) -> &str {
+    object["kind"].as_str().unwrap_or_default()
+}
+
+fn name(object: &Value) -> &str {
+    object["metadata"]["name"].as_str().unwrap()
+}
+
+/// The pod spec of a Deployment or a ScaledJob.
+fn pod_spec(object: &Value) -> Option<&Value> {
+    match kind(object) {
+        "Deployment" => Some(&object["spec"]["template"]["spec"]),
+        "ScaledJob" => Some(&object["spec"]["jobTargetRef"]["template"]["spec"]),
+        _ => None,
+    }
+}
+
+fn args(container: &Value) -> Vec<String> {
+    let args = container["args"]
+        .as_sequence()
+        .expect("containers run ember with args");
+    args.iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn parse(args: &[String]) -> Command {
+    let argv = std::iter::once("ember".to_owned()).chain(args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => cli.command,
+        Err(e) => panic!("{args:?} is not a valid ember command line: {e}"),
+    }
+}
+
+fn container_port(container: &Value, port: &Value) -> u64 {
+    match port {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(name) => container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no port named {name}"))["containerPort"]
+            .as_u64()
+            .unwrap(),
+        other => panic!("port {other:?}"),
+    }
+}
+
+/// (path, port) of a container's HTTP probe.
+fn probe(container: &Value, which: &str) -> Option<(String, u64)> {
+    let get = &container[which]["httpGet"];
+    let path = get["path"].as_str()?.to_owned();
+    Some((path, container_port(container, &get["port"])))
+}
+
+fn assert_hardened(what: &str, pod: &Value, container: &Value) {
+    assert_eq!(
+        pod["securityContext"]["runAsNonRoot"].as_bool(),
+        Some(true),
+        "{what}: runAsNonRoot"
+    );
+    let security = &container["securityContext"];
+    assert_eq!(
+        security["readOnlyRootFilesystem"].as_bool(),
+        Some(true),
+        "{what}: read-only root"
+    );
+    assert_eq!(
+        security["allowPrivilegeEscalation"].as_bool(),
+        Some(false),
+        "{what}: escalation"
+    );
+    let dropped = security["capabilities"]["drop"].as_sequence();
+    assert!(
+        dropped.is_some_and(|d| d.iter().any(|c| c.as_str() == Some("ALL"))),
+        "{what}: capabilities"
+    );
+    let mounts: Vec<&str> = container["volumeMounts"]
+        .as_sequence()
+        .map(|m| m.iter().filter_map(|v| v["mountPath"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(mounts.contains(&"/tmp"), "{what}: /tmp must be writable");
+    let cache = container["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some("EMBER_CACHE_DIR"))
+        .and_then(|e| e["value"].as_str());
+    if let Some(cache) = cache {
+        assert!(
+            mounts.iter().any(|m| cache.starts_with(m)),
+            "{what}: cache {cache} not mounted"
+        );
+    }
+}
+
+#[test]
+fn workers_drain_within_their_grace_period_and_probe_the_served_paths() {
+    let mut workers = 0;
+    for (path, object) in objects() {
+        let Some(pod) = pod_spec(&object) else {
+            continue;
+        };
+        let what = format!("{} {} ({})", kind(&object), name(&object), path.display());
+        for container in pod["containers"].as_sequence().unwrap() {
+            let Command::Serve(serve) = parse(&args(container)) else {
+                continue;
+            };
+            workers += 1;
+            let grace = pod["terminationGracePeriodSeconds"]
+                .as_u64()
+                .expect("grace period set");
+            // The drain, then closing the connection, before Kubernetes sends SIGKILL.
+            assert!(
+                grace >= serve.drain_timeout.as_secs() + 10,
+                "{what}: grace period {grace} s does not outlast --drain-timeout {:?}",
+                serve.drain_timeout
+            );
+            let port = u64::from(serve.metrics_addr.port());
+            assert_eq!(
+                probe(container, "livenessProbe"),
+                Some((LIVENESS_PATH.to_owned(), port)),
+                "{what}"
+            );
+            if kind(&object) == "Deployment" {
+                assert_eq!(
+                    probe(container, "readinessProbe"),
+                    Some((READINESS_PATH.to_owned(), port)),
+                    "{what}"
+                );
+            } else {
+                assert!(
+                    serve.exit_when_idle.is_some(),
+                    "{what}: a Job's worker must end when idle"
+                );
+            }
+            assert_hardened(&what, pod, container);
+        }
+    }
+    assert!(workers >= 2, "a worker Deployment and a batch ScaledJob");
+}
+
+#[test]
+fn the_gateway_probes_its_v2_health_routes() {
+    let mut gateways = 0;
+    for (_, object) in objects() {
+        let Some(pod) = pod_spec(&object) else {
+            continue;
+        };
+        for container in pod["containers"].as_sequence().unwrap() {
+            let Command::Gateway(gateway) = parse(&args(container)) else {
+                continue;
+            };
+            gateways += 1;
+            let port = u64::from(gateway.listen.port());
+            assert_eq!(
+                probe(container, "livenessProbe"),
+                Some(("/v2/health/live".to_owned(), port))
+            );
+            assert_eq!(
+                probe(container, "readinessProbe"),
+                Some(("/v2/health/ready".to_owned(), port))
+            );
+            assert_hardened(name(&object), pod, container);
+        }
+    }
+    assert_eq!(gateways, 1);
+}
+
+#[test]
+fn keda_scales_each_worker_on_the_queues_it_consumes() {
+    let objects = objects();
+    let mut models = std::collections::HashMap::new();
+    for (_, object) in &objects {
+        let Some(pod) = pod_spec(object) else {
+            continue;
+        };
+        for container in pod["containers"].as_sequence().unwrap() {
+            if let Command::Serve(serve) = parse(&args(container)) {
+                models.insert(
+                    name(object).to_owned(),
+                    serve
+                        .models
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+    }
+    let mut checked = 0;
+    for (path, object) in &objects {
+        if !matches!(kind(object), "ScaledObject" | "ScaledJob") {
+            continue;
+        }
+        let serving = match kind(object) {
+            "ScaledObject" => &models[object["spec"]["scaleTargetRef"]["name"].as_str().unwrap()],
+            _ => &models[name(object)],
+        };
+        assert_eq!(
+            object["spec"]["minReplicaCount"].as_u64().unwrap_or(0),
+            0,
+            "scale to zero"
+        );
+        for trigger in object["spec"]["triggers"].as_sequence().unwrap() {
+            let queue = match trigger["type"].as_str().unwrap() {
+                "rabbitmq" => trigger["metadata"]["queueName"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                // Service Bus: one queue per lane, `<model>-<lane>`.
+                "azure-servicebus" => trigger["metadata"]["queueName"]
+                    .as_str()
+                    .unwrap()
+                    .replacen('-', ".", 1),
+                other => panic!("{}: trigger type {other}", path.display()),
+            };
+            let consumed = serving.iter().flat_map(|model| {
+                [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model, lane))
+            });
+            let consumed: Vec<String> = consumed
+                .map(|q| q.strip_prefix("ember.").unwrap().to_owned())
+                .collect();
+            let queue = queue.strip_prefix("ember.").unwrap_or(&queue).to_owned();
+            assert!(
+                consumed.contains(&queue),
+                "{}: {queue} is not one of {consumed:?}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "{checked} triggers");
+}
