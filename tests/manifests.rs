@@ -56,7 +56,7 @@ fn name(object: &Value) -> &str {
 /// The pod spec of a Deployment or a ScaledJob.
 fn pod_spec(object: &Value) -> Option<&Value> {
     match kind(object) {
-        "Deployment" => Some(&object["spec"]["template"]["spec"]),
+        "Deployment" | "Job" => Some(&object["spec"]["template"]["spec"]),
         "ScaledJob" => Some(&object["spec"]["jobTargetRef"]["template"]["spec"]),
         _ => None,
     }
@@ -216,6 +216,58 @@ fn the_gateway_probes_its_v2_health_routes() {
 }
 
 #[test]
+fn the_queue_declaring_job_declares_every_served_model() {
+    let objects = objects();
+    let served: std::collections::BTreeSet<String> = objects
+        .iter()
+        .filter(|(_, object)| kind(object) == "Deployment")
+        .flat_map(|(_, object)| {
+            pod_spec(object).unwrap()["containers"]
+                .as_sequence()
+                .unwrap()
+        })
+        .filter_map(|container| match parse(&args(container)) {
+            Command::Serve(serve) => Some(
+                serve
+                    .models
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let declared: std::collections::BTreeSet<String> = objects
+        .iter()
+        .filter(|(_, object)| kind(object) == "Job")
+        .flat_map(|(_, object)| {
+            pod_spec(object).unwrap()["containers"]
+                .as_sequence()
+                .unwrap()
+        })
+        .filter_map(|container| match parse(&args(container)) {
+            Command::Queues {
+                command: ember::cli::QueuesCommand::Declare { models, .. },
+            } => Some(models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(!served.is_empty());
+    assert_eq!(
+        served, declared,
+        "KEDA and the gateway need every served model's queues before a worker runs"
+    );
+    for (_, object) in &objects {
+        if kind(object) == "Job" {
+            let pod = pod_spec(object).unwrap();
+            assert_hardened(name(object), pod, &pod["containers"][0]);
+        }
+    }
+}
+
+#[test]
 fn keda_scales_each_worker_on_the_queues_it_consumes() {
     let objects = objects();
     let mut models = std::collections::HashMap::new();
@@ -279,4 +331,78 @@ fn keda_scales_each_worker_on_the_queues_it_consumes() {
         }
     }
     assert!(checked >= 5, "{checked} triggers");
+}
+
+#[test]
+fn the_image_builds_from_what_it_copies_with_the_ci_build_command() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.strip_prefix("COPY "))
+        .filter(|rest| !rest.starts_with("--from"))
+        .flat_map(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .collect();
+    for needed in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "src",
+        "loadtest",
+        "benches",
+    ] {
+        assert!(copied.contains(&needed), "the image build lacks {needed}");
+    }
+    // Every file the code embeds is in the build context the Dockerfile copies.
+    fn embedded(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                embedded(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for macro_name in ["include_str!(\"", "include_bytes!(\""] {
+                    for (at, _) in text.match_indices(macro_name) {
+                        let rest = &text[at + macro_name.len()..];
+                        let target = &rest[..rest.find('"').unwrap()];
+                        found.push(path.parent().unwrap().join(target));
+                    }
+                }
+            }
+        }
+    }
+    let mut files = Vec::new();
+    embedded(&root.join("src"), &mut files);
+    assert!(!files.is_empty());
+    for file in files {
+        let file = file.canonicalize().unwrap();
+        let relative = file.strip_prefix(root.canonicalize().unwrap()).unwrap();
+        let top = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        assert!(
+            copied.contains(&top),
+            "src embeds {}, which the image build lacks",
+            relative.display()
+        );
+    }
+    let build = "cargo build --release --locked --bin ember";
+    assert!(dockerfile.contains(build));
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    assert!(ci.contains(build), "CI builds what the image ships");
+    // Both final images: non-root, ember as the entrypoint.
+    assert_eq!(dockerfile.matches("\nUSER 65532:65532\n").count(), 2);
+    assert_eq!(
+        dockerfile
+            .matches("\nENTRYPOINT [\"/usr/local/bin/ember\"]\n")
+            .count(),
+        2
+    );
 }
