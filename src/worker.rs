@@ -55,7 +55,8 @@ pub struct Worker {
     config: WorkerConfig,
     in_flight: TaskTracker,
     health: Arc<Health>,
-    /// When the last delivery was taken, in ms after `started` (for `--exit-when-idle`).
+    /// When the last delivery was taken, in ms after `started` (for `--exit-when-idle`);
+    /// [`NOT_SERVING`] until the models are subscribed.
     last_taken_ms: Arc<AtomicU64>,
     started: Instant,
 }
@@ -74,7 +75,7 @@ impl Worker {
             config,
             in_flight: TaskTracker::new(),
             health: Health::new(),
-            last_taken_ms: Arc::default(),
+            last_taken_ms: Arc::new(AtomicU64::new(NOT_SERVING)),
             started: Instant::now(),
         }
     }
@@ -95,7 +96,11 @@ impl Worker {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(check_every) => {}
             }
-            let last_taken = Duration::from_millis(self.last_taken_ms.load(Ordering::Relaxed));
+            let last_taken = self.last_taken_ms.load(Ordering::Relaxed);
+            if last_taken == NOT_SERVING {
+                continue; // still loading models: idle time starts once they are served
+            }
+            let last_taken = Duration::from_millis(last_taken);
             if self.in_flight.is_empty()
                 && self.started.elapsed().saturating_sub(last_taken) >= idle
             {
@@ -196,7 +201,12 @@ impl Worker {
     async fn accept(&self, metrics: &Arc<ModelMetrics>, lane: Lane, delivery: Delivery) {
         let taken = Instant::now();
         let since_start = taken.duration_since(self.started).as_millis() as u64;
-        self.last_taken_ms.store(since_start, Ordering::Relaxed);
+        // Only once serving: until then the idle clock has not started.
+        let _ = self
+            .last_taken_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+                (last != NOT_SERVING).then_some(since_start)
+            });
         let properties = &delivery.message.properties;
         metrics.received(lane, delivery.redeliveries > 0, properties.queued_for());
         let (publisher, metrics) = (self.publisher.clone(), metrics.clone());
@@ -267,6 +277,9 @@ impl Worker {
         });
     }
 }
+
+/// `last_taken_ms` before the worker serves.
+const NOT_SERVING: u64 = u64::MAX;
 
 /// Validates a decoded request against `manifest`: its inputs (declared tensors, then the
 /// architecture's own checks) and the outputs it asks for (their positions; `None`: all).
