@@ -22,6 +22,8 @@ struct State {
     connections: AtomicUsize,
     /// The next connection is cut after this many bytes to the client (0: none).
     cut_next_after: AtomicU64,
+    /// Goes down by itself once this many bytes were forwarded in all (0: never).
+    down_after: AtomicU64,
     up: AtomicBool,
     down_signal: watch::Sender<u64>,
 }
@@ -36,6 +38,7 @@ impl FaultProxy {
             forwarded: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
             cut_next_after: AtomicU64::new(0),
+            down_after: AtomicU64::new(0),
             up: AtomicBool::new(true),
             down_signal: watch::channel(0).0,
         });
@@ -71,13 +74,25 @@ impl FaultProxy {
 
     /// Drops every open connection and refuses new ones until [`FaultProxy::up`].
     pub fn down(&self) {
-        self.state.up.store(false, Ordering::SeqCst);
-        self.state.down_signal.send_modify(|n| *n += 1);
+        self.state.go_down();
+    }
+
+    /// Goes [`down`](Self::down) by itself the moment `bytes` have been forwarded in all,
+    /// however fast the transfer (a test polling [`forwarded`](Self::forwarded) may be late).
+    pub fn down_after(&self, bytes: u64) {
+        self.state.down_after.store(bytes, Ordering::SeqCst);
     }
 
     /// Accepts connections again.
     pub fn up(&self) {
         self.state.up.store(true, Ordering::SeqCst);
+    }
+}
+
+impl State {
+    fn go_down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.down_signal.send_modify(|n| *n += 1);
     }
 }
 
@@ -104,7 +119,11 @@ async fn relay(state: Arc<State>, mut client: TcpStream, cut_after: u64) {
             };
             client_write.write_all(&buf[..n]).await?;
             sent += n as u64;
-            state.forwarded.fetch_add(n as u64, Ordering::SeqCst);
+            let total = state.forwarded.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+            let down_after = state.down_after.load(Ordering::SeqCst);
+            if down_after > 0 && total >= down_after {
+                state.go_down();
+            }
             if cut_after > 0 && sent >= cut_after {
                 return Ok(()); // cut: both halves are dropped below
             }
