@@ -196,7 +196,7 @@ async fn metrics_count_exactly_what_the_worker_did() {
             "{i}"
         );
     }
-    // Batch lane: 4 requests of 2 rows to the result queue, 3 already past their deadline, and
+    // Batch lane: 4 requests of 2 rows to the result queue, 3 already past their deadline, then
     // 1 whose reply_to names no queue (dead-lettered).
     let batch = queues::requests(&model, Lane::Batch);
     let stamped = Properties::default().sent_now();
@@ -225,6 +225,13 @@ async fn metrics_count_exactly_what_the_worker_did() {
             .await
             .unwrap();
     }
+    let answered = Instant::now() + Duration::from_secs(60);
+    while transport.depth(&queues::results(&model)).await.unwrap() < 7 {
+        assert!(Instant::now() < answered, "batch lane not answered in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Published alone: lapin pins an unroutable return on any publish of a multiple-ack, so
+    // with others in flight only the identity check in src/transport/amqp.rs sorts them out.
     let nowhere = Properties {
         reply_to: Some(format!("{model}-nowhere")),
         ..stamped.clone()

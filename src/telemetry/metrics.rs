@@ -44,6 +44,9 @@ pub const DEDUPLICATED: &str = "ember_requests_deduplicated_total";
 pub const DEADLINE_DROPS: &str = "ember_deadline_drops_total";
 /// Requests whose caller had gone before compute, by `model`.
 pub const ABANDONED: &str = "ember_requests_abandoned_total";
+/// Messages the broker returned as unroutable whose publisher lapin told "delivered" (it
+/// attributes a return to any publish of a multiple-ack): each is an answer not delivered.
+pub const UNROUTABLE_UNMATCHED: &str = "ember_transport_unroutable_unmatched_total";
 /// Broker connections opened again after one was lost.
 pub const RECONNECTS: &str = "ember_transport_reconnects_total";
 /// Weights found in the local cache.
@@ -124,6 +127,11 @@ pub fn describe() {
     );
     describe_counter!(ABANDONED, Unit::Count, "Requests whose caller had gone");
     describe_counter!(RECONNECTS, Unit::Count, "Broker connections reopened");
+    describe_counter!(
+        UNROUTABLE_UNMATCHED,
+        Unit::Count,
+        "Unroutable messages reported to the wrong publisher"
+    );
     describe_counter!(CACHE_HITS, Unit::Count, "Weights found in the local cache");
     describe_counter!(CACHE_MISSES, Unit::Count, "Weights downloaded");
     describe_counter!(
@@ -135,6 +143,7 @@ pub fn describe() {
     // Counters without labels exist from the start (at 0), so rates and alerts see them.
     for name in [
         RECONNECTS,
+        UNROUTABLE_UNMATCHED,
         CACHE_HITS,
         CACHE_MISSES,
         DOWNLOAD_BYTES,

@@ -416,6 +416,7 @@ async fn publish_on(
         mandatory: !routing_key.starts_with(DIRECT_REPLY_TO),
         ..BasicPublishOptions::default()
     };
+    let message_id = properties.message_id().clone();
     let confirm = channel
         .basic_publish(
             exchange.into(),
@@ -428,12 +429,28 @@ async fn publish_on(
         .map_err(unavailable)?
         .await
         .map_err(unavailable)?;
+    // lapin hands a returned message to one of the publishes a multiple-ack confirms, not
+    // necessarily the one returned: only a return of this very message makes it unroutable.
+    let ours = |returned: &lapin::message::BasicReturnMessage| {
+        returned.delivery.routing_key.as_str() == routing_key
+            && *returned.delivery.properties.message_id() == message_id
+    };
     match confirm {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned))
-            if returned.reply_code == 312 =>
+            if returned.reply_code == 312 && ours(&returned) =>
         {
             Err(TransportError::Unroutable(routing_key.to_owned()))
+        }
+        Confirmation::Ack(Some(returned)) if returned.reply_code == 312 => {
+            let lost = returned.delivery.properties.message_id().as_ref();
+            tracing::error!(
+                request_id = lost.map(|id| id.as_str()),
+                queue = %returned.delivery.routing_key,
+                "a message to a queue that does not exist was returned, and its publisher was told it was delivered"
+            );
+            metrics::counter!(crate::telemetry::metrics::UNROUTABLE_UNMATCHED).increment(1);
+            Ok(())
         }
         Confirmation::Nack(_) | Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(
             format!("the broker refused the message for {routing_key}"),
