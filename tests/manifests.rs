@@ -215,41 +215,40 @@ fn the_gateway_probes_its_v2_health_routes() {
     assert_eq!(gateways, 1);
 }
 
-#[test]
-fn the_queue_declaring_job_declares_every_served_model() {
-    let objects = objects();
-    let served: std::collections::BTreeSet<String> = objects
+/// The parsed command lines of the containers of every `kind` object.
+fn commands<'a>(
+    objects: &'a [(PathBuf, Value)],
+    kind_: &'a str,
+) -> impl Iterator<Item = Command> + 'a {
+    objects
         .iter()
-        .filter(|(_, object)| kind(object) == "Deployment")
+        .filter(move |(_, object)| kind(object) == kind_)
         .flat_map(|(_, object)| {
             pod_spec(object).unwrap()["containers"]
                 .as_sequence()
                 .unwrap()
         })
-        .filter_map(|container| match parse(&args(container)) {
-            Command::Serve(serve) => Some(
-                serve
-                    .models
-                    .iter()
-                    .map(|m| m.to_string())
-                    .collect::<Vec<_>>(),
-            ),
+        .map(|container| parse(&args(container)))
+}
+
+#[test]
+fn the_queue_declaring_job_declares_every_served_model() {
+    let objects = objects();
+    let names = |models: &[ember::store::ModelName]| {
+        models.iter().map(|m| m.to_string()).collect::<Vec<_>>()
+    };
+    let served: std::collections::BTreeSet<String> = commands(&objects, "Deployment")
+        .filter_map(|command| match command {
+            Command::Serve(serve) => Some(names(&serve.models)),
             _ => None,
         })
         .flatten()
         .collect();
-    let declared: std::collections::BTreeSet<String> = objects
-        .iter()
-        .filter(|(_, object)| kind(object) == "Job")
-        .flat_map(|(_, object)| {
-            pod_spec(object).unwrap()["containers"]
-                .as_sequence()
-                .unwrap()
-        })
-        .filter_map(|container| match parse(&args(container)) {
+    let declared: std::collections::BTreeSet<String> = commands(&objects, "Job")
+        .filter_map(|command| match command {
             Command::Queues {
                 command: ember::cli::QueuesCommand::Declare { models, .. },
-            } => Some(models.iter().map(|m| m.to_string()).collect::<Vec<_>>()),
+            } => Some(names(&models)),
             _ => None,
         })
         .flatten()

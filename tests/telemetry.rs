@@ -148,14 +148,23 @@ impl Scrape {
     }
 }
 
-fn request_with(id: &str, properties: Properties, body: Vec<u8>) -> Message {
-    Message {
-        body: body.into(),
+/// Publishes request `id` (`rows` images, `pixels`) to `model`'s batch queue with `properties`.
+async fn publish_batch(
+    transport: &impl Transport,
+    model: &str,
+    id: &str,
+    (pixels, rows): (&[f32], usize),
+    properties: Properties,
+) {
+    let message = Message {
+        body: image_request(id, pixels, rows).into(),
         properties: Properties {
             message_id: Some(id.to_owned()),
             ..properties
         },
-    }
+    };
+    let queue = queues::requests(model, Lane::Batch);
+    transport.publish(&queue, message).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -198,32 +207,19 @@ async fn metrics_count_exactly_what_the_worker_did() {
     }
     // Batch lane: 4 requests of 2 rows to the result queue, 3 already past their deadline, then
     // 1 whose reply_to names no queue (dead-lettered).
-    let batch = queues::requests(&model, Lane::Batch);
     let stamped = Properties::default().sent_now();
     for i in 0..4 {
-        let body = image_request(
-            &format!("b-{i}"),
-            &[data.image(i), data.image(i + 1)].concat(),
-            2,
-        );
-        transport
-            .publish(
-                &batch,
-                request_with(&format!("b-{i}"), stamped.clone(), body),
-            )
-            .await
-            .unwrap();
+        let pixels = [data.image(i), data.image(i + 1)].concat();
+        let (id, image) = (format!("b-{i}"), (pixels.as_slice(), 2));
+        publish_batch(transport.as_ref(), &model, &id, image, stamped.clone()).await;
     }
     for i in 0..3 {
         let late = Properties {
             deadline_ms: Some(1),
             ..stamped.clone()
         };
-        let body = image_request(&format!("late-{i}"), data.image(i), 1);
-        transport
-            .publish(&batch, request_with(&format!("late-{i}"), late, body))
-            .await
-            .unwrap();
+        let id = format!("late-{i}");
+        publish_batch(transport.as_ref(), &model, &id, (data.image(i), 1), late).await;
     }
     let answered = Instant::now() + Duration::from_secs(60);
     while transport.depth(&queues::results(&model)).await.unwrap() < 7 {
@@ -236,11 +232,14 @@ async fn metrics_count_exactly_what_the_worker_did() {
         reply_to: Some(format!("{model}-nowhere")),
         ..stamped.clone()
     };
-    let body = image_request("nowhere", data.image(0), 1);
-    transport
-        .publish(&batch, request_with("nowhere", nowhere, body))
-        .await
-        .unwrap();
+    publish_batch(
+        transport.as_ref(),
+        &model,
+        "nowhere",
+        (data.image(0), 1),
+        nowhere,
+    )
+    .await;
     // Every batch-lane request is settled once the results and dead-letter queues hold them.
     let deadline = Instant::now() + Duration::from_secs(60);
     while transport.depth(&queues::results(&model)).await.unwrap() < 7
@@ -368,18 +367,18 @@ async fn readiness_turns_false_while_draining_and_the_drain_answers_everything()
         &["--max-batch-delay", "3s", "--max-batch-size", "256"],
     );
     served.ready().await;
-    let batch = queues::requests(&model, Lane::Batch);
     let data = held_out();
     const REQUESTS: usize = 20;
     for i in 0..REQUESTS {
-        let body = image_request(&format!("d-{i}"), data.image(i), 1);
-        transport
-            .publish(
-                &batch,
-                request_with(&format!("d-{i}"), Properties::default(), body),
-            )
-            .await
-            .unwrap();
+        let id = format!("d-{i}");
+        publish_batch(
+            transport.as_ref(),
+            &model,
+            &id,
+            (data.image(i), 1),
+            Properties::default(),
+        )
+        .await;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while served
@@ -416,6 +415,7 @@ async fn readiness_turns_false_while_draining_and_the_drain_answers_everything()
         transport.depth(&queues::results(&model)).await.unwrap(),
         REQUESTS as u32
     );
+    let batch = queues::requests(&model, Lane::Batch);
     assert_eq!(transport.depth(&batch).await.unwrap(), 0);
     transport.delete(&model).await.unwrap();
 }
@@ -426,18 +426,18 @@ async fn exit_when_idle_answers_the_queue_then_exits_zero() {
     let repo = repo_with(&[&model]);
     let transport = Arc::new(broker(|c| c).await);
     transport.declare(&model).await.unwrap();
-    let batch = queues::requests(&model, Lane::Batch);
     let data = held_out();
     const REQUESTS: usize = 300;
     for i in 0..REQUESTS {
-        let body = image_request(&format!("i-{i}"), data.image(i % data.len()), 1);
-        transport
-            .publish(
-                &batch,
-                request_with(&format!("i-{i}"), Properties::default(), body),
-            )
-            .await
-            .unwrap();
+        let (id, pixels) = (format!("i-{i}"), data.image(i % data.len()));
+        publish_batch(
+            transport.as_ref(),
+            &model,
+            &id,
+            (pixels, 1),
+            Properties::default(),
+        )
+        .await;
     }
     let mut served = Served::start(repo.path(), &model, &["--exit-when-idle", "1s"]);
     assert_eq!(served.exit_code(Duration::from_secs(120)), 0);
@@ -445,6 +445,7 @@ async fn exit_when_idle_answers_the_queue_then_exits_zero() {
         transport.depth(&queues::results(&model)).await.unwrap(),
         REQUESTS as u32
     );
+    let batch = queues::requests(&model, Lane::Batch);
     assert_eq!(transport.depth(&batch).await.unwrap(), 0);
     let logs = served.logs.lock().unwrap().join("\n");
     assert!(logs.contains("no request for the idle time"), "{logs}");
