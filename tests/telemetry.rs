@@ -8,6 +8,7 @@ mod common;
 use common::{KillOnDrop, broker, held_out, image_request, repo_with, unique_model};
 use ember::client::{Client, InferOptions};
 use ember::protocol::{ErrorCode, Lane};
+use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Message, Properties, Transport, queues};
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -148,6 +149,26 @@ impl Scrape {
     }
 }
 
+/// A fresh model named after `prefix`, its repository, and the broker with its queues declared.
+async fn fixture(prefix: &str) -> (String, tempfile::TempDir, Arc<AmqpTransport>) {
+    let model = unique_model(prefix);
+    let repo = repo_with(&[&model]);
+    let transport = Arc::new(broker(|c| c).await);
+    transport.declare(&model).await.unwrap();
+    (model, repo, transport)
+}
+
+/// All `requests` batch requests were answered to the result queue; none is left waiting.
+async fn assert_all_answered(transport: &AmqpTransport, model: &str, requests: usize) {
+    let results = transport.depth(&queues::results(model)).await.unwrap();
+    assert_eq!(results, requests as u32);
+    let waiting = transport
+        .depth(&queues::requests(model, Lane::Batch))
+        .await
+        .unwrap();
+    assert_eq!(waiting, 0);
+}
+
 /// Publishes request `id` (`rows` images, `pixels`) to `model`'s batch queue with `properties`.
 async fn publish_batch(
     transport: &impl Transport,
@@ -169,10 +190,7 @@ async fn publish_batch(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_exactly_what_the_worker_did() {
-    let model = unique_model("tm");
-    let repo = repo_with(&[&model]);
-    let transport = Arc::new(broker(|c| c).await);
-    transport.declare(&model).await.unwrap();
+    let (model, repo, transport) = fixture("tm").await;
     let served = Served::start(repo.path(), &model, &[]);
     let cold_start = served.ready().await;
     eprintln!(
@@ -356,10 +374,7 @@ async fn metrics_count_exactly_what_the_worker_did() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_turns_false_while_draining_and_the_drain_answers_everything() {
-    let model = unique_model("tm-drain");
-    let repo = repo_with(&[&model]);
-    let transport = Arc::new(broker(|c| c).await);
-    transport.declare(&model).await.unwrap();
+    let (model, repo, transport) = fixture("tm-drain").await;
     // Requests wait up to 3 s for company: a drain has work to finish for that long.
     let mut served = Served::start(
         repo.path(),
@@ -411,21 +426,13 @@ async fn readiness_turns_false_while_draining_and_the_drain_answers_everything()
         "the drain was over before readiness turned false"
     );
     assert_eq!(served.exit_code(Duration::from_secs(60)), 0);
-    assert_eq!(
-        transport.depth(&queues::results(&model)).await.unwrap(),
-        REQUESTS as u32
-    );
-    let batch = queues::requests(&model, Lane::Batch);
-    assert_eq!(transport.depth(&batch).await.unwrap(), 0);
+    assert_all_answered(transport.as_ref(), &model, REQUESTS).await;
     transport.delete(&model).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_when_idle_answers_the_queue_then_exits_zero() {
-    let model = unique_model("tm-idle");
-    let repo = repo_with(&[&model]);
-    let transport = Arc::new(broker(|c| c).await);
-    transport.declare(&model).await.unwrap();
+    let (model, repo, transport) = fixture("tm-idle").await;
     let data = held_out();
     const REQUESTS: usize = 300;
     for i in 0..REQUESTS {
@@ -441,12 +448,7 @@ async fn exit_when_idle_answers_the_queue_then_exits_zero() {
     }
     let mut served = Served::start(repo.path(), &model, &["--exit-when-idle", "1s"]);
     assert_eq!(served.exit_code(Duration::from_secs(120)), 0);
-    assert_eq!(
-        transport.depth(&queues::results(&model)).await.unwrap(),
-        REQUESTS as u32
-    );
-    let batch = queues::requests(&model, Lane::Batch);
-    assert_eq!(transport.depth(&batch).await.unwrap(), 0);
+    assert_all_answered(transport.as_ref(), &model, REQUESTS).await;
     let logs = served.logs.lock().unwrap().join("\n");
     assert!(logs.contains("no request for the idle time"), "{logs}");
 
