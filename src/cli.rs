@@ -22,6 +22,7 @@ use crate::telemetry::{DEFAULT_METRICS_ADDR, Endpoint, Health, LogFormat};
 use crate::train::{self, TrainOptions};
 use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
 use crate::transport::memory::MemoryTransport;
+use crate::transport::servicebus::{ServiceBusConfig, ServiceBusTransport};
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use crate::worker::{Worker, WorkerConfig};
 use anyhow::Context;
@@ -92,7 +93,7 @@ pub enum QueuesCommand {
         models: Vec<ModelName>,
         /// The broker.
         #[command(flatten)]
-        amqp: AmqpArgs,
+        broker: BrokerArgs,
     },
 }
 
@@ -116,7 +117,7 @@ pub struct GatewayArgs {
     pub repo: RepoArgs,
     /// The broker.
     #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
 }
 
 /// `ember batch ...`.
@@ -166,7 +167,7 @@ pub struct BatchSubmitArgs {
     pub json: bool,
     /// The broker.
     #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
 }
 
 /// How to reach RabbitMQ.
@@ -221,15 +222,148 @@ impl AmqpArgs {
     }
 }
 
+/// How to reach Azure Service Bus (with --transport servicebus). Credentials come from the
+/// environment or a file only: EMBER_SERVICEBUS_CONNECTION_STRING, or
+/// EMBER_SERVICEBUS_SAS_KEY_NAME and EMBER_SERVICEBUS_SAS_KEY with --servicebus-namespace.
+#[derive(Debug, Args)]
+pub struct ServiceBusArgs {
+    /// Service Bus namespace (<NAMESPACE>.servicebus.windows.net), with
+    /// EMBER_SERVICEBUS_SAS_KEY_NAME and EMBER_SERVICEBUS_SAS_KEY in the environment.
+    #[arg(long, env = "EMBER_SERVICEBUS_NAMESPACE")]
+    pub servicebus_namespace: Option<String>,
+    /// File holding a connection string (e.g. a mounted secret); wins over
+    /// EMBER_SERVICEBUS_CONNECTION_STRING, which wins over the namespace and SAS variables.
+    #[arg(long, env = "EMBER_SERVICEBUS_CONNECTION_STRING_FILE")]
+    pub servicebus_connection_string_file: Option<PathBuf>,
+    /// Send Service Bus requests to this URL instead of https://<namespace>.servicebus.windows.net
+    /// (a private endpoint, a local test double).
+    #[arg(long, env = "EMBER_SERVICEBUS_ENDPOINT")]
+    pub servicebus_endpoint: Option<url::Url>,
+    /// Lock duration of the queues Ember creates (locks are renewed while a request is in work).
+    #[arg(long, env = "EMBER_SERVICEBUS_LOCK_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub servicebus_lock_duration: Duration,
+    /// Concurrent receive calls per queue (the REST API returns one message per call; default:
+    /// the maximum batch size for `serve`, 8 otherwise).
+    #[arg(long, env = "EMBER_RECEIVE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub receive_concurrency: Option<usize>,
+}
+
+/// Environment variables holding Service Bus credentials.
+pub const SERVICEBUS_CONNECTION_STRING_ENV: &str = "EMBER_SERVICEBUS_CONNECTION_STRING";
+/// The SAS policy's name (with --servicebus-namespace).
+pub const SERVICEBUS_KEY_NAME_ENV: &str = "EMBER_SERVICEBUS_SAS_KEY_NAME";
+/// The SAS policy's key (with --servicebus-namespace).
+pub const SERVICEBUS_KEY_ENV: &str = "EMBER_SERVICEBUS_SAS_KEY";
+
+impl ServiceBusArgs {
+    /// The namespace, credentials and receive settings; `receivers` unless
+    /// --receive-concurrency says otherwise.
+    pub fn config(&self, receivers: usize) -> anyhow::Result<ServiceBusConfig> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let connection = match &self.servicebus_connection_string_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            None => env(SERVICEBUS_CONNECTION_STRING_ENV),
+        };
+        let mut config = match connection {
+            Some(connection) => ServiceBusConfig::from_connection_string(&connection)?,
+            None => {
+                let missing = || {
+                    format!(
+                        "--transport servicebus needs {SERVICEBUS_CONNECTION_STRING_ENV}, or \
+                         --servicebus-namespace with {SERVICEBUS_KEY_NAME_ENV} and {SERVICEBUS_KEY_ENV}"
+                    )
+                };
+                ServiceBusConfig::new(
+                    self.servicebus_namespace.clone().with_context(missing)?,
+                    env(SERVICEBUS_KEY_NAME_ENV).with_context(missing)?,
+                    env(SERVICEBUS_KEY_ENV).with_context(missing)?,
+                )
+            }
+        };
+        if let Some(endpoint) = &self.servicebus_endpoint {
+            config.endpoint = Some(endpoint.clone());
+        }
+        config.lock_duration = self.servicebus_lock_duration;
+        config.receivers = self.receive_concurrency.unwrap_or(receivers);
+        Ok(config)
+    }
+}
+
+/// Brokers, and how to reach each.
+#[derive(Debug, Args)]
+pub struct Brokers {
+    /// RabbitMQ (with --transport amqp).
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Azure Service Bus (with --transport servicebus).
+    #[command(flatten)]
+    pub servicebus: ServiceBusArgs,
+}
+
+impl Brokers {
+    /// Connects to `broker`; Service Bus subscriptions run `receivers` receive calls per queue
+    /// unless --receive-concurrency says otherwise.
+    pub async fn connect(
+        &self,
+        broker: Broker,
+        receivers: usize,
+    ) -> anyhow::Result<Arc<dyn Transport>> {
+        Ok(match broker {
+            Broker::Amqp => Arc::new(self.amqp.connect().await?),
+            Broker::ServiceBus => {
+                Arc::new(ServiceBusTransport::new(self.servicebus.config(receivers)?))
+            }
+        })
+    }
+}
+
 /// Which transport, and how to reach it.
 #[derive(Debug, Args)]
 pub struct TransportArgs {
     /// Transport requests arrive on.
     #[arg(long, env = "EMBER_TRANSPORT", value_enum, default_value_t = TransportKind::Memory)]
     pub transport: TransportKind,
-    /// The broker (with --transport amqp).
+    /// The brokers.
     #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub brokers: Brokers,
+}
+
+/// Which broker, and how to reach it (commands that talk to workers through one).
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Broker to use.
+    #[arg(long = "transport", env = "EMBER_TRANSPORT", value_enum, default_value_t = Broker::Amqp)]
+    pub broker: Broker,
+    /// The brokers.
+    #[command(flatten)]
+    pub brokers: Brokers,
+}
+
+impl BrokerArgs {
+    /// Connects to the broker (as a client: default receive concurrency).
+    pub async fn connect(&self) -> anyhow::Result<Arc<dyn Transport>> {
+        self.brokers
+            .connect(self.broker, CLIENT_RECEIVE_CONCURRENCY)
+            .await
+    }
+}
+
+/// Service Bus receive calls per queue of a client (replies), unless configured.
+const CLIENT_RECEIVE_CONCURRENCY: usize = 8;
+
+/// Brokers: where requests wait for workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Broker {
+    /// RabbitMQ.
+    Amqp,
+    /// Azure Service Bus.
+    #[value(name = "servicebus")]
+    ServiceBus,
 }
 
 /// `ember models ...`.
@@ -487,8 +621,8 @@ pub struct InferArgs {
     /// How long to wait for the answer.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Where the request goes: memory runs a worker in this process; amqp asks the workers
-    /// serving the model through RabbitMQ (direct reply-to).
+    /// Where the request goes: memory runs a worker in this process; amqp and servicebus ask
+    /// the workers serving the model through the broker.
     #[command(flatten)]
     pub transport: TransportArgs,
     /// Pipeline limits (of the in-process worker).
@@ -519,7 +653,7 @@ pub struct SendArgs {
     pub deadline: Option<Duration>,
     /// The broker.
     #[command(flatten)]
-    pub amqp: AmqpArgs,
+    pub broker: BrokerArgs,
 }
 
 fn parse_lane(value: &str) -> Result<Lane, String> {
@@ -601,12 +735,26 @@ pub struct ServeArgs {
 }
 
 /// Transports `ember serve` can use.
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
     /// In-process queues (only in-process producers can reach them).
     Memory,
     /// RabbitMQ.
     Amqp,
+    /// Azure Service Bus.
+    #[value(name = "servicebus")]
+    ServiceBus,
+}
+
+impl TransportKind {
+    /// The broker it is, if any.
+    pub fn broker(self) -> Option<Broker> {
+        match self {
+            Self::Memory => None,
+            Self::Amqp => Some(Broker::Amqp),
+            Self::ServiceBus => Some(Broker::ServiceBus),
+        }
+    }
 }
 
 /// Runs a parsed command; returns the process exit status.
@@ -620,9 +768,9 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
         } => batch_submit(args).await,
         Command::Gateway(args) => gateway(args).await,
         Command::Queues {
-            command: QueuesCommand::Declare { models, amqp },
+            command: QueuesCommand::Declare { models, broker },
         } => {
-            let transport = amqp.connect().await?;
+            let transport = broker.connect().await?;
             for model in &models {
                 transport.declare(model.as_str()).await?;
                 let names = [
@@ -728,14 +876,17 @@ async fn infer(args: InferArgs) -> anyhow::Result<i32> {
         timeout: args.timeout,
         ..InferOptions::default()
     };
-    let reply = match args.transport.transport {
-        TransportKind::Amqp => {
-            let client = Client::new(args.transport.amqp.connect().await?);
+    let reply = match args.transport.transport.broker() {
+        Some(broker) => {
+            let transport = args
+                .transport
+                .brokers
+                .connect(broker, CLIENT_RECEIVE_CONCURRENCY)
+                .await?;
+            let client = Client::from_arc(transport);
             client.call(model.as_str(), body.into(), &options).await?
         }
-        TransportKind::Memory => {
-            infer_in_process(&args.pipeline, model, body.into(), &options).await?
-        }
+        None => infer_in_process(&args.pipeline, model, body.into(), &options).await?,
     };
     println!("{}", String::from_utf8_lossy(&reply.body));
     Ok(match decode_reply(&reply.body) {
@@ -775,7 +926,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
         max_request_bytes: args.max_request_bytes,
         metadata_ttl: args.metadata_ttl,
     };
-    let client = Client::new(args.amqp.connect().await?);
+    let client = Client::from_arc(args.broker.connect().await?);
     let gateway = Gateway::new(client, args.repo.open()?, config);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -800,7 +951,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<i32> {
 pub const INTERRUPTED: i32 = 130;
 
 async fn batch_submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
-    let client = Client::new(args.amqp.connect().await?);
+    let client = Client::from_arc(args.broker.connect().await?);
     let job = FileJob {
         model: args.model.to_string(),
         version: args.version,
@@ -868,7 +1019,7 @@ async fn send(args: SendArgs) -> anyhow::Result<i32> {
             .filter(|line| line.iter().any(|b| !b.is_ascii_whitespace()))
             .collect()
     };
-    let transport = args.amqp.connect().await?;
+    let transport = args.broker.connect().await?;
     let queue = queues::requests(args.model.as_str(), args.lane);
     let run = format!(
         "send-{}-{}",
@@ -966,12 +1117,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         "no models in {}",
         registry.repository().describe()
     );
-    let transport: Arc<dyn Transport> = match args.transport.transport {
-        TransportKind::Memory => {
+    let transport: Arc<dyn Transport> = match args.transport.transport.broker() {
+        Some(broker) => {
+            let receivers = args.pipeline.max_batch_size;
+            args.transport.brokers.connect(broker, receivers).await?
+        }
+        None => {
             tracing::warn!("memory transport: only in-process producers can reach this worker");
             Arc::new(MemoryTransport::new())
         }
-        TransportKind::Amqp => Arc::new(args.transport.amqp.connect().await?),
     };
     let config = WorkerConfig {
         reload_interval: args.reload_interval,

@@ -8,6 +8,11 @@
 //! `ember-error`/`ember-error-code` added to its headers (`x-death` and the rest kept), then acks.
 //! Whatever cannot be settled is left unacked, and the broker redelivers it.
 
+use super::headers::{
+    BLOB_THRESHOLD as BLOB_THRESHOLD_HEADER, CLAIM_CHECK as CLAIM_CHECK_HEADER,
+    DEADLINE as DEADLINE_HEADER, ERROR as ERROR_HEADER, ERROR_CODE as ERROR_CODE_HEADER,
+    LANE as LANE_HEADER, MODEL as MODEL_HEADER, SENT as SENT_HEADER, VERSION as VERSION_HEADER,
+};
 use super::{
     Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription, Transport,
     TransportError, queues,
@@ -42,15 +47,6 @@ pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Header counting the redeliveries Ember made itself (by republishing).
 pub const REDELIVERIES_HEADER: &str = "ember-redeliveries";
 
-const MODEL_HEADER: &str = "ember-model";
-const VERSION_HEADER: &str = "ember-model-version";
-const LANE_HEADER: &str = "ember-lane";
-const DEADLINE_HEADER: &str = "ember-deadline-ms";
-const SENT_HEADER: &str = "ember-sent-ms";
-const ERROR_CODE_HEADER: &str = "ember-error-code";
-const ERROR_HEADER: &str = "ember-error";
-const BLOB_THRESHOLD_HEADER: &str = "ember-blob-threshold";
-const CLAIM_CHECK_HEADER: &str = "ember-claim-check";
 /// Quorum queues count every delivery attempt in this header.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

@@ -7,6 +7,7 @@
 
 pub mod amqp;
 pub mod memory;
+pub mod servicebus;
 
 use crate::protocol::{ErrorCode, Lane};
 use async_trait::async_trait;
@@ -50,6 +51,28 @@ pub mod queues {
             None => format!("{queue}.dead"),
         }
     }
+}
+
+/// Names of the wire protocol's `ember-*` headers (AMQP headers, Service Bus custom properties).
+pub mod headers {
+    /// `ember-model`.
+    pub const MODEL: &str = "ember-model";
+    /// `ember-model-version`.
+    pub const VERSION: &str = "ember-model-version";
+    /// `ember-lane`.
+    pub const LANE: &str = "ember-lane";
+    /// `ember-deadline-ms`.
+    pub const DEADLINE: &str = "ember-deadline-ms";
+    /// `ember-sent-ms`.
+    pub const SENT: &str = "ember-sent-ms";
+    /// `ember-error-code`.
+    pub const ERROR_CODE: &str = "ember-error-code";
+    /// `ember-error`.
+    pub const ERROR: &str = "ember-error";
+    /// `ember-blob-threshold`.
+    pub const BLOB_THRESHOLD: &str = "ember-blob-threshold";
+    /// `ember-claim-check`.
+    pub const CLAIM_CHECK: &str = "ember-claim-check";
 }
 
 /// Message properties of the wire protocol (AMQP properties and `ember-*` headers).

@@ -8,6 +8,7 @@ use std::path::Path;
 
 pub mod minilm;
 pub mod proxy;
+pub mod servicebus;
 
 /// A temporary repository holding the shipped digits model under each of `names`.
 pub fn repo_with(names: &[&str]) -> tempfile::TempDir {
