@@ -773,13 +773,7 @@ pub async fn run(command: Command) -> anyhow::Result<i32> {
             let transport = broker.connect().await?;
             for model in &models {
                 transport.declare(model.as_str()).await?;
-                let names = [
-                    queues::requests(model.as_str(), Lane::Realtime),
-                    queues::requests(model.as_str(), Lane::Batch),
-                    queues::results(model.as_str()),
-                    queues::dead(model.as_str()),
-                ];
-                println!("{}", names.join(" "));
+                println!("{}", queues::all(model.as_str()).join(" "));
             }
             Ok(0)
         }

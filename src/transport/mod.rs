@@ -41,6 +41,16 @@ pub mod queues {
         format!("ember.{model}.dead")
     }
 
+    /// The durable queues of `model`: both lanes, results, dead letters.
+    pub fn all(model: &str) -> [String; 4] {
+        [
+            requests(model, Lane::Realtime),
+            requests(model, Lane::Batch),
+            results(model),
+            dead(model),
+        ]
+    }
+
     /// The dead-letter queue for messages taken from `queue` (`ember.<model>.<lane>`).
     pub fn dead_for(queue: &str) -> String {
         match queue

@@ -561,12 +561,7 @@ fn lock_lasts(locked: &PeekLockResponse) -> Duration {
 #[async_trait]
 impl Transport for ServiceBusTransport {
     async fn declare(&self, model: &str) -> Result<(), TransportError> {
-        for queue in [
-            queues::requests(model, Lane::Realtime),
-            queues::requests(model, Lane::Batch),
-            queues::results(model),
-            queues::dead(model),
-        ] {
+        for queue in queues::all(model) {
             self.shared.create_queue(&queue, None).await?;
         }
         Ok(())
