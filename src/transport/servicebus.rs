@@ -47,6 +47,8 @@ use tokio_util::sync::CancellationToken;
 pub const PUBLIC_CLOUD_SUFFIX: &str = ".servicebus.windows.net";
 /// Prefix of the queues behind client inboxes.
 pub const INBOX_PREFIX: &str = "ember.inbox.";
+/// Why a queue could not be created with the policy given.
+const FORBIDDEN: &str = "creating queues needs a policy with Manage rights";
 /// The shortest auto-delete-on-idle Service Bus accepts.
 const MIN_AUTO_DELETE: Duration = Duration::from_secs(300);
 const API_VERSION: &str = "2021-05";
@@ -390,8 +392,8 @@ impl Shared {
         ))
     }
 
-    /// Creates `queue` unless it exists. A policy without Manage rights cannot create queues:
-    /// then they must exist already (made with the namespace), and a missing one shows on use.
+    /// Creates `queue` unless it exists (a topology error ending in [`FORBIDDEN`] if the
+    /// policy may not).
     async fn create_queue(
         &self,
         queue: &str,
@@ -404,10 +406,7 @@ impl Shared {
         );
         match self.manage(Method::Put, queue, Some(description)).await? {
             200 | 201 | 409 => Ok(()),
-            401 | 403 => {
-                tracing::debug!(%queue, "no Manage right to create queues; expecting it to exist");
-                Ok(())
-            }
+            401 | 403 => Err(TransportError::Topology(format!("{queue}: {FORBIDDEN}"))),
             status => Err(TransportError::Topology(format!(
                 "{queue}: creating it: Service Bus answered {status}"
             ))),
@@ -562,7 +561,14 @@ fn lock_lasts(locked: &PeekLockResponse) -> Duration {
 impl Transport for ServiceBusTransport {
     async fn declare(&self, model: &str) -> Result<(), TransportError> {
         for queue in queues::all(model) {
-            self.shared.create_queue(&queue, None).await?;
+            match self.shared.create_queue(&queue, None).await {
+                // Workers may hold Listen and Send only: then the queues were made with the
+                // namespace, and one missing shows when used.
+                Err(TransportError::Topology(e)) if e.ends_with(FORBIDDEN) => {
+                    tracing::debug!(%queue, "not created: {FORBIDDEN}");
+                }
+                created => created?,
+            }
         }
         Ok(())
     }
