@@ -11,6 +11,7 @@
 //!
 //! `cargo bench --bench servicebus [-- --rounds N --messages M]`
 
+#[allow(dead_code)] // the bench uses a part of the double
 #[path = "../tests/common/servicebus.rs"]
 mod servicebus;
 

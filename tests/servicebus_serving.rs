@@ -216,3 +216,34 @@ async fn sigterm_drains_and_leaves_the_rest_queued() {
         left.len()
     );
 }
+
+#[tokio::test]
+async fn missing_or_wrong_credentials_fail_clearly_without_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("request.json");
+    std::fs::write(&input, image_request("x", held_out().image(0), 1)).unwrap();
+    let send = |configure: &dyn Fn(&mut Command)| {
+        let mut command = ember(&["send", "--model", "digits", "--input"]);
+        command.arg(&input);
+        configure(&mut command);
+        command.output().unwrap()
+    };
+    let missing = send(&|c| {
+        c.env_remove("EMBER_SERVICEBUS_SAS_KEY");
+    });
+    assert!(!missing.status.success());
+    let text = output_text(&missing);
+    assert!(
+        text.contains("EMBER_SERVICEBUS_CONNECTION_STRING"),
+        "{text}"
+    );
+
+    let wrong_key = "d3Jvbmcta2V5LXRoYXQtbXVzdC1ub3QtbGVhaw==";
+    let refused = send(&|c| {
+        c.env("EMBER_SERVICEBUS_SAS_KEY", wrong_key);
+    });
+    assert!(!refused.status.success());
+    let text = output_text(&refused);
+    assert!(text.contains("401"), "{text}");
+    assert!(!text.contains(wrong_key), "{text}");
+}

@@ -744,8 +744,9 @@ async fn receive_requests(
     let mut backoff = FIRST_BACKOFF;
     loop {
         let room = tokio::select! {
-            room = window.clone().acquire_owned() => room,
+            biased;
             () = stopping.cancelled() => return,
+            room = window.clone().acquire_owned() => room,
         };
         let Ok(room) = room else { return };
         match shared.receive(&queue).await {
