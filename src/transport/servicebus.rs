@@ -594,7 +594,7 @@ impl Transport for ServiceBusTransport {
         self.shared
             .create_queue(&queue, Some(MIN_AUTO_DELETE))
             .await?;
-        let (replies, taken) = mpsc::channel(INBOX_WINDOW);
+        let (replies, mut taken) = mpsc::channel(INBOX_WINDOW);
         for _ in 0..self.shared.config.receivers.max(1) {
             tokio::spawn(receive_replies(
                 self.shared.clone(),
@@ -607,7 +607,7 @@ impl Transport for ServiceBusTransport {
                 shared: self.shared.clone(),
                 queue,
             }),
-            replies: tokio_stream_of(taken),
+            replies: futures::stream::poll_fn(move |cx| taken.poll_recv(cx)).boxed(),
         })
     }
 
@@ -631,13 +631,6 @@ impl Transport for ServiceBusTransport {
     fn connected(&self) -> bool {
         self.shared.reachable.load(Ordering::Relaxed)
     }
-}
-
-/// The messages of a channel as a stream.
-fn tokio_stream_of(
-    mut taken: mpsc::Receiver<Message>,
-) -> futures::stream::BoxStream<'static, Message> {
-    futures::stream::poll_fn(move |cx| taken.poll_recv(cx)).boxed()
 }
 
 /// Takes an inbox's replies (completing each) until the inbox is dropped or deleted.
