@@ -971,8 +971,8 @@ mod tests {
             assert!(error.ends_with(why), "{error}");
             assert!(!error.contains("secret"), "{error}");
         }
-        let config = ServiceBusConfig::new("ns", "p", "secret");
-        assert!(!format!("{config:?}").contains("secret"));
+        let config = ServiceBusConfig::new("ns", "p", "hunter2");
+        assert!(!format!("{config:?}").contains("hunter2"));
     }
 
     #[test]
