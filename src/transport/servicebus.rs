@@ -865,12 +865,16 @@ fn lock_failure(queue: &str, doing: &str, error: &azure_core::Error) -> Transpor
     }
 }
 
-/// Renews `lock` every `every` until aborted.
+/// Renews `lock` every `every` until aborted, or until the lock is lost (the settle then fails
+/// and Service Bus delivers the message again).
 async fn renew(lock: Arc<PeekLockResponse>, every: Duration, queue: String) {
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = lock.renew_message_lock().await {
             tracing::warn!(%queue, error = %lock_failure(&queue, "renewing a lock", &e), "lock not renewed");
+            if matches!(status_of(&e), Some(StatusCode::NotFound | StatusCode::Gone)) {
+                return;
+            }
         }
     }
 }

@@ -200,6 +200,11 @@ fn expire(state: &State) {
             release(name, queue, message, &mut dead);
         }
     }
+    file_dead_letters(&mut queues, dead);
+}
+
+/// Adds dead letters to their dead-letter queues (made on first use, as Service Bus's are).
+fn file_dead_letters(queues: &mut BTreeMap<String, Queue>, dead: Vec<(String, Stored)>) {
     for (name, message) in dead {
         queues
             .entry(name)
@@ -436,6 +441,9 @@ fn locked_response(
 }
 
 fn settle(state: &State, queue: &str, token: &str, method: &Method) -> Response {
+    if ![Method::DELETE, Method::PUT, Method::POST].contains(method) {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
     let mut queues = state.queues.lock().unwrap();
     let mut dead = Vec::new();
     let Some(q) = queues.get_mut(queue) else {
@@ -447,22 +455,12 @@ fn settle(state: &State, queue: &str, token: &str, method: &Method) -> Response 
     match *method {
         Method::DELETE => {}
         Method::PUT => release(queue, q, message, &mut dead),
-        Method::POST => {
+        _ => {
             let until = Instant::now() + q.lock_duration;
             q.locked.insert(token.to_owned(), (message, until));
         }
-        _ => {
-            q.locked.insert(token.to_owned(), (message, Instant::now()));
-            return status(StatusCode::METHOD_NOT_ALLOWED);
-        }
     }
-    for (name, message) in dead {
-        queues
-            .entry(name)
-            .or_insert_with(|| Queue::new(Duration::from_secs(60), u32::MAX))
-            .available
-            .push_back(message);
-    }
+    file_dead_letters(&mut queues, dead);
     status(StatusCode::OK)
 }
 
