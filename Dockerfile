@@ -19,6 +19,7 @@ ARG EMBER_GIT_COMMIT=""
 ENV EMBER_GIT_COMMIT=${EMBER_GIT_COMMIT}
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo .cargo
 COPY src src
 COPY loadtest loadtest
 COPY benches benches
@@ -34,7 +35,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -s -m 0755 target/release/ember /out/ember
 
 FROM source AS build-cuda
-# burn-cuda loads the CUDA driver and NVRTC at run time: building needs no CUDA toolkit.
+# burn-cuda loads the CUDA driver and NVRTC at run time: building needs no CUDA toolkit
+# (.cargo/config.toml pins the bindings to CUDA 12.8, the runtime image's). CI runs the same.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target-cuda \
     CARGO_TARGET_DIR=/src/target-cuda cargo build --release --locked --bin ember --features cuda \

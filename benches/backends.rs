@@ -26,6 +26,7 @@ fn load<B: Backend>(device: &B::Device) -> Box<dyn Model> {
             &artifact.weights,
             &artifact.assets,
             &Default::default(),
+            artifact.manifest.precision,
             device,
         )
         .expect("weights load")

@@ -144,6 +144,7 @@ async fn main() {
         name: ModelName::parse("big").unwrap(),
         version: Version::parse("1").unwrap(),
         architecture,
+        precision: Default::default(),
         inputs,
         outputs,
         labels: Vec::new(),

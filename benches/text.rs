@@ -14,7 +14,7 @@ use ember::models::record_weights;
 use ember::models::text::{
     DEFAULT_MAX_BATCH_TOKENS, SentenceBert, SentenceBertConfig, TextTokenizer, Tokens,
 };
-use ember::runtime::ServeBackend;
+use ember::runtime::CpuBackend;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -46,10 +46,10 @@ fn main() {
     let config: BertConfig = serde_json::from_slice(&read("config.json")).unwrap();
     let device = Default::default();
     let encoder =
-        BertEncoder::<ServeBackend>::from_safetensors(&config, &read("model.safetensors"), &device)
+        BertEncoder::<CpuBackend>::from_safetensors(&config, &read("model.safetensors"), &device)
             .unwrap();
     let tokenizer_json = read("tokenizer.json");
-    let embedder: SentenceBert<ServeBackend> = SentenceBertConfig {
+    let embedder: SentenceBert<CpuBackend> = SentenceBertConfig {
         encoder: config,
         max_tokens: 256,
         tokenizer: "tokenizer.json".into(),
@@ -58,6 +58,7 @@ fn main() {
         &record_weights(encoder.clone()).unwrap(),
         &tokenizer_json,
         DEFAULT_MAX_BATCH_TOKENS,
+        Default::default(),
         &device,
     )
     .unwrap();
@@ -131,7 +132,7 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "backend": ember::runtime::BACKEND_NAME,
+            "backend": "flex",
             "threads": threads,
             "short": short_rate,
             "mixed_bucketed": mixed_bucketed,

@@ -13,7 +13,7 @@ use crate::protocol::{
 };
 use crate::registry::Registry;
 use crate::results::{ClaimChecks, DEFAULT_MAX_REDELIVERIES};
-use crate::runtime::{Device, Executor};
+use crate::runtime::{self, Device, Executor};
 use crate::store::{
     BlobAuth, DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, StoreOptions, Version,
     WeightCache, open_store,
@@ -432,6 +432,9 @@ pub enum ModelsCommand {
         /// Model repository.
         #[command(flatten)]
         repo: RepoArgs,
+        /// Where to load it.
+        #[command(flatten)]
+        device: DeviceArgs,
         /// `<model>[:<version or alias>]` (default alias: production).
         target: String,
         /// Print timings as JSON on the last line.
@@ -485,8 +488,12 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    fn cache_dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+
     fn open(&self, address: &str) -> anyhow::Result<Repository> {
-        let cache_dir = self.cache_dir.clone().unwrap_or_else(default_cache_dir);
+        let cache_dir = self.cache_dir();
         let options = StoreOptions {
             blob: self.auth(),
             cache: Some(WeightCache::new(cache_dir, self.cache_max_bytes)),
@@ -541,12 +548,34 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// Where models run.
+#[derive(Debug, Args)]
+pub struct DeviceArgs {
+    /// `cpu`, `cuda` (GPU 0) or `cuda:N` [default: cuda:0 in a CUDA build, else cpu].
+    #[arg(long, env = "EMBER_DEVICE", default_value_t = Device::default())]
+    pub device: Device,
+}
+
+impl DeviceArgs {
+    /// The device, checked: a missing GPU fails here, before any model loads. GPU kernels are
+    /// compiled and tuned once per cache (`kernels/` under the weights cache).
+    fn open(&self, store: &StoreArgs) -> anyhow::Result<Device> {
+        let described = self.device.probe().map_err(anyhow::Error::msg)?;
+        runtime::cache_kernels_in(&store.cache_dir().join("kernels"));
+        tracing::info!(device = %described, "compute device");
+        Ok(self.device)
+    }
+}
+
 /// Pipeline limits shared by the serving subcommands.
 #[derive(Debug, Args)]
 pub struct PipelineArgs {
     /// Model repository.
     #[command(flatten)]
     pub repo: RepoArgs,
+    /// Where models run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Most rows in one batch.
     #[arg(long, env = "EMBER_MAX_BATCH_SIZE", default_value_t = DEFAULT_MAX_BATCH_SIZE,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -582,7 +611,10 @@ impl PipelineArgs {
     }
 
     fn registry(&self) -> anyhow::Result<Arc<Registry>> {
-        Ok(Arc::new(Registry::new(self.repo.open()?, self.batch())))
+        let device = self.device.open(&self.repo.store)?;
+        Ok(Arc::new(
+            Registry::new(self.repo.open()?, self.batch()).on_device(device),
+        ))
     }
 }
 
@@ -816,14 +848,15 @@ async fn demo(args: DemoArgs) -> anyhow::Result<i32> {
         batch: args.pipeline.batch(),
         repo: args.pipeline.repo.open()?,
         model: args.model,
+        device: args.pipeline.device.open(&args.pipeline.repo.store)?,
     };
     let report = demo::run(&options).await?;
     println!(
-        "{} requests to {} v{} ({} backend, max batch {}): {} ok, {} errors, accuracy {:.4}",
+        "{} requests to {} v{} (on {}, max batch {}): {} ok, {} errors, accuracy {:.4}",
         report.requests,
         report.model,
         report.version,
-        report.backend,
+        report.device,
         report.max_batch_size,
         report.ok,
         report.errors,
@@ -1221,7 +1254,12 @@ async fn models(command: ModelsCommand) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
-        ModelsCommand::Pull { repo, target, json } => pull(&repo.open()?, &target, json).await,
+        ModelsCommand::Pull {
+            repo,
+            device,
+            target,
+            json,
+        } => pull(&repo.open()?, device.open(&repo.store)?, &target, json).await,
         ModelsCommand::Import {
             model,
             source,
@@ -1282,7 +1320,7 @@ fn promotion_outcome(
 }
 
 /// Fetches, verifies and loads one version, reporting where the time went.
-async fn pull(repo: &Repository, target: &str, json: bool) -> anyhow::Result<i32> {
+async fn pull(repo: &Repository, device: Device, target: &str, json: bool) -> anyhow::Result<i32> {
     let (model, selector) = target.split_once(':').unwrap_or((target, DEFAULT_ALIAS));
     let model = ModelName::parse(model)?;
     let version = repo.resolve(&model, &Version::parse(selector)?).await?;
@@ -1292,7 +1330,7 @@ async fn pull(repo: &Repository, target: &str, json: bool) -> anyhow::Result<i32
         max_batch_size: 1,
         ..BatchConfig::default()
     };
-    Executor::start(&artifact, &batch).await?;
+    Executor::start(&artifact, &batch, device).await?;
     let load_s = started.elapsed().as_secs_f64();
     let fetch = artifact.fetch;
     println!(

@@ -8,7 +8,7 @@ use crate::batcher::BatchConfig;
 use crate::models::Architecture;
 use crate::protocol::{DataType, Lane, Reply, Tensor, TensorData, decode_reply, encode_request};
 use crate::registry::Registry;
-use crate::runtime::{BACKEND_NAME, ServeBackend};
+use crate::runtime::Device;
 use crate::store::{Manifest, ModelName, Repository};
 use crate::train::{self, Example};
 use crate::transport::memory::MemoryTransport;
@@ -36,6 +36,8 @@ pub struct DemoOptions {
     pub repo: Repository,
     /// Model to ask (one trained by `ember train`).
     pub model: ModelName,
+    /// Where the model runs.
+    pub device: Device,
 }
 
 /// What the demo measured.
@@ -65,8 +67,8 @@ pub struct DemoReport {
     pub model: String,
     /// Version that answered.
     pub version: String,
-    /// Compute backend.
-    pub backend: &'static str,
+    /// Where the model ran (`cpu`, `cuda:0`).
+    pub device: String,
     /// Text embedders: each demo sentence's nearest other sentence.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<Neighbour>,
@@ -175,7 +177,7 @@ fn score(
 pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
     anyhow::ensure!(options.requests > 0, "--requests must be at least 1");
     let repo = options.repo.clone();
-    let registry = Arc::new(Registry::new(repo.clone(), options.batch));
+    let registry = Arc::new(Registry::new(repo.clone(), options.batch).on_device(options.device));
     let served = registry
         .get(options.model.as_str(), None)
         .await
@@ -298,7 +300,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         max_batch_size: options.batch.max_batch_size,
         model: manifest.name.to_string(),
         version: manifest.version.to_string(),
-        backend: BACKEND_NAME,
+        device: options.device.to_string(),
         neighbours,
     })
 }
@@ -332,16 +334,16 @@ pub async fn model_only_rps(
             (rows, inputs)
         })
         .collect();
-    let batch = options.batch;
+    let (batch, device) = (options.batch, options.device);
     tokio::task::spawn_blocking(move || {
-        let net = artifact
-            .manifest
-            .architecture
-            .load::<ServeBackend>(
+        let manifest = &artifact.manifest;
+        let net = device
+            .load(
+                &manifest.architecture,
                 &artifact.weights,
                 &artifact.assets,
                 &batch,
-                &Default::default(),
+                manifest.precision,
             )
             .map_err(anyhow::Error::msg)?;
         if let Some((rows, inputs)) = batches.first() {

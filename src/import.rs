@@ -51,6 +51,7 @@ pub async fn sentence_transformer(
         name: options.name.clone(),
         version: version.clone(),
         architecture: converted.architecture,
+        precision: Default::default(),
         inputs,
         outputs,
         labels: Vec::new(),

@@ -12,7 +12,7 @@
 
 use crate::batcher::{BatchConfig, Batcher};
 use crate::protocol::{ErrorCode, InferError};
-use crate::runtime::Executor;
+use crate::runtime::{Device, Executor};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
 use crate::telemetry::metrics::{self as names, VersionMetrics};
 use arc_swap::ArcSwap;
@@ -64,6 +64,7 @@ struct ModelSlots {
 pub struct Registry {
     repo: Repository,
     batch: BatchConfig,
+    device: Device,
     snapshot: ArcSwap<HashMap<String, ModelSlots>>,
     /// Held while loading on a miss, and while swapping the snapshot.
     loading: tokio::sync::Mutex<()>,
@@ -72,15 +73,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// An empty registry reading from `repo`, batching with `batch`.
+    /// An empty registry reading from `repo`, batching with `batch`, running models on the
+    /// default device (see [`on_device`](Self::on_device)).
     pub fn new(repo: Repository, batch: BatchConfig) -> Self {
         Self {
             repo,
             batch,
+            device: Device::default(),
             snapshot: ArcSwap::default(),
             loading: tokio::sync::Mutex::new(()),
             alias_tags: Mutex::default(),
         }
+    }
+
+    /// The registry, loading models onto `device` instead.
+    pub fn on_device(self, device: Device) -> Self {
+        Self { device, ..self }
     }
 
     /// The repository it reads.
@@ -312,7 +320,7 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         };
-        match Executor::start(&artifact, &self.batch).await {
+        match Executor::start(&artifact, &self.batch, self.device).await {
             Ok((executor, done)) => {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(%model, %version, seconds, "model version loaded");

@@ -341,6 +341,7 @@ fn the_image_builds_from_what_it_copies_with_the_ci_build_command() {
         })
         .collect();
     for needed in [
+        ".cargo",
         "Cargo.toml",
         "Cargo.lock",
         "build.rs",
@@ -387,10 +388,17 @@ fn the_image_builds_from_what_it_copies_with_the_ci_build_command() {
             relative.display()
         );
     }
-    let build = "cargo build --release --locked --bin ember";
-    assert!(dockerfile.contains(build));
     let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
-    assert!(ci.contains(build), "CI builds what the image ships");
+    for build in [
+        "cargo build --release --locked --bin ember",
+        "cargo build --release --locked --bin ember --features cuda",
+    ] {
+        assert!(dockerfile.contains(build), "the Dockerfile lacks {build}");
+        assert!(
+            ci.contains(build),
+            "CI does not build what the image ships: {build}"
+        );
+    }
     // Both final images: non-root, ember as the entrypoint.
     assert_eq!(dockerfile.matches("\nUSER 65532:65532\n").count(), 2);
     assert_eq!(

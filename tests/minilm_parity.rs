@@ -80,7 +80,13 @@ fn embeddings_match_the_reference_padded_in_batches_and_bucketed_after_the_recor
         max_tokens: 256,
         tokenizer: "tokenizer.json".into(),
     }
-    .load::<Flex>(&record, &tokenizer_json(), 1024, &device)
+    .load::<Flex>(
+        &record,
+        &tokenizer_json(),
+        1024,
+        Default::default(),
+        &device,
+    )
     .unwrap();
     let bucketed = embedder.embed(&reference.texts).unwrap();
     let (similarity, i) = worst_similarity(&bucketed, &reference.embeddings);

@@ -87,6 +87,7 @@ async fn cwru_learns_fault_classes_of_unseen_recordings_and_is_served() {
         batch: ember::batcher::BatchConfig::default(),
         repo,
         model: name,
+        device: ember::runtime::Device::Cpu,
     })
     .await
     .unwrap();

@@ -4,6 +4,7 @@
 
 mod baseline;
 mod clients;
+mod compute;
 mod load;
 mod payloads;
 mod plot;
@@ -107,6 +108,9 @@ enum Command {
         #[command(flatten)]
         report: ReportArgs,
     },
+    /// The networks alone on one device (CPU or GPU), over batch sizes and precisions; with
+    /// `--export`, also what `benches/gpu/pytorch_reference.py` needs to run their PyTorch twins.
+    Compute(compute::ComputeArgs),
     /// Constant open-loop load for a long time, sampling the worker's memory: fails on any
     /// lost request or on RSS growing by more than 10 % (and 8 MiB) once warm (after 20 % of
     /// the run, and at least until the worker's memory of answered ids has filled).
@@ -318,6 +322,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })?;
             Ok(report.lost == 0)
         }
+        Command::Compute(args) => compute::run(&args).await.map(|()| true),
         Command::Soak {
             duration,
             traffic,

@@ -120,6 +120,7 @@ mod tests {
         // Without a training record (an identity model), random values of the declared shapes.
         let untrained = Manifest {
             architecture: ember::models::Architecture::Identity { width: 64 },
+            precision: Default::default(),
             training: None,
             ..trained.clone()
         };

@@ -97,6 +97,7 @@ pub async fn scratch_repo(dir: &Path, source: &Path, name: &str, echo: &str) -> 
         name: ModelName::parse(echo)?,
         version: Version::parse("1")?,
         architecture,
+        precision: Default::default(),
         inputs,
         outputs,
         labels: Vec::new(),
@@ -243,6 +244,7 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
         },
         repo: source.clone(),
         model: digits_model.clone(),
+        device: ember::runtime::Device::Cpu,
     };
     let examples = held_out_examples(&source.load(&digits_model, &version).await?.manifest)?;
     let in_process = model_only_rps(&source, &digits_model, &version, &demo, &examples).await?;

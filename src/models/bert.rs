@@ -10,6 +10,7 @@ use anyhow::Context;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -120,7 +121,8 @@ impl<B: Backend> BertEncoder<B> {
         for layer in &self.layers {
             x = layer.forward(x, padding.clone(), [batch, tokens, hidden], self.heads);
         }
-        let x = x.reshape([batch, tokens, hidden]);
+        // Pooled and normalised in FP32 whatever the encoder's precision.
+        let x = x.reshape([batch, tokens, hidden]).cast(FloatDType::F32);
         let mask = mask.reshape([batch, tokens, 1]);
         let summed = (x * mask.clone()).sum_dim(1).reshape([batch, hidden]);
         let counts = mask.sum_dim(1).reshape([batch, 1]).clamp_min(1.0);

@@ -3,6 +3,7 @@
 pub mod bert;
 pub mod digits;
 pub mod failure;
+pub mod resnet;
 pub mod text;
 pub mod vibration;
 
@@ -12,14 +13,56 @@ use crate::store::Assets;
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::FloatDType;
 use digits::{DigitsCnn, DigitsCnnConfig};
 use failure::{FailureMlp, FailureMlpConfig};
+use resnet::{ResNet, ResNetConfig};
 use serde::{Deserialize, Serialize};
 use text::SentenceBertConfig;
 use vibration::{VibrationCnn, VibrationCnnConfig};
 
 /// How weights are serialised in `model.bin` (named MessagePack, f32).
 pub type WeightsRecorder = NamedMpkBytesRecorder<FullPrecisionSettings>;
+
+/// The float precision a version computes in (`precision` in its manifest). Weights are
+/// stored in FP32 and converted when loaded; outputs are FP32 whatever the precision.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// 32-bit floats.
+    #[default]
+    Fp32,
+    /// IEEE half precision: weights and compute in 16 bits.
+    Fp16,
+    /// bfloat16: FP32's range with 8 bits of mantissa.
+    Bf16,
+}
+
+impl Precision {
+    /// Burn's float type for it.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Self::Fp32 => FloatDType::F32,
+            Self::Fp16 => FloatDType::F16,
+            Self::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    /// Whether it is the default, FP32 (which manifests leave unsaid).
+    pub fn is_fp32(&self) -> bool {
+        *self == Self::Fp32
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Fp32 => "fp32",
+            Self::Fp16 => "fp16",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
 
 /// A network and its config, as named in a manifest's `architecture`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +74,9 @@ pub enum Architecture {
     FailureMlp(FailureMlpConfig),
     /// [`vibration::VibrationCnn`].
     VibrationCnn(VibrationCnnConfig),
+    /// [`resnet::ResNet`]: colour images (e.g. 32×32 RGB) to classes.
+    #[serde(rename = "resnet")]
+    ResNet(ResNetConfig),
     /// [`text::SentenceBert`]: texts to unit-length embeddings.
     SentenceBert(SentenceBertConfig),
     /// Answers each FP32 row of `width` values with itself, without weights: measures the
@@ -73,6 +119,13 @@ impl Architecture {
             ),
             Self::VibrationCnn(c) => (
                 vec![spec("vibration", DataType::Fp32, &[-1, c.window as i64])],
+                vec![
+                    spec("probabilities", DataType::Fp32, &[-1, c.classes as i64]),
+                    spec("label", DataType::Int64, &[-1]),
+                ],
+            ),
+            Self::ResNet(c) => (
+                vec![spec("input", DataType::Fp32, &[-1, c.pixels() as i64])],
                 vec![
                     spec("probabilities", DataType::Fp32, &[-1, c.classes as i64]),
                     spec("label", DataType::Int64, &[-1]),
@@ -136,35 +189,48 @@ impl Architecture {
             }
             Self::DigitsCnn(_)
             | Self::VibrationCnn(_)
+            | Self::ResNet(_)
             | Self::SentenceBert(_)
             | Self::Identity { .. } => Ok(()),
         }
     }
 
     /// Builds the network on `device` from `weights` (a [`WeightsRecorder`] record) and the
-    /// version's `assets`, to run batches shaped by `batch`.
+    /// version's `assets`, to compute in `precision` on batches shaped by `batch`.
     pub fn load<B: Backend>(
         &self,
         weights: &[u8],
         assets: &Assets,
         batch: &BatchConfig,
+        precision: Precision,
         device: &B::Device,
     ) -> Result<Box<dyn Model>, String> {
         let device = device.clone();
+        let dtype = precision.dtype();
         match self {
             Self::SentenceBert(config) => {
                 let tokenizer = assets.get(&config.tokenizer).ok_or_else(|| {
                     format!("the version has no tokenizer asset {:?}", config.tokenizer)
                 })?;
-                let model =
-                    config.load::<B>(weights, tokenizer, batch.max_batch_tokens, &device)?;
+                let model = config.load::<B>(
+                    weights,
+                    tokenizer,
+                    batch.max_batch_tokens,
+                    precision,
+                    &device,
+                )?;
                 Ok(Box::new(model))
             }
             Self::DigitsCnn(config) => {
                 let module = config
                     .init::<B>(&device)
                     .load_record(record(weights, &device)?);
-                Ok(Box::new(OnDevice { module, device }))
+                let module = in_precision(module, precision);
+                Ok(Box::new(OnDevice {
+                    module,
+                    device,
+                    dtype,
+                }))
             }
             Self::FailureMlp(config) => {
                 let columns = config.sensors.len();
@@ -180,15 +246,33 @@ impl Architecture {
                     .init::<B>(&device)
                     .load_record(record(weights, &device)?);
                 Ok(Box::new(OnDevice {
-                    module: (module, config.clone()),
+                    module: (in_precision(module, precision), config.clone()),
                     device,
+                    dtype,
                 }))
             }
             Self::VibrationCnn(config) => {
                 let module = config
                     .init::<B>(&device)
                     .load_record(record(weights, &device)?);
-                Ok(Box::new(OnDevice { module, device }))
+                let module = in_precision(module, precision);
+                Ok(Box::new(OnDevice {
+                    module,
+                    device,
+                    dtype,
+                }))
+            }
+            Self::ResNet(config) => {
+                config.validate()?;
+                let module = config
+                    .init::<B>(&device)
+                    .load_record(record(weights, &device)?);
+                let module = in_precision(module, precision);
+                Ok(Box::new(OnDevice {
+                    module,
+                    device,
+                    dtype,
+                }))
             }
             Self::Identity { .. } => Ok(Box::new(Identity)),
         }
@@ -216,6 +300,23 @@ pub fn record_weights<B: Backend, M: Module<B>>(module: M) -> Result<Vec<u8>, St
 }
 
 struct SequentialIds(u64);
+
+/// `module` with its float parameters converted to `precision` (unchanged for FP32).
+pub fn in_precision<B: Backend, M: Module<B>>(module: M, precision: Precision) -> M {
+    if precision.is_fp32() {
+        return module;
+    }
+    module.map(&mut CastFloats(precision.dtype()))
+}
+
+struct CastFloats(FloatDType);
+
+impl<B: Backend> ModuleMapper<B> for CastFloats {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.cast(self.0), mapper)
+    }
+}
 
 impl<B: Backend> ModuleMapper<B> for SequentialIds {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -247,7 +348,7 @@ pub fn failure_outputs<B: Backend>(
     threshold: f32,
 ) -> Result<(Vec<f32>, Vec<bool>), String> {
     let [rows, targets] = logits.dims();
-    let probabilities = burn::tensor::activation::sigmoid(logits)
+    let probabilities = burn::tensor::activation::sigmoid(logits.cast(FloatDType::F32))
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
@@ -258,10 +359,11 @@ pub fn failure_outputs<B: Backend>(
     Ok((probabilities, failure))
 }
 
-/// A module with the device its inputs go to.
+/// A module with the device its inputs go to and the float type it computes in.
 struct OnDevice<M, B: Backend> {
     module: M,
     device: B::Device,
+    dtype: FloatDType,
 }
 
 impl<B: Backend> Model for OnDevice<DigitsCnn<B>, B> {
@@ -278,24 +380,35 @@ impl<B: Backend> Model for OnDevice<VibrationCnn<B>, B> {
     }
 }
 
+impl<B: Backend> Model for OnDevice<ResNet<B>, B> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+        let x = self.single_input(rows, inputs)?;
+        classify(self.module.logits(x))
+    }
+}
+
 impl<M, B: Backend> OnDevice<M, B> {
-    /// The one FP32 input of a single-input network, as a `[rows, width]` tensor.
+    /// The one FP32 input of a single-input network, as a `[rows, width]` tensor in the
+    /// network's precision.
     fn single_input(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Tensor<B, 2>, String> {
         let Some(TensorData::F32(values)) = inputs.into_iter().next() else {
             return Err("the network takes one FP32 input".into());
         };
         let width = values.len() / rows.max(1);
-        Ok(Tensor::from_data(
-            burn::tensor::TensorData::new(values, [rows, width]),
-            &self.device,
-        ))
+        Ok(self.tensor(values, [rows, width]))
+    }
+
+    /// FP32 `values` as a tensor of `shape` in the network's precision.
+    fn tensor<const D: usize>(&self, values: Vec<f32>, shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::<B, D>::from_data(burn::tensor::TensorData::new(values, shape), &self.device)
+            .cast(self.dtype)
     }
 }
 
-/// Class probabilities (softmax) and the most likely class of each row of `logits`.
+/// Class probabilities (softmax, in FP32) and the most likely class of each row of `logits`.
 fn classify<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<TensorData>, String> {
     let [rows, _] = logits.dims();
-    let probabilities = burn::tensor::activation::softmax(logits, 1);
+    let probabilities = burn::tensor::activation::softmax(logits.cast(FloatDType::F32), 1);
     let labels = probabilities.clone().argmax(1).reshape([rows]);
     let probabilities = probabilities.into_data().convert::<f32>().into_vec::<f32>();
     let labels = labels.into_data().convert::<i64>().into_vec::<i64>();
@@ -312,10 +425,7 @@ impl<B: Backend> Model for OnDevice<(FailureMlp<B>, FailureMlpConfig), B> {
         };
         let (module, config) = &self.module;
         let features = config.features(sensors, variants)?;
-        let x = Tensor::<B, 2>::from_data(
-            burn::tensor::TensorData::new(features, [rows, config.width()]),
-            &self.device,
-        );
+        let x = self.tensor(features, [rows, config.width()]);
         let (probabilities, failure) = failure_outputs(module.logits(x), config.threshold)?;
         Ok(vec![
             TensorData::F32(probabilities),

@@ -40,6 +40,7 @@ impl SentenceBertConfig {
         weights: &[u8],
         tokenizer: &[u8],
         max_batch_tokens: usize,
+        precision: super::Precision,
         device: &B::Device,
     ) -> Result<SentenceBert<B>, String> {
         if self.max_tokens < 2 || self.max_tokens > self.encoder.max_position_embeddings {
@@ -53,6 +54,7 @@ impl SentenceBertConfig {
             .encoder
             .init::<B>(device)
             .load_record(super::record(weights, device)?);
+        let encoder = super::in_precision(encoder, precision);
         Ok(SentenceBert {
             encoder,
             tokenizer,

@@ -1,29 +1,30 @@
-//! Running models: the compute backend, and one executor thread per loaded model version so
-//! that compute never blocks the async runtime.
+//! Running models: the device and its backend, and one executor thread per loaded model
+//! version so that compute never blocks the async runtime.
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use crate::batcher::BatchConfig;
-use crate::models::Model;
+use crate::models::{Architecture, Model, Precision};
 use crate::protocol::{InferError, TensorData, ValidatedInputs};
-use crate::store::Artifact;
+use crate::store::{Artifact, Assets};
 use crate::telemetry::metrics::VersionMetrics;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// The backend models run on: CUDA with the `cuda` feature, else the fastest CPU backend
-/// measured on the digits CNN (`benches/backends.rs`).
-#[cfg(feature = "cuda")]
-pub type ServeBackend = burn::backend::Cuda;
-/// The backend models run on: CUDA with the `cuda` feature, else the fastest CPU backend
-/// measured on the digits CNN (`benches/backends.rs`).
-#[cfg(not(feature = "cuda"))]
-pub type ServeBackend = burn::backend::Flex;
+/// The CPU backend: the fastest measured on the digits CNN (`benches/backends.rs`).
+pub type CpuBackend = burn::backend::Flex;
 
-/// Where `ember train` computes.
+/// What a build without the `cuda` feature says when asked for a GPU.
+pub const NO_CUDA: &str =
+    "this ember was built without CUDA: use --device cpu, or the CUDA image (--features cuda)";
+
+/// Where models run and train.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// The CPU backend ([`burn::backend::Flex`]).
+    /// The CPU backend ([`CpuBackend`]).
     Cpu,
     /// NVIDIA GPU number `n` (builds with the `cuda` feature only).
     Cuda(usize),
@@ -66,12 +67,63 @@ impl std::fmt::Display for Device {
     }
 }
 
-/// Name of [`ServeBackend`], for logs and reports.
-pub const BACKEND_NAME: &str = if cfg!(feature = "cuda") {
-    "cuda"
-} else {
-    "flex"
-};
+impl Device {
+    /// Checks that the device can run models (for a GPU: the driver and NVRTC load, the GPU
+    /// exists) and describes it, e.g. `cuda:0 (NVIDIA H100 80GB HBM3, 79.1 GiB)`. The error
+    /// says what is missing, so a GPU pod on a node without one fails at start, not per request.
+    pub fn probe(self) -> Result<String, String> {
+        match self {
+            Self::Cpu => Ok(format!(
+                "cpu (flex backend, {} threads)",
+                rayon::current_num_threads()
+            )),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(index) => cuda::probe(index).map(|gpu| format!("{self} ({gpu})")),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => Err(NO_CUDA.into()),
+        }
+    }
+
+    /// Builds `architecture` on this device (see [`Architecture::load`]).
+    pub fn load(
+        self,
+        architecture: &Architecture,
+        weights: &[u8],
+        assets: &Assets,
+        batch: &BatchConfig,
+        precision: Precision,
+    ) -> Result<Box<dyn Model>, String> {
+        match self {
+            Self::Cpu => architecture.load::<CpuBackend>(
+                weights,
+                assets,
+                batch,
+                precision,
+                &Default::default(),
+            ),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(index) => architecture.load::<burn::backend::Cuda>(
+                weights,
+                assets,
+                batch,
+                precision,
+                &burn::backend::cuda::CudaDevice::new(index),
+            ),
+            #[cfg(not(feature = "cuda"))]
+            Self::Cuda(_) => Err(NO_CUDA.into()),
+        }
+    }
+}
+
+/// Keeps compiled GPU kernels and autotune results under `dir`, so that a restarted worker
+/// neither recompiles nor re-benchmarks them (cold start). Call once, before any GPU work;
+/// a `cubecl.toml` in the working directory wins. Does nothing in a build without CUDA.
+pub fn cache_kernels_in(dir: &std::path::Path) {
+    #[cfg(feature = "cuda")]
+    cuda::cache_kernels_in(dir);
+    #[cfg(not(feature = "cuda"))]
+    let _ = dir;
+}
 
 /// Where a request's outputs (one tensor per manifest output) or its error go.
 pub type Responder = oneshot::Sender<Result<Vec<TensorData>, InferError>>;
@@ -97,12 +149,13 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Loads `artifact` on a new thread for batches shaped by `batch`, warms it up with batches
-    /// of 1 and `max_batch_size` rows, and returns once it is ready, with the receiver of its
-    /// batch-done signals.
+    /// Loads `artifact` on `device` in a new thread for batches shaped by `batch`, warms it up
+    /// with batches of 1 and `max_batch_size` rows (on a GPU this compiles and autotunes the
+    /// kernels), and returns once it is ready, with the receiver of its batch-done signals.
     pub async fn start(
         artifact: &Artifact,
         batch: &BatchConfig,
+        device: Device,
     ) -> Result<(Self, mpsc::UnboundedReceiver<()>), LoadError> {
         let manifest = &artifact.manifest;
         let (batches, batch_rx) = std_mpsc::channel::<Vec<Work>>();
@@ -110,16 +163,14 @@ impl Executor {
         let (ready_tx, ready_rx) = oneshot::channel();
         let (architecture, weights) = (manifest.architecture.clone(), artifact.weights.clone());
         let (assets, batch) = (artifact.assets.clone(), *batch);
-        let inputs = manifest.inputs.clone();
+        let (inputs, precision) = (manifest.inputs.clone(), manifest.precision);
         let thread_name = format!("exec-{}-{}", manifest.name, manifest.version);
         let metrics = VersionMetrics::new(manifest.name.as_str(), manifest.version.as_str());
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let device = Default::default();
                 let loaded = catch_unwind(AssertUnwindSafe(|| {
-                    let model =
-                        architecture.load::<ServeBackend>(&weights, &assets, &batch, &device)?;
+                    let model = device.load(&architecture, &weights, &assets, &batch, precision)?;
                     for rows in [1, batch.max_batch_size.max(1)] {
                         model.infer(rows, architecture.warmup_inputs(&inputs, rows))?;
                     }

@@ -17,7 +17,7 @@ pub use cache::{DEFAULT_CACHE_MAX_BYTES, WeightCache};
 pub use fs::FsStore;
 pub use names::{ModelName, NameError, Version};
 
-use crate::models::Architecture;
+use crate::models::{Architecture, Precision};
 use crate::protocol::TensorSpec;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -104,6 +104,9 @@ pub struct Manifest {
     pub version: Version,
     /// Network and its config; also any input scaling, so clients send raw values.
     pub architecture: Architecture,
+    /// Float precision it computes in; FP32 when unsaid (outputs are FP32 either way).
+    #[serde(default, skip_serializing_if = "Precision::is_fp32")]
+    pub precision: Precision,
     /// Inputs clients send.
     pub inputs: Vec<TensorSpec>,
     /// Outputs the model returns, in this order.

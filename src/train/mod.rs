@@ -122,6 +122,7 @@ pub async fn train(
         name: name.clone(),
         version: version.clone(),
         architecture: trained.architecture,
+        precision: Default::default(),
         inputs,
         outputs,
         labels: trained.labels,
@@ -162,7 +163,7 @@ pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
         Architecture::DigitsCnn(_) => Ok(digits::examples(training)),
         Architecture::FailureMlp(_) => ai4i::examples(training),
         Architecture::VibrationCnn(config) => Ok(cwru::examples(training, config.window)),
-        Architecture::SentenceBert(_) | Architecture::Identity { .. } => {
+        Architecture::SentenceBert(_) | Architecture::ResNet(_) | Architecture::Identity { .. } => {
             anyhow::bail!(
                 "{} was not trained by Ember: it has no data set",
                 manifest.name

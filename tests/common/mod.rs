@@ -7,6 +7,7 @@ use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use std::path::Path;
 
 pub mod minilm;
+pub mod precision;
 pub mod proxy;
 pub mod servicebus;
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Builds, on a machine with Rust (no GPU or CUDA toolkit needed), everything scripts/gpu-check.sh
+# runs on the GPU machine: the CUDA release builds of `ember` and `ember-loadtest` (the
+# Dockerfile's command) and the CUDA test binary, stripped into target/gpu-bundle/bin.
+# The device tool carries target/gpu-bundle (64 MiB at most) and, for MiniLM, target/minilm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=target/cuda
+cargo build --release --locked --features cuda --bin ember
+cargo build --release --locked --features cuda -p ember-loadtest
+tests=$(cargo test --release --locked --features cuda --test cuda --no-run --message-format=json \
+  | python3 -c 'import json,sys; print(next(m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable")))')
+rm -rf target/gpu-bundle && mkdir -p target/gpu-bundle/bin
+install -s -m 0755 target/cuda/release/ember target/cuda/release/ember-loadtest target/gpu-bundle/bin/
+install -s -m 0755 "$tests" target/gpu-bundle/bin/cuda-tests
+du -sh target/gpu-bundle
