@@ -182,3 +182,23 @@ fn serve_drains_on_sigterm_even_with_its_log_pipe_closed() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_device_that_cannot_be_used_fails_at_start_saying_why() {
+    // Before any model loads or any queue is touched. (A CUDA build without a GPU: .ci/run.)
+    if !cfg!(feature = "cuda") {
+        let gpu = ember(&["models", "pull", "digits", "--device", "cuda"], b"");
+        let stderr = String::from_utf8_lossy(&gpu.stderr);
+        assert_eq!(gpu.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(ember::runtime::NO_CUDA), "{stderr}");
+    }
+    let unknown = ember(&["models", "pull", "digits", "--device", "tpu"], b"");
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("cpu, cuda, cuda:N"));
+    let cpu = ember(&["models", "pull", "digits", "--device", "cpu"], b"");
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+}

@@ -34,6 +34,17 @@ pub enum Network {
     Minilm,
 }
 
+impl Network {
+    /// Its name on the command line and in reports.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Digits => "digits",
+            Self::Resnet18 => "resnet18",
+            Self::Minilm => "minilm",
+        }
+    }
+}
+
 /// What to measure.
 #[derive(Debug, clap::Args)]
 pub struct ComputeArgs {
@@ -108,8 +119,11 @@ pub async fn run(args: &ComputeArgs) -> anyhow::Result<()> {
             for &batch in &args.batches {
                 let measured = measure(&prepared, args.device, precision, batch, args.measure)?;
                 println!(
-                    "{network:?} {precision} batch {batch}: {:.0} rows/s, p50 {:.3} ms per batch, first {:.1} ms",
-                    measured.rows_per_s, measured.p50_ms, measured.first_ms
+                    "{} {precision} batch {batch}: {:.0} rows/s, p50 {:.3} ms per batch, first {:.1} ms",
+                    network.name(),
+                    measured.rows_per_s,
+                    measured.p50_ms,
+                    measured.first_ms
                 );
                 results.push(measured);
             }
@@ -312,8 +326,7 @@ const PARITY_ROWS: usize = 32;
 /// Writes `<network>.safetensors` (weights, PyTorch names and layouts), `<network>.io.json`
 /// (config, inputs, Ember's FP32 outputs on `device`).
 fn export(prepared: &Prepared, device: Device, dir: &Path) -> anyhow::Result<()> {
-    let name = serde_json::to_value(prepared.network)?;
-    let name = name.as_str().unwrap_or("network");
+    let name = prepared.network.name();
     let cpu = Default::default();
     let mut store = SafetensorsStore::from_file(dir.join(format!("{name}.safetensors")))
         .with_to_adapter(BurnToPyTorchAdapter);
