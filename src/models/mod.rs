@@ -222,10 +222,7 @@ impl Architecture {
                 Ok(Box::new(model))
             }
             Self::DigitsCnn(config) => {
-                let module = config
-                    .init::<B>(&device)
-                    .load_record(record(weights, &device)?);
-                let module = in_precision(module, precision);
+                let module = with_weights(config.init::<B>(&device), weights, precision, &device)?;
                 Ok(Box::new(OnDevice {
                     module,
                     device,
@@ -242,20 +239,15 @@ impl Architecture {
                         "failure-mlp config needs a mean and a positive std per sensor: {config:?}"
                     ));
                 }
-                let module = config
-                    .init::<B>(&device)
-                    .load_record(record(weights, &device)?);
+                let module = with_weights(config.init::<B>(&device), weights, precision, &device)?;
                 Ok(Box::new(OnDevice {
-                    module: (in_precision(module, precision), config.clone()),
+                    module: (module, config.clone()),
                     device,
                     dtype,
                 }))
             }
             Self::VibrationCnn(config) => {
-                let module = config
-                    .init::<B>(&device)
-                    .load_record(record(weights, &device)?);
-                let module = in_precision(module, precision);
+                let module = with_weights(config.init::<B>(&device), weights, precision, &device)?;
                 Ok(Box::new(OnDevice {
                     module,
                     device,
@@ -264,10 +256,7 @@ impl Architecture {
             }
             Self::ResNet(config) => {
                 config.validate()?;
-                let module = config
-                    .init::<B>(&device)
-                    .load_record(record(weights, &device)?);
-                let module = in_precision(module, precision);
+                let module = with_weights(config.init::<B>(&device), weights, precision, &device)?;
                 Ok(Box::new(OnDevice {
                     module,
                     device,
@@ -277,6 +266,19 @@ impl Architecture {
             Self::Identity { .. } => Ok(Box::new(Identity)),
         }
     }
+}
+
+/// `module` with `weights` (a [`WeightsRecorder`] record), in `precision`.
+fn with_weights<B: Backend, M: Module<B>>(
+    module: M,
+    weights: &[u8],
+    precision: Precision,
+    device: &B::Device,
+) -> Result<M, String> {
+    Ok(in_precision(
+        module.load_record(record(weights, device)?),
+        precision,
+    ))
 }
 
 /// Reads a [`WeightsRecorder`] record of a module.

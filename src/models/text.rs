@@ -50,11 +50,8 @@ impl SentenceBertConfig {
             ));
         }
         let tokenizer = TextTokenizer::from_json(tokenizer, self.max_tokens)?;
-        let encoder = self
-            .encoder
-            .init::<B>(device)
-            .load_record(super::record(weights, device)?);
-        let encoder = super::in_precision(encoder, precision);
+        let encoder =
+            super::with_weights(self.encoder.init::<B>(device), weights, precision, device)?;
         Ok(SentenceBert {
             encoder,
             tokenizer,
