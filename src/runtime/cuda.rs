@@ -44,7 +44,7 @@ pub(super) fn probe(index: usize) -> Result<String, String> {
     ))
 }
 
-/// Points CubeCL's kernel (PTX) cache and autotune cache at `dir`, unless a config file set
+/// Points CubeCL's kernel (PTX) cache and autotune cache at `dir`, unless a config file sets
 /// them or the config was already read.
 pub(super) fn cache_kernels_in(dir: &Path) {
     if ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
@@ -53,12 +53,12 @@ pub(super) fn cache_kernels_in(dir: &Path) {
     {
         return;
     }
+    // Once read, the config cannot change (`set` would panic): the first caller wins.
+    if CubeClRuntimeConfig::storage().lock().is_some() {
+        return;
+    }
     let mut config = CubeClRuntimeConfig::default().override_from_env();
     config.compilation.cache = Some(CacheConfig::File(dir.to_path_buf()));
     config.autotune.cache = CacheConfig::File(dir.to_path_buf());
-    // `set` panics once the config has been read: then the defaults stay, which only costs
-    // compile and tuning time.
-    if std::panic::catch_unwind(|| CubeClRuntimeConfig::set(config)).is_err() {
-        tracing::warn!("CubeCL was configured before the kernel cache could be set");
-    }
+    CubeClRuntimeConfig::set(config);
 }

@@ -84,6 +84,22 @@ impl Device {
         }
     }
 
+    /// Batch sizes a model is run on before it serves. A GPU compiles and autotunes kernels per
+    /// shape class (powers of two), so it warms up on each up to `max_batch_size`, not during
+    /// requests; the CPU needs only the smallest and largest.
+    pub fn warmup_rows(self, max_batch_size: usize) -> Vec<usize> {
+        let max = max_batch_size.max(1);
+        let mut rows: Vec<usize> = match self {
+            Self::Cpu => vec![1],
+            Self::Cuda(_) => std::iter::successors(Some(1), |n| Some(n * 2))
+                .take_while(|&n| n < max)
+                .collect(),
+        };
+        rows.push(max);
+        rows.dedup();
+        rows
+    }
+
     /// Builds `architecture` on this device (see [`Architecture::load`]).
     pub fn load(
         self,
@@ -171,7 +187,7 @@ impl Executor {
             .spawn(move || {
                 let loaded = catch_unwind(AssertUnwindSafe(|| {
                     let model = device.load(&architecture, &weights, &assets, &batch, precision)?;
-                    for rows in [1, batch.max_batch_size.max(1)] {
+                    for rows in device.warmup_rows(batch.max_batch_size) {
                         model.infer(rows, architecture.warmup_inputs(&inputs, rows))?;
                     }
                     Ok::<_, String>(model)
@@ -282,4 +298,21 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
     format!("panicked: {text}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_warms_up_on_every_power_of_two_the_cpu_on_the_ends() {
+        assert_eq!(Device::Cpu.warmup_rows(64), [1, 64]);
+        assert_eq!(Device::Cpu.warmup_rows(1), [1]);
+        assert_eq!(Device::Cuda(0).warmup_rows(64), [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(
+            Device::Cuda(0).warmup_rows(100),
+            [1, 2, 4, 8, 16, 32, 64, 100]
+        );
+        assert_eq!(Device::Cuda(1).warmup_rows(0), [1]);
+    }
 }
