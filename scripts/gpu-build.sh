@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds, on a machine with Rust (no GPU or CUDA toolkit needed), everything scripts/gpu-check.sh
 # runs on the GPU machine: the CUDA release builds of `ember` and `ember-loadtest` (the
-# Dockerfile's command) and the CUDA test binary, stripped into target/gpu-bundle/bin.
-# The device tool carries target/gpu-bundle (64 MiB at most) and, for MiniLM, target/minilm.
+# Dockerfile's command) and the CUDA test binary, stripped into target/gpu-bundle/bin and
+# packed as target/gpu-bundle.tar.xz (~30 MB: the device tool carries 64 MiB at most; carry
+# that file; gpu-check.sh unpacks it). About 25 minutes on 2 cores from nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=target/cuda
@@ -13,4 +14,5 @@ tests=$(cargo test --release --locked --features cuda --test cuda --no-run --mes
 rm -rf target/gpu-bundle && mkdir -p target/gpu-bundle/bin
 install -s -m 0755 target/cuda/release/ember target/cuda/release/ember-loadtest target/gpu-bundle/bin/
 install -s -m 0755 "$tests" target/gpu-bundle/bin/cuda-tests
-du -sh target/gpu-bundle
+tar -C target -cJf target/gpu-bundle.tar.xz gpu-bundle
+du -sh target/gpu-bundle target/gpu-bundle.tar.xz

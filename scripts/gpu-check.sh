@@ -9,6 +9,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${EMBER_GPU_BIN:-target/gpu-bundle/bin}
+if [ ! -x "$bin/ember" ] && [ -f target/gpu-bundle.tar.xz ]; then
+  tar -C target -xJf target/gpu-bundle.tar.xz
+fi
 out=${1:-${OUT:-benches/results/gpu-$(date -u +%Y%m%d)}}
 seconds=${EMBER_GPU_SECONDS:-2}
 mkdir -p "$out"
