@@ -166,8 +166,8 @@ pub struct Executor {
 
 impl Executor {
     /// Loads `artifact` on `device` in a new thread for batches shaped by `batch`, warms it up
-    /// with batches of 1 and `max_batch_size` rows (on a GPU this compiles and autotunes the
-    /// kernels), and returns once it is ready, with the receiver of its batch-done signals.
+    /// on [`Device::warmup_rows`] (on a GPU this compiles and autotunes the kernels), and
+    /// returns once it is ready, with the receiver of its batch-done signals.
     pub async fn start(
         artifact: &Artifact,
         batch: &BatchConfig,
