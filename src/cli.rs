@@ -24,7 +24,7 @@ use crate::transport::amqp::{AmqpConfig, AmqpTransport, QueueType, redact};
 use crate::transport::memory::MemoryTransport;
 use crate::transport::servicebus::{ServiceBusConfig, ServiceBusTransport};
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{DEFAULT_MAX_REQUEST_ROWS, Worker, WorkerConfig};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::builder::TypedValueParser;
@@ -591,6 +591,10 @@ pub struct PipelineArgs {
     /// Larger request bodies are answered RESOURCE_EXHAUSTED without being parsed.
     #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
+    /// Requests with more rows (batch dimension) are answered RESOURCE_EXHAUSTED uncomputed.
+    #[arg(long, env = "EMBER_MAX_REQUEST_ROWS", default_value_t = DEFAULT_MAX_REQUEST_ROWS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_request_rows: usize,
 }
 
 impl PipelineArgs {
@@ -605,6 +609,7 @@ impl PipelineArgs {
     fn worker(&self, max_redeliveries: u32) -> WorkerConfig {
         WorkerConfig {
             max_request_bytes: self.max_request_bytes,
+            max_request_rows: self.max_request_rows,
             max_redeliveries,
             ..WorkerConfig::for_batch_size(self.max_batch_size)
         }

@@ -4,8 +4,8 @@
 
 use crate::batcher::Job;
 use crate::protocol::{
-    ErrorResponse, InferError, InferRequest, Lane, ValidatedInputs, decode_request, select_outputs,
-    validate,
+    ErrorCode, ErrorResponse, InferError, InferRequest, Lane, ValidatedInputs, decode_request,
+    select_outputs, validate,
 };
 use crate::registry::Registry;
 use crate::results::{self, Publisher};
@@ -20,11 +20,17 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Default for `--max-request-rows`.
+pub const DEFAULT_MAX_REQUEST_ROWS: usize = 4096;
+
 /// Worker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
     /// Requests with larger bodies are answered RESOURCE_EXHAUSTED unparsed.
     pub max_request_bytes: usize,
+    /// Requests with more rows are answered RESOURCE_EXHAUSTED uncomputed (a request larger
+    /// than a batch runs alone, so this bounds what one request can make a worker allocate).
+    pub max_request_rows: usize,
     /// Unsettled deliveries per request queue (each model has two).
     pub prefetch: usize,
     /// Internal failures are retried this often before dead-lettering.
@@ -39,6 +45,7 @@ impl WorkerConfig {
     pub fn for_batch_size(max_batch_size: usize) -> Self {
         Self {
             max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_rows: DEFAULT_MAX_REQUEST_ROWS,
             prefetch: 2 * max_batch_size.max(1),
             max_redeliveries: results::DEFAULT_MAX_REDELIVERIES,
             reload_interval: crate::registry::DEFAULT_RELOAD_INTERVAL,
@@ -157,10 +164,13 @@ impl Worker {
             async move { registry.watch(interval, stop).await }
         });
         // Subscriptions live until every delivery they handed out is settled.
-        let _subscriptions = consumers.join_all().await;
+        let subscriptions = consumers.join_all().await;
         watcher.abort();
         self.in_flight.close();
         self.in_flight.wait().await;
+        for subscription in subscriptions {
+            subscription.close().await;
+        }
         tracing::info!("worker stopped: every request taken was answered and settled");
         Ok(())
     }
@@ -240,6 +250,14 @@ impl Worker {
             let id = request.id.take().unwrap_or_else(fallback_id);
             let checked = check_request(request, &served.manifest);
             let (inputs, selected) = checked.map_err(|e| (e, id.clone()))?;
+            let limit = self.config.max_request_rows;
+            if inputs.rows > limit {
+                let message = format!(
+                    "the request has {} rows; a worker takes at most {limit} per request: split it",
+                    inputs.rows
+                );
+                return Err((InferError::new(ErrorCode::ResourceExhausted, message), id));
+            }
             Ok::<_, (InferError, String)>((served, id, inputs, selected))
         };
         let (served, id, inputs, selected) = match prepared.await {

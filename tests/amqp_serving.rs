@@ -4,17 +4,18 @@
 mod common;
 
 use bytes::Bytes;
+use common::load::{Answers, publish_many, spawn_worker};
 use common::{broker, held_out, image_request, repo_with, unique_model};
 use ember::batcher::BatchConfig;
 use ember::protocol::{ErrorCode, Lane, Reply, TensorData, decode_reply};
 use ember::registry::Registry;
 use ember::store::Repository;
 use ember::transport::amqp::AmqpTransport;
-use ember::transport::{Message, Properties, Subscription, Transport, TransportError, queues};
+use ember::transport::{Message, Properties, Subscription, Transport, queues};
 use ember::worker::{Worker, WorkerConfig};
 use futures::StreamExt;
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -321,80 +322,6 @@ async fn a_request_that_keeps_failing_workers_is_dead_lettered_with_the_reason()
     dead.stop().await;
     results.stop().await;
     served.stop().await;
-}
-
-/// `ember serve` in its own process.
-fn spawn_worker(repo: &std::path::Path, model: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["serve", "--transport", "amqp", "--model", model])
-        .arg("--model-repo")
-        .arg(repo)
-        .env("EMBER_AMQP_URL", common::amqp_url())
-        .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
-        .env("EMBER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start ember serve")
-}
-
-/// Publishes `count` batch requests (message ids `m-0`...) to `model`, 256 awaiting confirms.
-async fn publish_many(transport: &AmqpTransport, model: &str, count: usize) {
-    let data = held_out();
-    let queue = queues::requests(model, Lane::Batch);
-    let mut pending: tokio::task::JoinSet<Result<(), TransportError>> = Default::default();
-    for i in 0..count {
-        let message = Message {
-            body: image_request(&format!("r-{i}"), data.image(i % data.len()), 1).into(),
-            properties: with_id(&format!("m-{i}")),
-        };
-        if pending.len() == 256 {
-            pending.join_next().await.unwrap().unwrap().unwrap();
-        }
-        let (transport, queue) = (transport.clone(), queue.clone());
-        pending.spawn(async move { transport.publish(&queue, message).await });
-    }
-    while let Some(published) = pending.join_next().await {
-        published.unwrap().unwrap();
-    }
-}
-
-/// Answers on `model`'s result queue, counted by correlation id.
-struct Answers {
-    results: Box<dyn Subscription>,
-    seen: HashMap<String, usize>,
-}
-
-impl Answers {
-    async fn open(transport: &AmqpTransport, model: &str) -> Self {
-        let results = transport
-            .subscribe(&[queues::results(model)], 1000)
-            .await
-            .unwrap();
-        Self {
-            results,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// Collects answers until `distinct` requests are answered.
-    async fn until(&mut self, distinct: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.seen.len() < distinct {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some(delivery)) = tokio::time::timeout(left, self.results.next()).await else {
-                panic!("{} of {distinct} answered in time", self.seen.len());
-            };
-            let message = &delivery.message;
-            assert_eq!(message.properties.error_code, None, "an error answer");
-            let id = message.properties.correlation_id.clone().unwrap();
-            *self.seen.entry(id).or_default() += 1;
-            delivery.settle.ack().await.unwrap();
-        }
-    }
-
-    fn duplicates(&self) -> usize {
-        self.seen.values().map(|n| n - 1).sum()
-    }
 }
 
 /// `requests` batch requests streaming through an `ember serve` process.

@@ -21,6 +21,7 @@ use common::{held_out, image_request, repo_with};
 
 const REPLIES: &str = "test.replies";
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
+const MAX_REQUEST_ROWS: usize = 100;
 
 struct Pipeline {
     transport: MemoryTransport,
@@ -39,6 +40,7 @@ impl Pipeline {
         let transport = MemoryTransport::new();
         let config = WorkerConfig {
             max_request_bytes: MAX_REQUEST_BYTES,
+            max_request_rows: MAX_REQUEST_ROWS,
             ..WorkerConfig::for_batch_size(32)
         };
         let worker = Worker::new(Arc::new(transport.clone()), registry, config);
@@ -240,6 +242,17 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
             "must have shape",
         ),
         (with("input", "[2,64]", "FP32", &pixels), "bad", "elements"),
+        // Shapes that claim 10^12 elements, or overflow: refused, never allocated.
+        (
+            with("input", "[15625000000,64]", "FP32", &pixels),
+            "bad",
+            "elements",
+        ),
+        (
+            with("input", "[4294967296,4294967296,4294967296]", "FP32", "1"),
+            "bad",
+            "too large",
+        ),
         (
             with(
                 "input",
@@ -268,6 +281,16 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
         (error.code, error.id.as_str()),
         (ErrorCode::ResourceExhausted, "msg-1")
     );
+    let rows = MAX_REQUEST_ROWS + 1;
+    let tall = with(
+        "input",
+        &format!("[{rows},64]"),
+        "FP32",
+        &vec!["1"; rows * 64].join(","),
+    );
+    let error = err(p.ask("digits", None, tall).await.1);
+    assert_eq!(error.code, ErrorCode::ResourceExhausted);
+    assert!(error.error.contains("101 rows"), "{}", error.error);
     // Every bad request was acked: nothing waits, nothing was dead-lettered.
     assert_eq!(
         p.transport

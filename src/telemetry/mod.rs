@@ -205,10 +205,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Logs of crates whose debug output carries secrets (Azure SDK requests log their URL, SAS
+/// token included): capped at `info` whatever `EMBER_LOG` asks.
+const SECRET_BEARING_LOGS: [&str; 1] = ["azure_core=info"];
+
 /// Logs to stderr in `format`, filtered by `EMBER_LOG` (default `info`).
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter =
+        EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in SECRET_BEARING_LOGS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
     // A log line that cannot be written (stderr closed) is dropped: reporting that failure on
     // stderr would panic the task that logged, e.g. the one that starts the graceful drain.
     let logs = tracing_subscriber::fmt()

@@ -29,9 +29,10 @@ use lapin::options::{
 };
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::uri::AMQPUri;
 use lapin::{
-    Acker, BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    ExchangeKind,
+    Acker, BasicProperties, Channel, Confirmation, Connect, Connection, ConnectionProperties,
+    Consumer, ExchangeKind,
 };
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -50,6 +51,11 @@ pub const REDELIVERIES_HEADER: &str = "ember-redeliveries";
 /// Quorum queues count every delivery attempt in this header.
 const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 
+/// Seconds between heartbeats unless the URL sets `heartbeat`: a broker that stops answering
+/// (a black-holed network, a frozen node) is given up within two of them, then reconnected.
+const HEARTBEAT_SECONDS: u16 = 10;
+/// Longest a connection attempt may take unless the URL sets `connection_timeout` (ms).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PUBLISH_ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -101,19 +107,19 @@ impl std::fmt::Debug for AmqpConfig {
     }
 }
 
-/// `url` with its password replaced by `***`, for logs and errors.
+/// `url` with its password replaced by `***`, for logs and errors. Everything before the last
+/// `@` counts as user information, so a password holding `/` or `@`, or a URL without `//`,
+/// is hidden too.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((credentials, host)) = url.rsplit_once('@') else {
         return url.to_owned();
     };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        None => url.to_owned(),
-    }
+    let (scheme, userinfo) = match credentials.split_once("://") {
+        Some((scheme, userinfo)) => (format!("{scheme}://"), userinfo),
+        None => (String::new(), credentials),
+    };
+    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+    format!("{scheme}{user}:***@{host}")
 }
 
 /// A RabbitMQ client; clones share one connection, reopened when it breaks.
@@ -124,6 +130,8 @@ pub struct AmqpTransport {
 
 struct Shared {
     config: AmqpConfig,
+    /// `config.url`, parsed, with Ember's default heartbeat.
+    uri: AMQPUri,
     ca_chain: Option<String>,
     current: ArcSwapOption<Session>,
     connecting: tokio::sync::Mutex<()>,
@@ -155,8 +163,20 @@ impl AmqpTransport {
             })?),
             None => None,
         };
+        // The parser's own messages may quote the URL, password included: never pass them on.
+        let mut uri: AMQPUri = config.url.parse().map_err(|_| {
+            TransportError::Unavailable(format!(
+                "{} is not an AMQP URL: expected amqp[s]://user:password@host[:port][/vhost]",
+                redact(&config.url)
+            ))
+        })?;
+        uri.query.heartbeat.get_or_insert(HEARTBEAT_SECONDS);
+        uri.query
+            .connection_timeout
+            .get_or_insert(CONNECT_TIMEOUT.as_millis() as u64);
         let shared = Arc::new(Shared {
             config,
+            uri,
             ca_chain,
             current: ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
@@ -229,8 +249,11 @@ impl Shared {
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("ember-{}", std::process::id()).into());
         let runtime = lapin::runtime::default_runtime()?;
-        let connection =
-            Connection::connect_with_config(&self.config.url, properties, tls, runtime).await?;
+        let connection = self
+            .uri
+            .clone()
+            .connect_with_config(properties, tls, runtime)
+            .await?;
         let publisher = connection.create_channel().await?;
         publisher
             .confirm_select(ConfirmSelectOptions::default())
@@ -751,6 +774,15 @@ impl Subscription for AmqpSubscription {
             }
         }
     }
+
+    async fn close(mut self: Box<Self>) {
+        // The broker answers a channel's close only after the acks sent on it before.
+        if let Some(active) = self.active.take()
+            && let Err(e) = active.channel.close(200, "unsubscribed".into()).await
+        {
+            tracing::debug!(error = %e, "closing a consuming channel");
+        }
+    }
 }
 
 /// How often the broker delivered this message before: the quorum queue's count, Ember's own
@@ -896,7 +928,7 @@ fn string(value: &AMQPValue) -> Option<String> {
 }
 
 /// The AMQP properties and headers of `properties` (persistent, JSON content).
-fn to_amqp(properties: &Properties) -> BasicProperties {
+pub fn to_amqp(properties: &Properties) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut put = |name: &str, value: Option<AMQPValue>| {
         if let Some(value) = value {
@@ -952,7 +984,7 @@ fn to_amqp(properties: &Properties) -> BasicProperties {
 
 /// The wire-protocol properties of an AMQP message. Header values may be long or short
 /// strings; the deadline any integer type or a decimal string (as other clients send them).
-fn from_amqp(amqp: &BasicProperties) -> Properties {
+pub fn from_amqp(amqp: &BasicProperties) -> Properties {
     let headers = amqp.headers().as_ref();
     let header = |name: &str| headers.and_then(|h| h.inner().get(name));
     let header_text = |name: &str| header(name).and_then(string);
@@ -994,6 +1026,10 @@ mod tests {
             "amqp://127.0.0.1:5672/%2f"
         );
         assert_eq!(redact("amqp://user@host"), "amqp://user:***@host");
+        // Passwords that break the URL's structure are hidden all the same.
+        assert_eq!(redact("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
+        assert_eq!(redact("amqp://u:p@w@h"), "amqp://u:***@h");
+        assert_eq!(redact("amqp:u:pw@h"), "amqp:***@h");
         let config = AmqpConfig::new("amqp://u:pw@h/v");
         assert!(!format!("{config:?}").contains("pw"));
     }

@@ -218,6 +218,9 @@ pub trait Subscription: Send {
     /// Stops taking new deliveries (graceful drain). Deliveries already taken keep coming from
     /// `next` and stay settleable while the subscription lives.
     async fn stop(&mut self);
+    /// Ends the subscription once every delivery it handed out is settled, returning when the
+    /// broker has taken every settlement (so closing the connection next cannot lose one).
+    async fn close(self: Box<Self>) {}
 }
 
 /// Sends requests whose answers come back to one private [`Inbox`].

@@ -6,6 +6,7 @@ use ember::train::digits;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
 use std::path::Path;
 
+pub mod load;
 pub mod minilm;
 pub mod precision;
 pub mod proxy;

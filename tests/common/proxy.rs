@@ -1,9 +1,11 @@
 //! A TCP proxy that injects real network faults between a client and a real server: cut a
-//! connection after N bytes, or go down (drop every connection, refuse new ones) and come back.
+//! connection after N bytes, go down (drop every connection, refuse new ones) and come back,
+//! add latency, or black-hole (keep connections open, pass nothing on).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -26,6 +28,10 @@ struct State {
     down_after: AtomicU64,
     up: AtomicBool,
     down_signal: watch::Sender<u64>,
+    /// Delay before each chunk is passed on, either way, in ms.
+    latency_ms: AtomicU64,
+    /// While set, nothing is passed on either way; connections stay open.
+    black_hole: AtomicBool,
 }
 
 impl FaultProxy {
@@ -41,6 +47,8 @@ impl FaultProxy {
             down_after: AtomicU64::new(0),
             up: AtomicBool::new(true),
             down_signal: watch::channel(0).0,
+            latency_ms: AtomicU64::new(0),
+            black_hole: AtomicBool::new(false),
         });
         let accepting = state.clone();
         tokio::spawn(async move {
@@ -87,6 +95,17 @@ impl FaultProxy {
     pub fn up(&self) {
         self.state.up.store(true, Ordering::SeqCst);
     }
+
+    /// Delays every chunk by `latency`, either way (zero: none).
+    pub fn set_latency(&self, latency: Duration) {
+        let ms = latency.as_millis() as u64;
+        self.state.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Passes nothing on, either way, while `on`, without closing any connection.
+    pub fn black_hole(&self, on: bool) {
+        self.state.black_hole.store(on, Ordering::SeqCst);
+    }
 }
 
 impl State {
@@ -101,37 +120,54 @@ async fn relay(state: Arc<State>, mut client: TcpStream, cut_after: u64) {
         return;
     };
     let mut down = state.down_signal.subscribe();
-    let (mut client_read, mut client_write) = client.split();
-    let (mut server_read, mut server_write) = server.split();
-    let upstream = tokio::io::copy(&mut client_read, &mut server_write);
-    let downstream = async {
-        let mut buf = vec![0u8; 64 << 10];
-        let mut sent = 0u64;
-        loop {
-            let n = server_read.read(&mut buf).await?;
-            if n == 0 {
-                return Ok::<_, std::io::Error>(());
-            }
-            let n = if cut_after > 0 {
-                (n as u64).min(cut_after - sent) as usize
-            } else {
-                n
-            };
-            client_write.write_all(&buf[..n]).await?;
-            sent += n as u64;
+    let (client_read, client_write) = client.split();
+    let (server_read, server_write) = server.split();
+    tokio::select! {
+        _ = pump(&state, client_read, server_write, None) => {}
+        _ = pump(&state, server_read, client_write, Some(cut_after)) => {}
+        _ = down.changed() => {}
+    }
+}
+
+/// Passes bytes from `from` to `to` through the faults set; `downstream` (to the client, with
+/// its cut) counts what is forwarded.
+async fn pump(
+    state: &State,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    downstream: Option<u64>,
+) -> std::io::Result<()> {
+    let cut_after = downstream.unwrap_or(0);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut sent = 0u64;
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let latency = state.latency_ms.load(Ordering::SeqCst);
+        if latency > 0 {
+            tokio::time::sleep(Duration::from_millis(latency)).await;
+        }
+        while state.black_hole.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let n = if cut_after > 0 {
+            (n as u64).min(cut_after - sent) as usize
+        } else {
+            n
+        };
+        to.write_all(&buf[..n]).await?;
+        sent += n as u64;
+        if downstream.is_some() {
             let total = state.forwarded.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
             let down_after = state.down_after.load(Ordering::SeqCst);
             if down_after > 0 && total >= down_after {
                 state.go_down();
             }
-            if cut_after > 0 && sent >= cut_after {
-                return Ok(()); // cut: both halves are dropped below
-            }
         }
-    };
-    tokio::select! {
-        _ = upstream => {}
-        _ = downstream => {}
-        _ = down.changed() => {}
+        if cut_after > 0 && sent >= cut_after {
+            return Ok(()); // cut: both halves are dropped by the caller
+        }
     }
 }

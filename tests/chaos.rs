@@ -1,0 +1,234 @@
+//! Chaos under load, against the real broker: `ember serve` workers killed with SIGKILL every
+//! few seconds while three serve; faults on the network between a worker and the broker
+//! (latency, resets, a black hole); every worker sent SIGTERM at peak (scale-in). In each, every
+//! request is answered and none dead-lettered; only what a killed worker held unacked may be
+//! answered twice. Each prints its figures (docs/reliability.md); `EMBER_CHAOS_REQUESTS` sets
+//! the load (default: a short run for CI).
+
+mod common;
+
+use common::load::{Answers, publish_many, spawn_worker, spawn_worker_via};
+use common::proxy::FaultProxy;
+use common::{broker, repo_with, unique_model};
+use ember::protocol::Lane;
+use ember::transport::amqp::AmqpTransport;
+use ember::transport::{Transport, queues};
+use ember::worker::WorkerConfig;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Requests per scenario.
+fn requests() -> usize {
+    std::env::var("EMBER_CHAOS_REQUESTS").map_or(3_000, |n| n.parse().expect("a number"))
+}
+
+/// What one `ember serve` worker may hold unacked (both of its queues' prefetch windows): all
+/// that a SIGKILL can make the broker deliver again.
+fn unacked_window() -> usize {
+    2 * WorkerConfig::for_batch_size(32).prefetch
+}
+
+/// A scenario's model, queues and answers.
+struct Scenario {
+    name: &'static str,
+    model: String,
+    repo: tempfile::TempDir,
+    transport: AmqpTransport,
+    answers: Answers,
+    requests: usize,
+    started: Instant,
+}
+
+impl Scenario {
+    async fn start(name: &'static str) -> Self {
+        let model = unique_model(name);
+        let repo = repo_with(&[&model]);
+        let transport = broker(|c| c).await;
+        transport.declare(&model).await.unwrap();
+        let answers = Answers::open(&transport, &model).await;
+        Self {
+            name,
+            model,
+            repo,
+            transport,
+            answers,
+            requests: requests(),
+            started: Instant::now(),
+        }
+    }
+
+    async fn publish(&mut self) {
+        self.started = Instant::now();
+        publish_many(&self.transport, &self.model, self.requests).await;
+    }
+
+    fn worker(&self) -> Child {
+        spawn_worker(self.repo.path(), &self.model)
+    }
+
+    async fn dead_lettered(&self) -> u32 {
+        let dead = queues::dead(&self.model);
+        self.transport.depth(&dead).await.unwrap()
+    }
+
+    /// Waits for every answer, asserts none lost or dead-lettered, prints the figures and
+    /// returns the duplicates.
+    async fn finish(mut self, workers: Vec<Child>) -> usize {
+        self.answers
+            .until(self.requests, Duration::from_secs(600))
+            .await;
+        let elapsed = self.started.elapsed();
+        let dead = self.dead_lettered().await;
+        let duplicates = self.answers.duplicates();
+        println!(
+            "chaos {}: sent {} answered {} duplicated {duplicates} dead-lettered {dead} lost {} \
+             longest silence {:.1} s, all answered in {:.1} s",
+            self.name,
+            self.requests,
+            self.answers.seen.len(),
+            self.requests - self.answers.seen.len(),
+            self.answers.longest_silence.as_secs_f64(),
+            elapsed.as_secs_f64()
+        );
+        assert_eq!(dead, 0, "nothing dead-lettered");
+        for mut worker in workers {
+            let _ = worker.kill();
+            let _ = worker.wait();
+        }
+        self.answers.results.stop().await;
+        self.transport.delete(&self.model).await.unwrap();
+        duplicates
+    }
+}
+
+fn signal(worker: &Child, signal: &str) {
+    let pid = worker.id().to_string();
+    let status = Command::new("kill")
+        .args([signal, &pid])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_killed_every_few_seconds_lose_nothing() {
+    let mut scenario = Scenario::start("chaos-kill").await;
+    let mut workers: Vec<Child> = (0..3).map(|_| scenario.worker()).collect();
+    scenario.publish().await;
+    let mut kills = 0;
+    while scenario.answers.seen.len() < scenario.requests {
+        scenario
+            .answers
+            .during(scenario.requests, Duration::from_secs(2))
+            .await;
+        if scenario.answers.seen.len() == scenario.requests {
+            break;
+        }
+        // The oldest worker dies without warning; a new one takes its place.
+        let mut victim = workers.remove(0);
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+        kills += 1;
+        workers.push(scenario.worker());
+        assert!(kills < 300, "the stream never finished");
+    }
+    println!("chaos chaos-kill: {kills} workers killed with SIGKILL, one every 2 s");
+    let duplicates = scenario.finish(workers).await;
+    assert!(
+        duplicates <= kills * unacked_window(),
+        "{duplicates} duplicates after {kills} kills"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_faults_between_worker_and_broker_lose_nothing() {
+    let mut scenario = Scenario::start("chaos-net").await;
+    let proxy = FaultProxy::start("127.0.0.1:5672").await;
+    // A 2 s heartbeat (Ember's default is 10 s) keeps the black hole's cost short here.
+    let url = common::amqp_url().replace("127.0.0.1:5672", &format!("127.0.0.1:{}", proxy.port));
+    let url = format!("{url}?heartbeat=2");
+    let worker = spawn_worker_via(scenario.repo.path(), &scenario.model, &url);
+    scenario.publish().await;
+    let phase = |answers: &Answers| answers.seen.len();
+    let mut faults = Vec::new();
+    // Latency on every packet, resets of every connection, then a black hole.
+    proxy.set_latency(Duration::from_millis(20));
+    scenario
+        .answers
+        .during(scenario.requests, Duration::from_secs(3))
+        .await;
+    proxy.set_latency(Duration::ZERO);
+    faults.push(("20 ms latency", phase(&scenario.answers)));
+    for _ in 0..3 {
+        proxy.down();
+        proxy.up();
+        scenario
+            .answers
+            .during(scenario.requests, Duration::from_secs(2))
+            .await;
+    }
+    faults.push(("3 resets", phase(&scenario.answers)));
+    proxy.black_hole(true);
+    scenario
+        .answers
+        .during(scenario.requests, Duration::from_secs(8))
+        .await;
+    proxy.black_hole(false);
+    faults.push(("8 s black hole", phase(&scenario.answers)));
+    println!("chaos chaos-net: answered after each fault: {faults:?}");
+    assert!(proxy.connections() > 1, "the worker reconnected");
+    let duplicates = scenario.finish(vec![worker]).await;
+    // Each broken connection may hand back what the worker held unacked.
+    assert!(
+        duplicates <= 4 * unacked_window(),
+        "{duplicates} duplicates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_worker_sent_sigterm_at_peak_loses_nothing() {
+    let mut scenario = Scenario::start("chaos-term").await;
+    let workers: Vec<Child> = (0..3).map(|_| scenario.worker()).collect();
+    scenario.publish().await;
+    let third = scenario.requests / 3;
+    scenario
+        .answers
+        .until(third, Duration::from_secs(300))
+        .await;
+    // Scale-in at peak: every worker told to stop at once.
+    let signalled = Instant::now();
+    for worker in &workers {
+        signal(worker, "-TERM");
+    }
+    for mut worker in workers {
+        let status = worker.wait().unwrap();
+        assert!(status.success(), "a drained worker exits 0, not {status}");
+    }
+    let drained_in = signalled.elapsed();
+    // Everything a worker took was answered: the rest waits in the queue, unanswered (the
+    // broker may take a moment to count what closed channels handed back).
+    let batch = queues::requests(&scenario.model, Lane::Batch);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let period = Duration::from_millis(200);
+        scenario.answers.during(scenario.requests, period).await;
+        let waiting = scenario.transport.depth(&batch).await.unwrap() as usize;
+        if scenario.answers.seen.len() + waiting >= scenario.requests || Instant::now() > deadline {
+            break waiting;
+        }
+    };
+    assert_eq!(
+        scenario.answers.seen.len() + waiting,
+        scenario.requests,
+        "answered + still queued"
+    );
+    println!(
+        "chaos chaos-term: 3 workers drained in {:.1} s; {} answered, {waiting} left queued",
+        drained_in.as_secs_f64(),
+        scenario.answers.seen.len()
+    );
+    let replacement = scenario.worker();
+    let duplicates = scenario.finish(vec![replacement]).await;
+    assert_eq!(duplicates, 0, "a drained worker settles everything it took");
+}

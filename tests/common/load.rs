@@ -1,0 +1,113 @@
+//! Load through `ember serve` processes over the test broker: numbered requests published,
+//! their answers counted.
+
+use super::{amqp_url, held_out, image_request};
+use ember::protocol::Lane;
+use ember::transport::amqp::AmqpTransport;
+use ember::transport::{Message, Properties, Subscription, Transport, TransportError, queues};
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `ember serve` in its own process.
+pub fn spawn_worker(repo: &std::path::Path, model: &str) -> Child {
+    spawn_worker_via(repo, model, &amqp_url())
+}
+
+/// `ember serve` in its own process, reaching the broker at `url`.
+pub fn spawn_worker_via(repo: &std::path::Path, model: &str, url: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["serve", "--transport", "amqp", "--model", model])
+        .arg("--model-repo")
+        .arg(repo)
+        .env("EMBER_AMQP_URL", url)
+        .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
+        .env("EMBER_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start ember serve")
+}
+
+/// Publishes `count` batch requests (message ids `m-0`...) to `model`, 256 awaiting confirms.
+pub async fn publish_many(transport: &AmqpTransport, model: &str, count: usize) {
+    let data = held_out();
+    let queue = queues::requests(model, Lane::Batch);
+    let mut pending: tokio::task::JoinSet<Result<(), TransportError>> = Default::default();
+    for i in 0..count {
+        let message = Message {
+            body: image_request(&format!("r-{i}"), data.image(i % data.len()), 1).into(),
+            properties: Properties {
+                message_id: Some(format!("m-{i}")),
+                ..Properties::default()
+            },
+        };
+        if pending.len() == 256 {
+            pending.join_next().await.unwrap().unwrap().unwrap();
+        }
+        let (transport, queue) = (transport.clone(), queue.clone());
+        pending.spawn(async move { transport.publish(&queue, message).await });
+    }
+    while let Some(published) = pending.join_next().await {
+        published.unwrap().unwrap();
+    }
+}
+
+/// Answers on `model`'s result queue, counted by correlation id.
+pub struct Answers {
+    /// The result queue's subscription.
+    pub results: Box<dyn Subscription>,
+    /// Answers per correlation id.
+    pub seen: HashMap<String, usize>,
+    /// The longest wait between two answers (or from opening to the first).
+    pub longest_silence: Duration,
+    last: Instant,
+}
+
+impl Answers {
+    /// Subscribes to `model`'s result queue.
+    pub async fn open(transport: &AmqpTransport, model: &str) -> Self {
+        let results = transport
+            .subscribe(&[queues::results(model)], 1000)
+            .await
+            .unwrap();
+        Self {
+            results,
+            seen: HashMap::new(),
+            longest_silence: Duration::ZERO,
+            last: Instant::now(),
+        }
+    }
+
+    /// Collects answers until `distinct` requests are answered.
+    pub async fn until(&mut self, distinct: usize, within: Duration) {
+        self.during(distinct, within).await;
+        assert!(
+            self.seen.len() >= distinct,
+            "{} of {distinct} answered in time",
+            self.seen.len()
+        );
+    }
+
+    /// Collects answers for `period`, or until `distinct` requests are answered.
+    pub async fn during(&mut self, distinct: usize, period: Duration) {
+        let deadline = Instant::now() + period;
+        while self.seen.len() < distinct {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(delivery)) = tokio::time::timeout(left, self.results.next()).await else {
+                return;
+            };
+            self.longest_silence = self.longest_silence.max(self.last.elapsed());
+            self.last = Instant::now();
+            let message = &delivery.message;
+            assert_eq!(message.properties.error_code, None, "an error answer");
+            let id = message.properties.correlation_id.clone().unwrap();
+            *self.seen.entry(id).or_default() += 1;
+            delivery.settle.ack().await.unwrap();
+        }
+    }
+
+    /// Answers beyond the first per request.
+    pub fn duplicates(&self) -> usize {
+        self.seen.values().map(|n| n - 1).sum()
+    }
+}
