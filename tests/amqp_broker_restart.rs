@@ -1,13 +1,13 @@
 //! A RabbitMQ restart (`rabbitmqctl stop_app` / `start_app`) while `ember serve` works: the
-//! worker reconnects and resumes; every request is answered. Its own test binary, because it
-//! takes the broker away from every other test.
+//! worker reconnects and resumes; every request is answered, none dead-lettered. Its own test
+//! binary, because it takes the broker away from every other test. `EMBER_CHAOS_REQUESTS` sets
+//! the load, as in `tests/chaos.rs`; the figures it prints are in docs/reliability.md.
 
 mod common;
 
-use common::{broker, held_out, image_request, repo_with, unique_model};
-use ember::protocol::Lane;
-use ember::transport::{Message, Properties, Transport, queues};
-use std::collections::HashSet;
+use common::load::{Answers, publish_at, spawn_worker};
+use common::{broker, repo_with, unique_model};
+use ember::transport::{Transport, queues};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,63 +22,45 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_survives_a_broker_restart() {
-    const REQUESTS: usize = 3_000;
+    let requests = std::env::var("EMBER_CHAOS_REQUESTS").map_or(3_000, |n| n.parse().unwrap());
     let model = unique_model("restart");
     let repo = repo_with(&[&model]);
     let transport = broker(|c| c).await;
     transport.declare(&model).await.unwrap();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_ember"))
-        .args(["serve", "--transport", "amqp", "--model", &model])
-        .arg("--model-repo")
-        .arg(repo.path())
-        .env("EMBER_AMQP_URL", common::amqp_url())
-        .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
-        .env("EMBER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let batch = queues::requests(&model, Lane::Batch);
-    let data = held_out();
-    for i in 0..REQUESTS {
-        let message = Message {
-            body: image_request("r", data.image(i % data.len()), 1).into(),
-            properties: Properties {
-                message_id: Some(format!("m-{i}")),
-                ..Properties::default()
-            },
-        };
-        transport.publish(&batch, message).await.unwrap();
-        if i == REQUESTS / 3 {
-            // Mid-stream: the broker goes away for a while and comes back.
-            rabbitmqctl(&["stop_app"]);
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            rabbitmqctl(&["start_app"]);
-            rabbitmqctl(&["await_startup"]);
-        }
-    }
-    let mut results = transport
-        .subscribe(&[queues::results(&model)], 1000)
-        .await
-        .unwrap();
-    let mut answered = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while answered.len() < REQUESTS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(delivery)) = tokio::time::timeout(left, results.next()).await else {
-            panic!(
-                "{} of {REQUESTS} answered after the restart",
-                answered.len()
-            );
-        };
-        answered.insert(delivery.message.properties.correlation_id.clone().unwrap());
-        delivery.settle.ack().await.unwrap();
-    }
+    let mut worker = spawn_worker(repo.path(), &model);
+    let mut answers = Answers::open(&transport, &model).await;
+    let started = Instant::now();
+    publish_at(&transport, &model, 0..requests / 2, None).await;
+    answers.until(requests / 3, Duration::from_secs(120)).await;
+    // Mid-stream: the broker goes away for a while and comes back.
+    let stopped = Instant::now();
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    let down = stopped.elapsed();
+    publish_at(&transport, &model, requests / 2..requests, None).await;
+    answers.until(requests, Duration::from_secs(300)).await;
+    let dead = transport.depth(&queues::dead(&model)).await.unwrap();
+    println!(
+        "chaos broker-restart: sent {requests} answered {} duplicated {} dead-lettered {dead} \
+         lost {} ({} answers redelivered to the test's own consumer) broker down {:.1} s, \
+         longest silence {:.1} s, all answered in {:.1} s",
+        answers.seen.len(),
+        answers.duplicates(),
+        requests - answers.seen.len(),
+        answers.redelivered,
+        down.as_secs_f64(),
+        answers.longest_silence.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(dead, 0, "nothing dead-lettered");
     assert!(
         worker.try_wait().unwrap().is_none(),
         "the worker stayed up through the restart"
     );
     worker.kill().unwrap();
     worker.wait().unwrap();
-    results.stop().await;
+    answers.results.stop().await;
     transport.delete(&model).await.unwrap();
 }

@@ -54,6 +54,8 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 /// Seconds between heartbeats unless the URL sets `heartbeat`: a broker that stops answering
 /// (a black-holed network, a frozen node) is given up within two of them, then reconnected.
 const HEARTBEAT_SECONDS: u16 = 10;
+/// Longest to wait for the broker to confirm a publish before publishing again.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest a connection attempt may take unless the URL sets `connection_timeout` (ms).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const PUBLISH_ATTEMPTS: u32 = 3;
@@ -436,7 +438,7 @@ async fn publish_on(
         ..BasicPublishOptions::default()
     };
     let message_id = properties.message_id().clone();
-    let confirm = channel
+    let published = channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -445,8 +447,16 @@ async fn publish_on(
             properties,
         )
         .await
-        .map_err(unavailable)?
+        .map_err(unavailable)?;
+    // A confirm that never comes (a connection dying mid-publish) fails the publish, which the
+    // caller retries: sent twice at worst, never stuck.
+    let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, published)
         .await
+        .map_err(|_| {
+            TransportError::Unavailable(format!(
+                "no confirm for a message to {routing_key} within {CONFIRM_TIMEOUT:?}"
+            ))
+        })?
         .map_err(unavailable)?;
     // lapin hands a returned message to one of the publishes a multiple-ack confirms, not
     // necessarily the one returned: only a return of this very message makes it unroutable.

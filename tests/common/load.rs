@@ -30,10 +30,27 @@ pub fn spawn_worker_via(repo: &std::path::Path, model: &str, url: &str) -> Child
 
 /// Publishes `count` batch requests (message ids `m-0`...) to `model`, 256 awaiting confirms.
 pub async fn publish_many(transport: &AmqpTransport, model: &str, count: usize) {
+    publish_at(transport, model, 0..count, None).await;
+}
+
+/// Publishes the requests numbered `ids` (message ids `m-<i>`) to `model`, at `per_second`
+/// requests per second when set (a steady load), else as fast as the broker confirms.
+pub async fn publish_at(
+    transport: &AmqpTransport,
+    model: &str,
+    ids: std::ops::Range<usize>,
+    per_second: Option<f64>,
+) {
     let data = held_out();
     let queue = queues::requests(model, Lane::Batch);
+    let started = Instant::now();
     let mut pending: tokio::task::JoinSet<Result<(), TransportError>> = Default::default();
-    for i in 0..count {
+    let first = ids.start;
+    for i in ids {
+        if let Some(rate) = per_second {
+            let due = started + Duration::from_secs_f64((i - first) as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let message = Message {
             body: image_request(&format!("r-{i}"), data.image(i % data.len()), 1).into(),
             properties: Properties {
@@ -60,6 +77,9 @@ pub struct Answers {
     pub seen: HashMap<String, usize>,
     /// The longest wait between two answers (or from opening to the first).
     pub longest_silence: Duration,
+    /// Answers the broker delivered here again because this side's ack was lost with the
+    /// broker (not counted as answers: no worker answered twice).
+    pub redelivered: usize,
     last: Instant,
 }
 
@@ -74,6 +94,7 @@ impl Answers {
             results,
             seen: HashMap::new(),
             longest_silence: Duration::ZERO,
+            redelivered: 0,
             last: Instant::now(),
         }
     }
@@ -101,8 +122,13 @@ impl Answers {
             let message = &delivery.message;
             assert_eq!(message.properties.error_code, None, "an error answer");
             let id = message.properties.correlation_id.clone().unwrap();
-            *self.seen.entry(id).or_default() += 1;
-            delivery.settle.ack().await.unwrap();
+            if delivery.redeliveries > 0 && self.seen.contains_key(&id) {
+                self.redelivered += 1;
+            } else {
+                *self.seen.entry(id).or_default() += 1;
+            }
+            // An ack lost with the broker (a restart) brings the answer again: a duplicate.
+            let _ = delivery.settle.ack().await;
         }
     }
 
