@@ -95,6 +95,8 @@ pub struct Sample {
     pub worker_rss_bytes: Option<u64>,
     /// CPU cores the worker kept busy during the interval.
     pub worker_cpu_cores: Option<f64>,
+    /// File descriptors the worker holds open (sockets included) at the end of the interval.
+    pub worker_open_fds: Option<u64>,
 }
 
 /// Latency and outcomes of one model on one lane.
@@ -412,6 +414,7 @@ async fn sample(
             _ = &mut done => true,
         };
         let (worker_rss_bytes, worker_cpu_cores) = probe.as_mut().map_or((None, None), Probe::read);
+        let worker_open_fds = probe.as_ref().and_then(Probe::open_fds);
         let now = Instant::now();
         let mut state = ledger.state.lock().unwrap();
         let since = state.timeline.last().map_or(0.0, |s| s.t_s);
@@ -433,6 +436,7 @@ async fn sample(
             max_ms: interval.max() as f64 / 1000.0,
             worker_rss_bytes,
             worker_cpu_cores,
+            worker_open_fds,
         };
         let answered = state.answered.len() as u64;
         state.timeline.push(sample.clone());

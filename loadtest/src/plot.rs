@@ -214,6 +214,7 @@ mod tests {
                 max_ms: 12.0,
                 worker_rss_bytes: Some(50 << 20),
                 worker_cpu_cores: Some(0.5),
+                worker_open_fds: Some(20),
             })
             .collect();
         let dir = tempfile::tempdir().unwrap();

@@ -15,6 +15,10 @@ pub const RSS_TOLERANCE: f64 = 0.10;
 /// every request, passes any fixed allowance in a long enough soak.
 pub const RSS_SLACK: u64 = 8 << 20;
 
+/// Open file descriptors the worker may gain after the warm-up (a reconnect in progress, a
+/// model file read): a leak of connections or files grows past it.
+pub const FD_SLACK: u64 = 16;
+
 /// The warm-up at least, as a share of the run (allocator pools, batch buffers filling).
 const WARM_UP_SHARE: f64 = 0.2;
 
@@ -53,6 +57,12 @@ pub struct SoakReport {
     pub rss_allowed_growth_bytes: Option<u64>,
     /// Whether the peak stayed within the allowed growth of the warm level.
     pub rss_flat: Option<bool>,
+    /// Worker's open file descriptors at the first sample after the warm-up, and the most after.
+    pub fds_warm: Option<u64>,
+    /// The most open file descriptors after the warm-up.
+    pub fds_peak: Option<u64>,
+    /// Whether the open file descriptors stayed within `FD_SLACK` of their warm count.
+    pub fds_flat: Option<bool>,
     /// The smallest leak per answered request this soak would have failed on: the allowed
     /// growth ÷ the answers after the warm-up, bytes.
     pub leak_detection_limit_bytes_per_request: Option<f64>,
@@ -76,6 +86,13 @@ impl SoakReport {
             warm.last().copied(),
         );
         let allowed = first.map(|w| ((w as f64 * RSS_TOLERANCE) as u64).max(RSS_SLACK));
+        let fds: Vec<u64> = load
+            .timeline
+            .iter()
+            .filter(|s| s.t_s > warm_up.as_secs_f64())
+            .filter_map(|s| s.worker_open_fds)
+            .collect();
+        let (fds_warm, fds_peak) = (fds.first().copied(), fds.iter().copied().max());
         let judged = load.timeline.last().map_or(0.0, |s| s.t_s) - warm_up.as_secs_f64();
         let answers_judged = load.throughput_rps * judged.max(0.0);
         Self {
@@ -89,6 +106,11 @@ impl SoakReport {
                 .zip(peak)
                 .zip(allowed)
                 .map(|((w, p), allowed)| p <= w + allowed),
+            fds_warm,
+            fds_peak,
+            fds_flat: fds_warm
+                .zip(fds_peak)
+                .map(|(warm, peak)| peak <= warm + FD_SLACK),
             leak_detection_limit_bytes_per_request: allowed
                 .filter(|_| answers_judged >= 1.0)
                 .map(|a| a as f64 / answers_judged),
@@ -96,9 +118,9 @@ impl SoakReport {
         }
     }
 
-    /// Whether the soak passed: nothing lost, memory flat (when sampled).
+    /// Whether the soak passed: nothing lost, memory and open files flat (when sampled).
     pub fn passed(&self) -> bool {
-        self.load.lost == 0 && self.rss_flat != Some(false)
+        self.load.lost == 0 && self.rss_flat != Some(false) && self.fds_flat != Some(false)
     }
 }
 
@@ -131,6 +153,15 @@ pub fn markdown(report: &SoakReport) -> String {
         ),
         _ => "\nworker RSS not sampled (pass --worker-pid with --external)\n".into(),
     };
+    if let (Some(warm), Some(peak), Some(flat)) =
+        (report.fds_warm, report.fds_peak, report.fds_flat)
+    {
+        out += &format!(
+            "worker open file descriptors (sockets included) after the warm-up: {warm}, peak \
+             {peak}: {} (allowed +{FD_SLACK})\n",
+            if flat { "flat" } else { "NOT flat" }
+        );
+    }
     out
 }
 
@@ -176,6 +207,7 @@ mod tests {
                 max_ms: 1.0,
                 worker_rss_bytes: Some(mib << 20),
                 worker_cpu_cores: None,
+                worker_open_fds: Some(20 + i as u64 % 2),
             })
             .collect();
         load
@@ -201,6 +233,8 @@ mod tests {
         assert_eq!(flat.rss_warm_bytes, Some(100 << 20));
         assert_eq!(flat.rss_peak_bytes, Some(105 << 20));
         assert_eq!(flat.rss_flat, Some(true));
+        assert_eq!((flat.fds_warm, flat.fds_peak), (Some(20), Some(21)));
+        assert_eq!(flat.fds_flat, Some(true));
         assert!(flat.passed());
         // 10 MiB allowed over the 8 answers after the warm-up (1 per second).
         let limit = flat.leak_detection_limit_bytes_per_request.unwrap();
@@ -221,5 +255,23 @@ mod tests {
         assert_eq!(leak.rss_flat, Some(false));
         assert!((leak.rss_growth.unwrap() - 0.28).abs() < 1e-9);
         assert!(!leak.passed());
+    }
+
+    #[test]
+    fn open_files_growing_after_the_warm_up_fail_the_soak() {
+        let mut load = load_with_rss(&[100; 10]);
+        for (i, sample) in load.timeline.iter_mut().enumerate() {
+            sample.worker_open_fds = Some(20 + 5 * i as u64);
+        }
+        let report = SoakReport::new(load, Duration::from_secs(2));
+        assert_eq!((report.fds_warm, report.fds_peak), (Some(30), Some(65)));
+        assert_eq!(report.fds_flat, Some(false));
+        assert_eq!(report.rss_flat, Some(true));
+        assert!(!report.passed());
+        assert!(
+            markdown(&report).contains("NOT flat"),
+            "{}",
+            markdown(&report)
+        );
     }
 }

@@ -57,6 +57,14 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Entries of `/proc/<pid>/fd`: files, sockets and pipes the process holds open.
+    pub fn open_fds(&self) -> Option<u64> {
+        let entries = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).ok()?;
+        Some(entries.count() as u64)
+    }
+}
+
 /// `VmRSS` of `/proc/<pid>/status`.
 fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
