@@ -132,7 +132,7 @@ pub struct AmqpTransport {
 
 struct Shared {
     config: AmqpConfig,
-    /// `config.url`, parsed, with Ember's default heartbeat.
+    /// `config.url`, parsed, with Ember's heartbeat and connect timeout where it sets none.
     uri: AMQPUri,
     ca_chain: Option<String>,
     current: ArcSwapOption<Session>,
