@@ -406,11 +406,7 @@ async fn sigterm_drains_in_flight_work_and_exits_cleanly() {
         },
     ) = Stream::start("term", REQUESTS, REQUESTS / 10).await;
     let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::sigterm(&first);
     let exit = loop {
         if let Some(exit) = first.try_wait().unwrap() {
             break exit;

@@ -14,7 +14,7 @@ use ember::protocol::Lane;
 use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Transport, queues};
 use ember::worker::WorkerConfig;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// How long a paced scenario's load lasts: long enough for its faults to land mid-stream.
@@ -114,16 +114,6 @@ impl Scenario {
     }
 }
 
-fn signal(worker: &Child, signal: &str) {
-    let pid = worker.id().to_string();
-    let status = Command::new("kill")
-        .args([signal, &pid])
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_every_few_seconds_lose_nothing() {
     let mut scenario = Scenario::start("chaos-kill").await;
@@ -214,7 +204,7 @@ async fn every_worker_sent_sigterm_at_peak_loses_nothing() {
     // Scale-in at peak: every worker told to stop at once.
     let signalled = Instant::now();
     for worker in &workers {
-        signal(worker, "-TERM");
+        common::sigterm(worker);
     }
     for mut worker in workers {
         let status = worker.wait().unwrap();

@@ -314,14 +314,7 @@ async fn a_serving_worker_keeps_its_broker_password_out_of_logs_and_metrics() {
     assert_no_secret("/metrics", &metrics);
 
     // Drained by SIGTERM, so the logs include shutting down.
-    let pid = child.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(&child.0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while child.0.try_wait().unwrap().is_none() {
         assert!(Instant::now() < deadline, "no exit after SIGTERM");

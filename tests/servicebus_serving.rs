@@ -173,14 +173,7 @@ async fn sigterm_drains_and_leaves_the_rest_queued() {
     send_requests(&t, &model, REQUESTS).await;
     let mut worker = serve(repo.path(), &model);
     let (answered, _) = answers(&t, &model, Duration::from_secs(60), |ids| ids.len() >= 20).await;
-    let pid = worker.0.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::sigterm(&worker.0);
     let started = Instant::now();
     let status = loop {
         if let Some(status) = worker.0.try_wait().unwrap() {

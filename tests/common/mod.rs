@@ -151,6 +151,15 @@ pub fn local_version(
     dir
 }
 
+/// Sends SIGTERM to `child` (a graceful drain, as Kubernetes does on scale-in).
+pub fn sigterm(child: &std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -TERM: {status}");
+}
+
 /// A child process (e.g. `ember serve`) killed when the test ends, even by a failed assertion.
 pub struct KillOnDrop(pub std::process::Child);
 
