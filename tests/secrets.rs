@@ -6,9 +6,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BROKER_PASSWORD: &str = "brokerpw7f3c";
@@ -271,24 +270,7 @@ async fn a_serving_worker_keeps_its_broker_password_out_of_logs_and_metrics() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = common::KillOnDrop(serve.spawn().unwrap());
-    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let telemetry = loop {
-        let line = lines.next().expect("ember serve logs its address").unwrap();
-        logs.lock().unwrap().push(line.clone());
-        if let Some(at) = line.find("url=http://") {
-            let url = &line[at + "url=".len()..];
-            break url.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn({
-        let logs = logs.clone();
-        move || {
-            lines
-                .map_while(Result::ok)
-                .for_each(|line| logs.lock().unwrap().push(line))
-        }
-    });
+    let (telemetry, logs) = common::follow_logs(&mut child.0);
 
     let dir = tempfile::tempdir().unwrap();
     let request = dir.path().join("request.json");

@@ -11,7 +11,6 @@ use ember::protocol::{ErrorCode, Lane};
 use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Message, Properties, Transport, queues};
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,27 +38,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let telemetry = loop {
-            let line = lines
-                .next()
-                .expect("ember serve logs its telemetry address");
-            let line = line.unwrap();
-            if let Some(at) = line.find("url=http://") {
-                let url = &line[at + "url=".len()..];
-                break url.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        // Keep reading stderr so the worker never blocks on a full pipe.
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        std::thread::spawn({
-            let logs = logs.clone();
-            move || {
-                lines
-                    .map_while(Result::ok)
-                    .for_each(|line| logs.lock().unwrap().push(line))
-            }
-        });
+        let (telemetry, logs) = common::follow_logs(&mut child);
         Self {
             process: KillOnDrop(child),
             telemetry,

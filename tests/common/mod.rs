@@ -160,6 +160,36 @@ pub fn sigterm(child: &std::process::Child) {
     assert!(status.success(), "kill -TERM: {status}");
 }
 
+/// Reads `child`'s stderr (piped) until `ember serve` logs its telemetry address, and keeps
+/// collecting every log line in the background; returns the address (`http://127.0.0.1:<port>`)
+/// and the lines so far.
+pub fn follow_logs(
+    child: &mut std::process::Child,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let telemetry = loop {
+        let line = lines.next().expect("ember serve logs its address").unwrap();
+        logs.lock().unwrap().push(line.clone());
+        if let Some(at) = line.find("url=http://") {
+            let url = &line[at + "url=".len()..];
+            break url.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep reading, so the process never blocks on a full pipe.
+    std::thread::spawn({
+        let logs = logs.clone();
+        move || {
+            lines
+                .map_while(Result::ok)
+                .for_each(|line| logs.lock().unwrap().push(line))
+        }
+    });
+    (telemetry, logs)
+}
+
 /// A child process (e.g. `ember serve`) killed when the test ends, even by a failed assertion.
 pub struct KillOnDrop(pub std::process::Child);
 
