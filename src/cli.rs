@@ -479,6 +479,10 @@ pub struct StoreArgs {
     /// Blob endpoint, when not `https://<account>.blob.core.windows.net`.
     #[arg(long, env = "AZURE_STORAGE_BLOB_ENDPOINT")]
     pub storage_endpoint: Option<String>,
+    /// CA certificate (PEM) of the blob endpoint, when a private CA signed it (beside the
+    /// public roots).
+    #[arg(long, env = "EMBER_STORAGE_CA_FILE")]
+    pub storage_ca_file: Option<PathBuf>,
     /// Local cache of downloaded weights [default: $XDG_CACHE_HOME/ember or ~/.cache/ember].
     #[arg(long, env = "EMBER_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -509,6 +513,7 @@ impl StoreArgs {
             key: self.storage_key.clone(),
             sas_token: self.storage_sas_token.clone(),
             endpoint: self.storage_endpoint.clone(),
+            ca_file: self.storage_ca_file.clone(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Chaos under load, against the real broker: `ember serve` workers killed with SIGKILL every
 //! few seconds while three serve; faults on the network between a worker and the broker
-//! (latency, resets, a black hole); every worker sent SIGTERM at peak (scale-in). In each, every
+//! (latency, resets, a black hole); the model storage (Azurite) gone while a new version is
+//! rolled out; every worker sent SIGTERM at peak (scale-in). In each, every
 //! request is answered and none dead-lettered; only what a worker held unacked may be answered
 //! twice. Each prints its figures (docs/reliability.md); `EMBER_CHAOS_REQUESTS` sets
 //! the load (default: a short run for CI).
@@ -9,8 +10,10 @@ mod common;
 
 use common::load::{Answers, publish_at, publish_many, spawn_worker, spawn_worker_via};
 use common::proxy::FaultProxy;
-use common::{broker, repo_with, unique_model};
+use common::{AZURITE_KEY, BlobRepo, azurite_via, broker, digits_weights, local_version};
+use common::{repo_with, unique_model};
 use ember::protocol::Lane;
+use ember::store::Version;
 use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Transport, queues};
 use ember::worker::WorkerConfig;
@@ -189,6 +192,99 @@ async fn network_faults_between_worker_and_broker_lose_nothing() {
         duplicates <= 4 * unacked_window(),
         "{duplicates} duplicates"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_gone_during_a_rollout_keeps_the_old_version_serving() {
+    let mut scenario = Scenario::start("chaos-rollout").await;
+    let blob = BlobRepo::new("chaos-rollout").await;
+    let repo = blob.open();
+    let local = tempfile::tempdir().unwrap();
+    for v in ["1", "2"] {
+        let dir = local_version(local.path(), &scenario.model, v, &digits_weights());
+        repo.push(&dir).await.unwrap();
+    }
+    let model = scenario.model.parse().unwrap();
+    let version = |v: &str| Version::parse(v).unwrap();
+    repo.promote(&model, &version("1"), &version("production"))
+        .await
+        .unwrap();
+    // The workers reach the storage through a proxy that can take it away: down, it drops
+    // every connection and refuses new ones, as a stopped Azurite would.
+    let proxy = FaultProxy::start("127.0.0.1:10000").await;
+    let storage = azurite_via(&format!("http://127.0.0.1:{}", proxy.port), AZURITE_KEY);
+    let caches: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let workers: Vec<Child> = caches
+        .iter()
+        .map(|cache| {
+            let args = ["serve", "--transport", "amqp", "--reload-interval", "200ms"];
+            blob.ember(&args)
+                .args(["--model", &scenario.model, "--model-repo", &blob.url])
+                .env("AZURE_STORAGE_CONNECTION_STRING", &storage)
+                .env("EMBER_CACHE_DIR", cache.path())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let publishing = scenario.publish_paced();
+    let fifth = scenario.requests / 5;
+    scenario
+        .answers
+        .until(fifth, Duration::from_secs(120))
+        .await;
+    // The storage goes away; version 2 is promoted meanwhile (straight to Azurite).
+    proxy.down();
+    let down = Instant::now();
+    repo.promote(&model, &version("2"), &version("production"))
+        .await
+        .unwrap();
+    scenario
+        .answers
+        .during(scenario.requests, Duration::from_secs(5))
+        .await;
+    proxy.up();
+    let up = Instant::now();
+    publishing.await.unwrap();
+    scenario
+        .answers
+        .until(scenario.requests, Duration::from_secs(600))
+        .await;
+
+    let versions = &scenario.answers.versions;
+    let while_down: Vec<&str> = versions
+        .iter()
+        .filter(|(at, _)| (down..up).contains(at))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert!(
+        !while_down.is_empty(),
+        "requests were answered while the storage was gone"
+    );
+    assert!(
+        while_down.iter().all(|v| *v == "1"),
+        "the old version answered while the new one could not be fetched"
+    );
+    let first_v2 = versions
+        .iter()
+        .find(|(_, v)| v == "2")
+        .expect("version 2 served");
+    let last_v1 = versions.iter().rev().find(|(_, v)| v == "1").unwrap();
+    assert!(first_v2.0 >= up, "version 2 came only with the storage");
+    assert_eq!(versions.last().unwrap().1, "2", "every worker switched");
+    println!(
+        "chaos chaos-rollout: storage gone {:.1} s, {} answers by version 1 meanwhile; \
+         first answer by version 2 {:.1} s after the storage came back, last by version 1 \
+         {:.1} s after; {} by version 1, {} by version 2",
+        (up - down).as_secs_f64(),
+        while_down.len(),
+        (first_v2.0 - up).as_secs_f64(),
+        last_v1.0.saturating_duration_since(up).as_secs_f64(),
+        versions.iter().filter(|(_, v)| v == "1").count(),
+        versions.iter().filter(|(_, v)| v == "2").count(),
+    );
+    let duplicates = scenario.finish(workers).await;
+    assert_eq!(duplicates, 0, "a rollout answers nothing twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

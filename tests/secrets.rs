@@ -233,6 +233,23 @@ fn refused_credentials_fail_every_subcommand_without_printing_them() {
         assert!(!text.is_empty(), "{variable}: an error is printed");
         assert_no_secret(variable, &text);
     }
+    // Storage that does not answer: the HTTP client's error quotes the request's URL, where a
+    // SAS token travels.
+    let mut command = ember(&["models", "list", "--model-repo", repo]);
+    command
+        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
+        .env("AZURE_STORAGE_ACCOUNT", "devstoreaccount1")
+        .env(
+            "AZURE_STORAGE_BLOB_ENDPOINT",
+            "http://127.0.0.1:1/devstoreaccount1",
+        )
+        .env(
+            "AZURE_STORAGE_SAS_TOKEN",
+            format!("sv=2024&sig={SAS_SIGNATURE}"),
+        );
+    let text = printed_by(command, Duration::from_secs(30));
+    assert!(text.contains("sig=***"), "the URL is quoted: {text}");
+    assert_no_secret("unreachable storage with a SAS token", &text);
 }
 
 fn rabbitmqctl(args: &[&str]) -> bool {

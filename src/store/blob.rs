@@ -10,13 +10,15 @@ use super::{ModelStore, StoreError, Tagged};
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
 use azure_core::request_options::{IfMatchCondition, Prefix, Range};
-use azure_core::{RetryOptions, StatusCode};
+use azure_core::{RetryOptions, StatusCode, TransportOptions};
 use azure_storage::{CloudLocation, ConnectionString, StorageCredentials};
 use azure_storage_blobs::blob::{BlobBlockType, BlockList};
 use azure_storage_blobs::prelude::{BlobClient, ClientBuilder, ContainerClient};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Ranged reads and uploaded blocks are this big.
@@ -47,6 +49,9 @@ pub struct BlobAuth {
     /// Blob endpoint instead of `https://<account>.blob.core.windows.net` (Azurite, sovereign
     /// clouds, private endpoints).
     pub endpoint: Option<String>,
+    /// PEM file of a CA to trust for the endpoint's TLS certificate (a private endpoint or
+    /// proxy with its own CA), beside the bundled public roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for BlobAuth {
@@ -58,6 +63,7 @@ impl std::fmt::Debug for BlobAuth {
             .field("key", &set(&self.key))
             .field("sas_token", &set(&self.sas_token))
             .field("endpoint", &self.endpoint)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -76,9 +82,12 @@ impl BlobStore {
         let (container, prefix) = parse_address(address)?;
         let (location, credentials) = connect_with(auth)?;
         let account = location.account().to_owned();
-        let container_client = ClientBuilder::with_location(location, credentials)
-            .retry(RetryOptions::none())
-            .container_client(container);
+        let mut builder =
+            ClientBuilder::with_location(location, credentials).retry(RetryOptions::none());
+        if let Some(path) = &auth.ca_file {
+            builder = builder.transport(TransportOptions::new(trusting(path)?));
+        }
+        let container_client = builder.container_client(container);
         Ok(Self {
             container: container_client,
             prefix,
@@ -135,6 +144,29 @@ impl BlobStore {
             }
         }
     }
+}
+
+/// An HTTP client that also trusts the CA certificates in the PEM file at `path`, otherwise
+/// as the SDK's own (connections are not pooled: pooled ones can hang in hyper, see
+/// `azure_core::new_reqwest_client`).
+fn trusting(path: &Path) -> Result<Arc<dyn azure_core::HttpClient>, StoreError> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        StoreError::Invalid(format!("storage CA file {}: {e}", path.display()))
+    };
+    let pem = std::fs::read(path).map_err(|e| invalid(&e))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| invalid(&e))?;
+    if certificates.is_empty() {
+        return Err(invalid(&"no PEM certificate in it"));
+    }
+    let client = certificates
+        .into_iter()
+        .fold(reqwest::Client::builder(), |builder, certificate| {
+            builder.add_root_certificate(certificate)
+        })
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| invalid(&e))?;
+    Ok(Arc::new(client))
 }
 
 /// Splits `az://container/prefix` into the container and `""` or `prefix/`.
@@ -292,9 +324,12 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
             }
         }
         ErrorKind::Credential => Attempt::Fail(StoreError::Io(format!(
-            "cannot get a token for {what}: {e}"
+            "cannot get a token for {what}: {}",
+            error_chain(&e)
         ))),
-        ErrorKind::DataConversion => Attempt::Fail(StoreError::Io(format!("{what}: {e}"))),
+        ErrorKind::DataConversion => {
+            Attempt::Fail(StoreError::Io(format!("{what}: {}", error_chain(&e))))
+        }
         _ => Attempt::Retry(error_chain(&e)),
     }
 }
@@ -308,7 +343,29 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         text.push_str(&cause.to_string());
         source = cause.source();
     }
-    text
+    redact_signatures(&text)
+}
+
+/// `text` with the value of every `sig` query parameter (a SAS token's signature, its secret
+/// part) replaced by `***`: the HTTP client's errors quote the request's URL.
+fn redact_signatures(text: &str) -> String {
+    let mut redacted = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("sig=") {
+        let (before, after) = rest.split_at(at + "sig=".len());
+        redacted.push_str(before);
+        if before[..at].ends_with(['?', '&']) {
+            let end = after
+                .find(|c: char| c == '&' || c == ')' || c == '"' || c.is_whitespace())
+                .unwrap_or(after.len());
+            redacted.push_str("***");
+            rest = &after[end..];
+        } else {
+            rest = after;
+        }
+    }
+    redacted.push_str(rest);
+    redacted
 }
 
 /// The retry policy: [`ATTEMPTS`] tries, each bounded by [`REQUEST_TIMEOUT`], backing off
@@ -609,6 +666,17 @@ mod tests {
                 "{address}"
             );
         }
+    }
+
+    #[test]
+    fn sas_signatures_in_quoted_urls_are_hidden() {
+        let quoted = "error sending request for url (http://h/c?restype=container&sv=2024&sig=a%2Bb=&se=1): \
+                      refused; see https://h/c?sig=zz and Prefix=design=x";
+        assert_eq!(
+            redact_signatures(quoted),
+            "error sending request for url (http://h/c?restype=container&sv=2024&sig=***&se=1): \
+             refused; see https://h/c?sig=*** and Prefix=design=x"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! their answers counted.
 
 use super::{amqp_url, held_out, image_request};
-use ember::protocol::Lane;
+use ember::protocol::{Lane, Reply, decode_reply};
 use ember::transport::amqp::AmqpTransport;
 use ember::transport::{Message, Properties, Subscription, Transport, TransportError, queues};
 use std::collections::HashMap;
@@ -16,16 +16,23 @@ pub fn spawn_worker(repo: &std::path::Path, model: &str) -> Child {
 
 /// `ember serve` in its own process, reaching the broker at `url`.
 pub fn spawn_worker_via(repo: &std::path::Path, model: &str, url: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_ember"))
+    worker_command(repo, model, url)
+        .spawn()
+        .expect("start ember serve")
+}
+
+/// The command `spawn_worker_via` runs, for a test to add to.
+pub fn worker_command(repo: &std::path::Path, model: &str, url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ember"));
+    command
         .args(["serve", "--transport", "amqp", "--model", model])
         .arg("--model-repo")
         .arg(repo)
         .env("EMBER_AMQP_URL", url)
         .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
         .env("EMBER_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start ember serve")
+        .stdout(Stdio::null());
+    command
 }
 
 /// Publishes `count` batch requests (message ids `m-0`...) to `model`, 256 awaiting confirms.
@@ -80,6 +87,8 @@ pub struct Answers {
     /// Answers the broker delivered here again because this side's ack was lost with the
     /// broker (not counted as answers: no worker answered twice).
     pub redelivered: usize,
+    /// When each answer (duplicates included) came, and the model version that gave it.
+    pub versions: Vec<(Instant, String)>,
     last: Instant,
 }
 
@@ -95,6 +104,7 @@ impl Answers {
             seen: HashMap::new(),
             longest_silence: Duration::ZERO,
             redelivered: 0,
+            versions: Vec::new(),
             last: Instant::now(),
         }
     }
@@ -126,6 +136,10 @@ impl Answers {
                 self.redelivered += 1;
             } else {
                 *self.seen.entry(id).or_default() += 1;
+                let Ok(Reply::Ok(answer)) = decode_reply(&message.body) else {
+                    panic!("not an answer: {:?}", message.body);
+                };
+                self.versions.push((self.last, answer.model_version));
             }
             // An ack lost with the broker (a restart) brings the answer again: a duplicate.
             let _ = delivery.settle.ack().await;

@@ -10,7 +10,9 @@ pub mod load;
 pub mod minilm;
 pub mod precision;
 pub mod proxy;
+pub mod rabbit_node;
 pub mod servicebus;
+pub mod tls;
 
 /// A temporary repository holding the shipped digits model under each of `names`.
 pub fn repo_with(names: &[&str]) -> tempfile::TempDir {
