@@ -222,6 +222,7 @@ async fn storage_gone_during_a_rollout_keeps_the_old_version_serving() {
                 .args(["--model", &scenario.model, "--model-repo", &blob.url])
                 .env("AZURE_STORAGE_CONNECTION_STRING", &storage)
                 .env("EMBER_CACHE_DIR", cache.path())
+                .env("EMBER_LOG", "error") // not each retry while the storage is gone
                 .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
@@ -245,11 +246,11 @@ async fn storage_gone_during_a_rollout_keeps_the_old_version_serving() {
         .await;
     proxy.up();
     let up = Instant::now();
-    publishing.await.unwrap();
     scenario
         .answers
         .until(scenario.requests, Duration::from_secs(600))
         .await;
+    publishing.await.unwrap();
 
     let versions = &scenario.answers.versions;
     let while_down: Vec<&str> = versions
