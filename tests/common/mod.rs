@@ -65,6 +65,15 @@ pub async fn broker(config: impl FnOnce(AmqpConfig) -> AmqpConfig) -> AmqpTransp
         .expect("RabbitMQ at EMBER_AMQP_URL (bash .ci/run starts one)")
 }
 
+/// A port free now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A model name no other test (or earlier run) uses.
 pub fn unique_model(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()

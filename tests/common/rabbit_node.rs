@@ -3,8 +3,8 @@
 //! and the other tests never notice. Started from the installed RabbitMQ (as `.ci/run`
 //! installs it); stopped when dropped.
 
+use super::free_port;
 use super::tls::Certificates;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -199,15 +199,6 @@ impl Drop for RabbitNode {
             }
         }
     }
-}
-
-/// A port free now on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The server's own script: Debian's `rabbitmq-server` wrapper would switch to the
