@@ -213,43 +213,27 @@ fn refused_credentials_fail_every_subcommand_without_printing_them() {
         assert_no_secret("a malformed broker URL", &text);
     }
     // The other ways to sign in to Blob Storage: an account key, a SAS token.
-    for (variable, value) in [
-        ("AZURE_STORAGE_KEY", STORAGE_KEY.to_owned()),
-        (
-            "AZURE_STORAGE_SAS_TOKEN",
-            format!("sv=2024&sig={SAS_SIGNATURE}"),
-        ),
-    ] {
+    let sas = format!("sv=2024&sig={SAS_SIGNATURE}");
+    let list_with = |endpoint: &str, variable: &str, value: &str| {
         let mut command = ember(&["models", "list", "--model-repo", repo]);
         command
             .env_remove("AZURE_STORAGE_CONNECTION_STRING")
             .env("AZURE_STORAGE_ACCOUNT", "devstoreaccount1")
-            .env(
-                "AZURE_STORAGE_BLOB_ENDPOINT",
-                "http://127.0.0.1:10000/devstoreaccount1",
-            )
+            .env("AZURE_STORAGE_BLOB_ENDPOINT", endpoint)
             .env(variable, value);
-        let text = printed_by(command, Duration::from_secs(20));
+        let text = printed_by(command, Duration::from_secs(30));
         assert!(!text.is_empty(), "{variable}: an error is printed");
         assert_no_secret(variable, &text);
-    }
+        text
+    };
+    let azurite = "http://127.0.0.1:10000/devstoreaccount1";
+    list_with(azurite, "AZURE_STORAGE_KEY", STORAGE_KEY);
+    list_with(azurite, "AZURE_STORAGE_SAS_TOKEN", &sas);
     // Storage that does not answer: the HTTP client's error quotes the request's URL, where a
     // SAS token travels.
-    let mut command = ember(&["models", "list", "--model-repo", repo]);
-    command
-        .env_remove("AZURE_STORAGE_CONNECTION_STRING")
-        .env("AZURE_STORAGE_ACCOUNT", "devstoreaccount1")
-        .env(
-            "AZURE_STORAGE_BLOB_ENDPOINT",
-            "http://127.0.0.1:1/devstoreaccount1",
-        )
-        .env(
-            "AZURE_STORAGE_SAS_TOKEN",
-            format!("sv=2024&sig={SAS_SIGNATURE}"),
-        );
-    let text = printed_by(command, Duration::from_secs(30));
+    let refused = "http://127.0.0.1:1/devstoreaccount1";
+    let text = list_with(refused, "AZURE_STORAGE_SAS_TOKEN", &sas);
     assert!(text.contains("sig=***"), "the URL is quoted: {text}");
-    assert_no_secret("unreachable storage with a SAS token", &text);
 }
 
 fn rabbitmqctl(args: &[&str]) -> bool {
