@@ -6,6 +6,7 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
+use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -89,5 +90,18 @@ impl<B: Backend> DigitsCnn<B> {
         let x = self.pool.forward(x).flatten(1, 3);
         let x = self.activation.forward(self.fc1.forward(x));
         self.fc2.forward(x)
+    }
+
+    /// The same network for Ember's CPU kernels.
+    pub fn compile(&self) -> Result<Network, String> {
+        let side = self.image_size;
+        Ok(Builder::new([1, side, side])
+            .scale(self.input_scale)
+            .conv2d(&self.conv1, None, true)?
+            .conv2d(&self.conv2, None, true)?
+            .max_pool2d(&self.pool)?
+            .dense(&self.fc1, true)?
+            .dense(&self.fc2, false)?
+            .build())
     }
 }

@@ -6,6 +6,7 @@
 //! request into the network's inputs the same way for training and serving.
 
 use burn::nn::{Linear, LinearConfig, Relu};
+use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +33,20 @@ impl FailureMlpConfig {
     /// Inputs per row after scaling and one-hot encoding.
     pub fn width(&self) -> usize {
         self.sensors.len() + self.variants.len()
+    }
+
+    /// Checks that every sensor has a mean and a positive standard deviation.
+    pub fn check(&self) -> Result<(), String> {
+        let columns = self.sensors.len();
+        if self.means.len() != columns
+            || self.stds.len() != columns
+            || !self.stds.iter().all(|s| s.is_normal() && *s > 0.0)
+        {
+            return Err(format!(
+                "failure-mlp config needs a mean and a positive std per sensor: {self:?}"
+            ));
+        }
+        Ok(())
     }
 
     /// The network's input rows for raw `sensors` (row-major) and one variant name per row.
@@ -95,6 +110,16 @@ impl<B: Backend> FailureMlp<B> {
                     x
                 }
             })
+    }
+
+    /// The same network for Ember's CPU kernels, on rows of `width` features.
+    pub fn compile(&self, width: usize) -> Result<Network, String> {
+        let last = self.layers.len().saturating_sub(1);
+        let mut net = Builder::new([width, 1, 1]);
+        for (i, layer) in self.layers.iter().enumerate() {
+            net = net.dense(layer, i < last)?;
+        }
+        Ok(net.build())
     }
 }
 

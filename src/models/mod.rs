@@ -8,6 +8,8 @@ pub mod text;
 pub mod vibration;
 
 use crate::batcher::BatchConfig;
+use crate::runtime::CpuBackend;
+use crate::runtime::cpu::CpuModel;
 use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
 use crate::store::Assets;
 use burn::module::{ModuleMapper, Param, ParamId};
@@ -230,15 +232,7 @@ impl Architecture {
                 }))
             }
             Self::FailureMlp(config) => {
-                let columns = config.sensors.len();
-                if config.means.len() != columns
-                    || config.stds.len() != columns
-                    || !config.stds.iter().all(|s| s.is_normal() && *s > 0.0)
-                {
-                    return Err(format!(
-                        "failure-mlp config needs a mean and a positive std per sensor: {config:?}"
-                    ));
-                }
+                config.check()?;
                 let module = with_weights(config.init::<B>(&device), weights, precision, &device)?;
                 Ok(Box::new(OnDevice {
                     module: (module, config.clone()),
@@ -265,6 +259,44 @@ impl Architecture {
             }
             Self::Identity { .. } => Ok(Box::new(Identity)),
         }
+    }
+}
+
+impl Architecture {
+    /// The network compiled for Ember's own CPU kernels ([`crate::runtime::cpu`]), or None
+    /// for what runs on Burn's CPU backend instead (MiniLM, reduced precisions, identity).
+    pub fn compile_cpu(
+        &self,
+        weights: &[u8],
+        precision: Precision,
+    ) -> Result<Option<Box<dyn Model>>, String> {
+        if !precision.is_fp32() {
+            return Ok(None);
+        }
+        let device = Default::default();
+        let fp32 = Precision::Fp32;
+        let model = match self {
+            Self::DigitsCnn(c) => {
+                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                CpuModel::classifier(module.compile()?)
+            }
+            Self::ResNet(c) => {
+                c.validate()?;
+                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                CpuModel::classifier(module.compile()?)
+            }
+            Self::VibrationCnn(c) => {
+                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                CpuModel::classifier(module.compile(c.window)?)
+            }
+            Self::FailureMlp(c) => {
+                c.check()?;
+                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                CpuModel::failure(module.compile(c.width())?, c.clone())
+            }
+            Self::SentenceBert(_) | Self::Identity { .. } => return Ok(None),
+        };
+        Ok(Some(Box::new(model)))
     }
 }
 

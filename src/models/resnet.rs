@@ -9,6 +9,7 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
+use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -175,6 +176,22 @@ impl<B: Backend> ResNet<B> {
             x = layer.forward(x);
         }
         self.fc.forward(self.pool.forward(x).flatten(1, 3))
+    }
+
+    /// The same network for Ember's CPU kernels (BatchNorm folded into the convolutions).
+    pub fn compile(&self) -> Result<Network, String> {
+        let [channels, side] = self.shape;
+        let mut net = Builder::new([channels, side, side])
+            .scale(self.input_scale)
+            .conv2d(&self.conv1, Some(&self.bn1), true)?;
+        for block in &self.layers {
+            net = net.residual(
+                [&block.conv1, &block.conv2],
+                [&block.bn1, &block.bn2],
+                block.shortcut.as_ref().map(|s| (&s.conv, &s.bn)),
+            )?;
+        }
+        Ok(net.global_avg_pool().dense(&self.fc, false)?.build())
     }
 }
 

@@ -8,6 +8,7 @@
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::pool::{AdaptiveAvgPool1d, AdaptiveAvgPool1dConfig, MaxPool1d, MaxPool1dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig1d, Relu};
+use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -83,5 +84,19 @@ impl<B: Backend> VibrationCnn<B> {
         let x = self.activation.forward(self.conv3.forward(x));
         let x = self.global.forward(x).flatten(1, 2);
         self.head.forward(x)
+    }
+
+    /// The same network for Ember's CPU kernels, for windows of `window` samples.
+    pub fn compile(&self, window: usize) -> Result<Network, String> {
+        Ok(Builder::new([1, 1, window])
+            .standardize()
+            .conv1d(&self.conv1, true)?
+            .max_pool1d(&self.pool)?
+            .conv1d(&self.conv2, true)?
+            .max_pool1d(&self.pool)?
+            .conv1d(&self.conv3, true)?
+            .global_avg_pool()
+            .dense(&self.head, false)?
+            .build())
     }
 }

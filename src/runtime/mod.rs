@@ -1,6 +1,7 @@
 //! Running models: the device and its backend, and one executor thread per loaded model
 //! version so that compute never blocks the async runtime.
 
+pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
@@ -110,13 +111,16 @@ impl Device {
         precision: Precision,
     ) -> Result<Box<dyn Model>, String> {
         match self {
-            Self::Cpu => architecture.load::<CpuBackend>(
-                weights,
-                assets,
-                batch,
-                precision,
-                &Default::default(),
-            ),
+            Self::Cpu => match architecture.compile_cpu(weights, precision)? {
+                Some(compiled) => Ok(compiled),
+                None => architecture.load::<CpuBackend>(
+                    weights,
+                    assets,
+                    batch,
+                    precision,
+                    &Default::default(),
+                ),
+            },
             #[cfg(feature = "cuda")]
             Self::Cuda(index) => architecture.load::<burn::backend::Cuda>(
                 weights,

@@ -1,0 +1,410 @@
+//! A Burn network turned into a list of CPU [kernels](super::kernels): weights transposed once
+//! to the layouts the kernels read, BatchNorm and input scaling folded into the convolution
+//! before them, and the first dense layer's rows reordered for channels-last activations.
+
+use super::kernels::{self, Activations, Conv, Dense};
+use burn::nn::conv::{Conv1d, Conv2d};
+use burn::nn::pool::{MaxPool1d, MaxPool2d};
+use burn::nn::{BatchNorm, Linear, PaddingConfig1d, PaddingConfig2d};
+use burn::prelude::*;
+
+/// One step of a [`Network`].
+#[derive(Debug, Clone)]
+enum Layer {
+    /// Each row to zero mean, unit deviation.
+    Standardize,
+    Conv(Conv),
+    /// `relu(second(first(x)) + shortcut(x))`: a ResNet basic block (identity shortcut if none).
+    Residual {
+        first: Conv,
+        second: Conv,
+        shortcut: Option<Conv>,
+    },
+    MaxPool {
+        kernel: [usize; 2],
+        stride: [usize; 2],
+    },
+    GlobalAvgPool,
+    Dense(Dense),
+}
+
+/// A compiled network: rows of a fixed `[height, width, channels]` in, a row of outputs out.
+#[derive(Debug, Clone)]
+pub struct Network {
+    input: [usize; 3],
+    layers: Vec<Layer>,
+    outputs: usize,
+}
+
+impl Network {
+    /// Values per output row (e.g. logits per class).
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+
+    /// Values per input row.
+    pub fn inputs(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    /// The outputs of `rows` rows of `values`, each row channel-major (`[channels, height,
+    /// width]`, PyTorch's and Burn's order), `rows × outputs` values.
+    pub fn forward(&self, rows: usize, values: Vec<f32>) -> Vec<f32> {
+        assert_eq!(values.len(), rows * self.inputs(), "input size");
+        let mut x = Activations {
+            data: channels_last(values, rows, self.input),
+            rows,
+            shape: self.input,
+        };
+        for layer in &self.layers {
+            x = match layer {
+                Layer::Standardize => {
+                    kernels::standardize(&mut x);
+                    x
+                }
+                Layer::Conv(conv) => conv.forward(&x, None),
+                Layer::Residual {
+                    first,
+                    second,
+                    shortcut,
+                } => {
+                    let y = first.forward(&x, None);
+                    let skip = match shortcut {
+                        Some(shortcut) => shortcut.forward(&x, None).data,
+                        None => x.data,
+                    };
+                    second.forward(&y, Some(skip))
+                }
+                Layer::MaxPool { kernel, stride } => kernels::max_pool(&x, *kernel, *stride),
+                Layer::GlobalAvgPool => kernels::global_avg_pool(&x),
+                Layer::Dense(dense) => dense.forward(&x),
+            };
+        }
+        x.data
+    }
+}
+
+/// `[rows, channels, height, width]` values reordered to `[rows, height, width, channels]`.
+fn channels_last(values: Vec<f32>, rows: usize, [h, w, c]: [usize; 3]) -> Vec<f32> {
+    if c == 1 || h * w == 1 {
+        return values;
+    }
+    let mut out = vec![0.0; values.len()];
+    for (dst, src) in out.chunks_exact_mut(h * w * c).zip(values.chunks_exact(h * w * c)) {
+        for (channel, plane) in src.chunks_exact(h * w).enumerate() {
+            for (position, &v) in plane.iter().enumerate() {
+                dst[position * c + channel] = v;
+            }
+        }
+    }
+    debug_assert_eq!(out.len(), rows * h * w * c);
+    out
+}
+
+/// Builds a [`Network`] layer by layer from Burn modules, following the activations' shape.
+pub struct Builder {
+    input: [usize; 3],
+    shape: [usize; 3],
+    layers: Vec<Layer>,
+    /// Multiplies the next convolution's input (folded into its weights).
+    scale: f32,
+}
+
+impl Builder {
+    /// A network taking rows of `[channels, height, width]`.
+    pub fn new([channels, height, width]: [usize; 3]) -> Self {
+        let shape = [height, width, channels];
+        Self {
+            input: shape,
+            shape,
+            layers: Vec::new(),
+            scale: 1.0,
+        }
+    }
+
+    /// Multiplies the input by `factor` (folded into the first convolution or dense layer).
+    pub fn scale(mut self, factor: f32) -> Self {
+        self.scale *= factor;
+        self
+    }
+
+    /// Standardises each input row.
+    pub fn standardize(mut self) -> Self {
+        self.layers.push(Layer::Standardize);
+        self
+    }
+
+    /// A 2-D convolution, then `norm`, then ReLU if `relu`.
+    pub fn conv2d<B: Backend>(
+        mut self,
+        conv: &Conv2d<B>,
+        norm: Option<&BatchNorm<B>>,
+        relu: bool,
+    ) -> Result<Self, String> {
+        let conv = self.conv2d_kernel(conv, norm, relu)?;
+        self.layers.push(Layer::Conv(conv));
+        Ok(self)
+    }
+
+    /// A 1-D convolution over the width, then ReLU if `relu`.
+    pub fn conv1d<B: Backend>(mut self, conv: &Conv1d<B>, relu: bool) -> Result<Self, String> {
+        let [cout, cin, k] = conv.weight.dims();
+        if conv.groups != 1 || self.shape[0] != 1 || cin != self.shape[2] {
+            return Err(format!("conv1d {cin}→{cout} does not fit {:?}", self.shape));
+        }
+        let (left, right) = match &conv.padding {
+            PaddingConfig1d::Valid => (0, 0),
+            PaddingConfig1d::Explicit(left, right) => (*left, *right),
+            PaddingConfig1d::Same => same_padding(self.shape[1], k, conv.stride),
+        };
+        let weights = floats(conv.weight.val().reshape([cout, cin, 1, k]))?;
+        let kernel = self.kernel(
+            weights,
+            conv.bias.as_ref().map(|b| b.val()),
+            None,
+            [cout, cin, 1, k],
+            [1, conv.stride],
+            [1, conv.dilation],
+            [0, left, 0, right],
+            relu,
+        )?;
+        self.layers.push(Layer::Conv(kernel));
+        Ok(self)
+    }
+
+    /// A ResNet basic block: `relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))`.
+    pub fn residual<B: Backend>(
+        mut self,
+        [conv1, conv2]: [&Conv2d<B>; 2],
+        [norm1, norm2]: [&BatchNorm<B>; 2],
+        shortcut: Option<(&Conv2d<B>, &BatchNorm<B>)>,
+    ) -> Result<Self, String> {
+        let input = self.shape;
+        let shortcut = shortcut
+            .map(|(conv, norm)| self.conv2d_kernel(conv, Some(norm), false))
+            .transpose()?;
+        self.shape = input;
+        let first = self.conv2d_kernel(conv1, Some(norm1), true)?;
+        let second = self.conv2d_kernel(conv2, Some(norm2), true)?;
+        let skip_shape = match &shortcut {
+            Some(s) => {
+                let [h, w] = s.output_size([input[0], input[1]]).unwrap_or_default();
+                [h, w, s.channels_out]
+            }
+            None => input,
+        };
+        if skip_shape != self.shape {
+            return Err(format!(
+                "residual block: shortcut gives {skip_shape:?}, body {:?}",
+                self.shape
+            ));
+        }
+        self.layers.push(Layer::Residual {
+            first,
+            second,
+            shortcut,
+        });
+        Ok(self)
+    }
+
+    /// Max pooling over a 2-D window, without padding.
+    pub fn max_pool2d(self, pool: &MaxPool2d) -> Result<Self, String> {
+        let unpadded = matches!(pool.padding, PaddingConfig2d::Valid)
+            || pool.padding == PaddingConfig2d::Explicit(0, 0, 0, 0);
+        if !unpadded || pool.dilation != [1, 1] || pool.ceil_mode {
+            return Err(format!("max pool {pool:?}: only unpadded, undilated pools"));
+        }
+        self.max_pool(pool.kernel_size, pool.stride)
+    }
+
+    /// Max pooling over the width, without padding.
+    pub fn max_pool1d(self, pool: &MaxPool1d) -> Result<Self, String> {
+        let unpadded = matches!(pool.padding, PaddingConfig1d::Valid)
+            || pool.padding == PaddingConfig1d::Explicit(0, 0);
+        if !unpadded || pool.dilation != 1 || pool.ceil_mode {
+            return Err(format!("max pool {pool:?}: only unpadded, undilated pools"));
+        }
+        self.max_pool([1, pool.kernel_size], [1, pool.stride])
+    }
+
+    fn max_pool(mut self, kernel: [usize; 2], stride: [usize; 2]) -> Result<Self, String> {
+        let [h, w, c] = self.shape;
+        if kernel[0] > h || kernel[1] > w || stride.contains(&0) {
+            return Err(format!("max pool {kernel:?} does not fit {:?}", self.shape));
+        }
+        self.shape = [
+            (h - kernel[0]) / stride[0] + 1,
+            (w - kernel[1]) / stride[1] + 1,
+            c,
+        ];
+        self.layers.push(Layer::MaxPool { kernel, stride });
+        Ok(self)
+    }
+
+    /// The mean of each channel over all positions.
+    pub fn global_avg_pool(mut self) -> Self {
+        self.shape = [1, 1, self.shape[2]];
+        self.layers.push(Layer::GlobalAvgPool);
+        self
+    }
+
+    /// A dense layer on the flattened activations (flattened channel-major, as Burn's
+    /// `flatten` of `[N, C, H, W]`), then ReLU if `relu`.
+    pub fn dense<B: Backend>(mut self, linear: &Linear<B>, relu: bool) -> Result<Self, String> {
+        let [inputs, outputs] = linear.weight.dims();
+        let [h, w, c] = self.shape;
+        if inputs != h * w * c {
+            return Err(format!("dense {inputs}→{outputs} does not fit {:?}", self.shape));
+        }
+        let burn = floats(linear.weight.val())?;
+        // Our row (y, x, channel) is Burn's row (channel, y, x).
+        let mut weights = vec![0.0; inputs * outputs];
+        for position in 0..h * w {
+            for channel in 0..c {
+                let ours = (position * c + channel) * outputs;
+                let theirs = (channel * h * w + position) * outputs;
+                weights[ours..ours + outputs].copy_from_slice(&burn[theirs..theirs + outputs]);
+            }
+        }
+        if self.layers.is_empty() {
+            weights.iter_mut().for_each(|v| *v *= self.scale);
+            self.scale = 1.0;
+        }
+        let bias = match &linear.bias {
+            Some(bias) => floats(bias.val())?,
+            None => vec![0.0; outputs],
+        };
+        self.shape = [1, 1, outputs];
+        self.layers.push(Layer::Dense(Dense {
+            weights,
+            bias,
+            relu,
+        }));
+        Ok(self)
+    }
+
+    /// The network; its output is the last layer's, flattened.
+    pub fn build(self) -> Network {
+        Network {
+            input: self.input,
+            layers: self.layers,
+            outputs: self.shape.iter().product(),
+        }
+    }
+
+    fn conv2d_kernel<B: Backend>(
+        &mut self,
+        conv: &Conv2d<B>,
+        norm: Option<&BatchNorm<B>>,
+        relu: bool,
+    ) -> Result<Conv, String> {
+        let dims = conv.weight.dims();
+        let [h, w, _] = self.shape;
+        let padding = match &conv.padding {
+            PaddingConfig2d::Valid => [0; 4],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [*top, *left, *bottom, *right],
+            PaddingConfig2d::Same => {
+                let (top, bottom) = same_padding(h, dims[2], conv.stride[0]);
+                let (left, right) = same_padding(w, dims[3], conv.stride[1]);
+                [top, left, bottom, right]
+            }
+        };
+        if conv.groups != 1 {
+            return Err("grouped convolutions are not compiled for the CPU".into());
+        }
+        self.kernel(
+            floats(conv.weight.val())?,
+            conv.bias.as_ref().map(|b| b.val()),
+            norm,
+            dims,
+            conv.stride,
+            conv.dilation,
+            padding,
+            relu,
+        )
+    }
+
+    /// A [`Conv`] from Burn's `[out, in, kh, kw]` weights, with the pending input scale, the
+    /// bias and `norm` folded in; advances the shape.
+    #[allow(clippy::too_many_arguments)]
+    fn kernel<B: Backend>(
+        &mut self,
+        burn: Vec<f32>,
+        bias: Option<Tensor<B, 1>>,
+        norm: Option<&BatchNorm<B>>,
+        [cout, cin, kh, kw]: [usize; 4],
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        padding: [usize; 4],
+        relu: bool,
+    ) -> Result<Conv, String> {
+        if cin != self.shape[2] {
+            return Err(format!(
+                "conv {cin}→{cout} does not fit {:?} (channels last)",
+                self.shape
+            ));
+        }
+        let mut bias = match bias {
+            Some(bias) => floats(bias)?,
+            None => vec![0.0; cout],
+        };
+        // BatchNorm in inference: (y - mean) / sqrt(var + eps) * gamma + beta, per channel.
+        let mut scale = vec![self.scale; cout];
+        if let Some(norm) = norm {
+            let gamma = floats(norm.gamma.val())?;
+            let beta = floats(norm.beta.val())?;
+            let mean = floats(norm.running_mean.value())?;
+            let var = floats(norm.running_var.value())?;
+            for c in 0..cout {
+                let factor = gamma[c] / (var[c] + norm.epsilon as f32).sqrt();
+                scale[c] *= factor;
+                bias[c] = (bias[c] - mean[c]) * factor + beta[c];
+            }
+        }
+        self.scale = 1.0;
+        let mut weights = vec![0.0; kh * kw * cin * cout];
+        for co in 0..cout {
+            for ci in 0..cin {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let theirs = ((co * cin + ci) * kh + ky) * kw + kx;
+                        weights[((ky * kw + kx) * cin + ci) * cout + co] = burn[theirs] * scale[co];
+                    }
+                }
+            }
+        }
+        let conv = Conv {
+            weights,
+            bias,
+            kernel: [kh, kw],
+            stride,
+            dilation,
+            padding,
+            channels_in: cin,
+            channels_out: cout,
+            relu,
+        };
+        let [h, w, _] = self.shape;
+        let [oh, ow] = conv
+            .output_size([h, w])
+            .ok_or_else(|| format!("conv {kh}×{kw} does not fit {:?}", self.shape))?;
+        self.shape = [oh, ow, cout];
+        Ok(conv)
+    }
+}
+
+/// Burn's `Same` padding: (before, after).
+fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
+    let out = size.div_ceil(stride);
+    let total = ((out.max(1) - 1) * stride + kernel).saturating_sub(size);
+    (total / 2, total - total / 2)
+}
+
+/// A tensor's values as FP32.
+fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, String> {
+    tensor
+        .into_data()
+        .convert::<f32>()
+        .into_vec::<f32>()
+        .map_err(|e| format!("{e:?}"))
+}
