@@ -49,7 +49,7 @@ fn main() {
         BertEncoder::<CpuBackend>::from_safetensors(&config, &read("model.safetensors"), &device)
             .unwrap();
     let tokenizer_json = read("tokenizer.json");
-    let embedder: SentenceBert<CpuBackend> = SentenceBertConfig {
+    let embedder: SentenceBert<BertEncoder<CpuBackend>> = SentenceBertConfig {
         encoder: config,
         max_tokens: 256,
         tokenizer: "tokenizer.json".into(),

@@ -68,6 +68,58 @@ class Digits(nn.Module):
         return self.fc2(F.relu(self.fc1(x)))
 
 
+class Failure(nn.Module):
+    """Ember's FailureMlp: standardised sensors and a one-hot product variant in, dense layers
+    with ReLU between them, sigmoid per target out."""
+
+    head = "sigmoid"
+
+    def __init__(self, c):
+        super().__init__()
+        self.register_buffer("means", torch.tensor(c["means"]), persistent=False)
+        self.register_buffer("stds", torch.tensor(c["stds"]), persistent=False)
+        self.variants = c["variants"]
+        widths = [len(c["sensors"]) + len(c["variants"])] + c["hidden"] + [len(c["targets"])]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+
+    def prepare(self, inputs, rows):
+        """The exported sensors and variant names as the network's two inputs."""
+        sensors = torch.tensor(inputs[0], dtype=torch.float32).reshape(rows, -1)
+        variants = torch.tensor([self.variants.index(v) for v in inputs[1]])
+        return sensors, variants
+
+    def forward(self, sensors, variants):
+        one_hot = F.one_hot(variants, len(self.variants)).to(sensors.dtype)
+        x = torch.cat([(sensors - self.means.to(sensors.dtype)) / self.stds.to(sensors.dtype), one_hot], 1)
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class Vibration(nn.Module):
+    """Ember's VibrationCnn: each window standardised, conv1d (wide, strided) > ReLU > maxpool 2 >
+    conv1d 3 > ReLU > maxpool 2 > conv1d 3 > ReLU > mean over time > dense."""
+
+    def __init__(self, c):
+        super().__init__()
+        c1, c2, c3 = c["channels"]
+        k = c["first_kernel"]
+        self.conv1 = nn.Conv1d(1, c1, k, stride=c["first_stride"], padding=k // 2)
+        self.conv2 = nn.Conv1d(c1, c2, 3, padding=1)
+        self.conv3 = nn.Conv1d(c2, c3, 3, padding=1)
+        self.head = nn.Linear(c3, c["classes"])
+
+    def forward(self, x):
+        x = x - x.mean(1, keepdim=True)
+        x = (x / (x.pow(2).mean(1, keepdim=True).sqrt() + 1e-6)).unsqueeze(1)
+        x = F.max_pool1d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool1d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.conv3(x)).mean(2)
+        return self.head(x)
+
+
 class Shortcut(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -118,7 +170,7 @@ class ResNet(nn.Module):
 def image_twin(io, export):
     kind = io["architecture"]["kind"]
     config = {k: v for k, v in io["architecture"].items() if k != "kind"}
-    net = {"digits-cnn": Digits, "resnet": ResNet}[kind](config)
+    net = {"digits-cnn": Digits, "resnet": ResNet, "failure-mlp": Failure, "vibration-cnn": Vibration}[kind](config)
     weights = read_safetensors(os.path.join(export, io["network"] + ".safetensors"))
     expected = net.state_dict()
     missing = [k for k in expected if k not in weights and not k.endswith("num_batches_tracked")]
@@ -143,13 +195,27 @@ def time_batches(step, seconds, sync):
     return statistics.median(times), sum(times) / len(times)
 
 
+def prepare(net, io):
+    """The exported batch as the network's input tensors."""
+    if hasattr(net, "prepare"):
+        return net.prepare(io["inputs"], io["rows"])
+    width = len(io["inputs"][0]) // io["rows"]
+    return (torch.tensor(io["inputs"][0], dtype=torch.float32).reshape(io["rows"], width),)
+
+
+def outputs(net, logits):
+    """What Ember answers: softmax probabilities, or sigmoids for the failure MLP."""
+    if getattr(net, "head", "softmax") == "sigmoid":
+        return torch.sigmoid(logits.float())
+    return F.softmax(logits.float(), 1)
+
+
 def bench_image(net, io, args, device, results, parity):
     name = io["network"]
-    width = len(io["inputs"][0]) // io["rows"]
-    inputs = torch.tensor(io["inputs"][0], dtype=torch.float32).reshape(io["rows"], width)
+    inputs = prepare(net, io)
     net = net.to(device)
     with torch.inference_mode():
-        got = F.softmax(net(inputs.to(device)).float(), 1).cpu()
+        got = outputs(net, net(*(x.to(device) for x in inputs))).cpu()
     want = torch.tensor(io["outputs"][0]).reshape(got.shape)
     # Relative to the spread of the probabilities: seeded (untrained) weights give nearly
     # uniform ones, where an absolute difference alone would say little.
@@ -162,12 +228,14 @@ def bench_image(net, io, args, device, results, parity):
         if args.compile:
             modes.append(("compile", torch.compile(typed)))
         for batch in args.batches:
-            rows = inputs.repeat(math.ceil(batch / io["rows"]), 1)[:batch].contiguous()
+            rows = [x.repeat(math.ceil(batch / io["rows"]), *[1] * (x.dim() - 1))[:batch].contiguous()
+                    for x in inputs]
             for mode, model in modes:
                 def step():
                     with torch.inference_mode():
-                        x = rows.to(device, non_blocking=False).to(DTYPES[precision])
-                        probabilities = F.softmax(model(x).float(), 1)
+                        x = [t.to(device, non_blocking=False) for t in rows]
+                        x = [t.to(DTYPES[precision]) if t.is_floating_point() else t for t in x]
+                        probabilities = outputs(net, model(*x))
                         probabilities.argmax(1).cpu(), probabilities.cpu()
                 entry = {"network": name, "precision": precision, "batch": batch, "mode": mode}
                 try:

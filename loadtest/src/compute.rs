@@ -28,6 +28,10 @@ use std::time::{Duration, Instant};
 pub enum Network {
     /// The shipped digits CNN (8×8 greyscale).
     Digits,
+    /// The shipped failure MLP (AI4I predictive maintenance).
+    Failure,
+    /// The shipped vibration 1-D CNN (CWRU bearing faults).
+    Vibration,
     /// ResNet-18 for 32×32 RGB, seeded weights: enough work to fill a GPU.
     Resnet18,
     /// all-MiniLM-L6-v2 sentence embeddings (weights from `--minilm-dir`).
@@ -39,6 +43,8 @@ impl Network {
     fn name(self) -> &'static str {
         match self {
             Self::Digits => "digits",
+            Self::Failure => "failure",
+            Self::Vibration => "vibration",
             Self::Resnet18 => "resnet18",
             Self::Minilm => "minilm",
         }
@@ -56,7 +62,7 @@ pub struct ComputeArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "digits,resnet18"
+        default_value = "digits,failure,vibration,resnet18"
     )]
     networks: Vec<Network>,
     /// Rows per batch.
@@ -68,7 +74,7 @@ pub struct ComputeArgs {
     /// Time spent measuring each case (after warm-up).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     measure: Duration,
-    /// Repository holding the shipped digits model.
+    /// Repository holding the shipped models (digits, ai4i, cwru).
     #[arg(long, default_value = "models")]
     model_repo: PathBuf,
     /// Directory of all-MiniLM-L6-v2 (`config.json`, `model.safetensors`, `tokenizer.json`).
@@ -144,11 +150,18 @@ async fn prepare(network: Network, args: &ComputeArgs) -> anyhow::Result<Prepare
     let minilm_dir = &args.minilm_dir;
     let device = Default::default();
     let (architecture, weights, assets) = match network {
-        Network::Digits => {
+        Network::Digits | Network::Failure | Network::Vibration => {
             let repo = ember::store::Repository::open(&args.model_repo.to_string_lossy())?;
-            let digits = ember::store::ModelName::parse("digits")?;
+            let model = match network {
+                Network::Failure => "ai4i",
+                Network::Vibration => "cwru",
+                _ => "digits",
+            };
             let artifact = repo
-                .load(&digits, &ember::store::Version::parse("1")?)
+                .load(
+                    &ember::store::ModelName::parse(model)?,
+                    &ember::store::Version::parse("1")?,
+                )
                 .await?;
             let manifest = artifact.manifest;
             (
@@ -218,6 +231,19 @@ fn inputs(prepared: &Prepared, rows: usize) -> Vec<TensorData> {
                 .map(|_| (next() * 255.0).floor())
                 .collect(),
         )],
+        Architecture::VibrationCnn(c) => vec![TensorData::F32(
+            (0..rows * c.window).map(|_| (next() - 0.5) * 0.4).collect(),
+        )],
+        Architecture::FailureMlp(c) => {
+            let sensors = (0..rows)
+                .flat_map(|_| c.means.iter().zip(&c.stds).collect::<Vec<_>>())
+                .map(|(mean, std)| mean + std * (next() * 4.0 - 2.0))
+                .collect();
+            let variants = (0..rows)
+                .map(|_| c.variants[(next() * c.variants.len() as f32) as usize].clone())
+                .collect();
+            vec![TensorData::F32(sensors), TensorData::Bytes(variants)]
+        }
         Architecture::SentenceBert(_) => vec![TensorData::Bytes(
             (0..rows).map(|i| sentence(i, &mut next)).collect(),
         )],
@@ -333,6 +359,8 @@ fn export(prepared: &Prepared, device: Device, dir: &Path) -> anyhow::Result<()>
     match &prepared.architecture {
         Architecture::DigitsCnn(c) => save(c.init::<Flex>(&cpu), &prepared.weights, &mut store)?,
         Architecture::ResNet(c) => save(c.init::<Flex>(&cpu), &prepared.weights, &mut store)?,
+        Architecture::FailureMlp(c) => save(c.init::<Flex>(&cpu), &prepared.weights, &mut store)?,
+        Architecture::VibrationCnn(c) => save(c.init::<Flex>(&cpu), &prepared.weights, &mut store)?,
         // The PyTorch side reads the original Hugging Face weights.
         _ => {}
     }

@@ -6,6 +6,7 @@
 //! does not depend on what it is batched with.
 
 use super::text::Tokens;
+use crate::runtime::cpu::{Bert, BertParts};
 use anyhow::Context;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -146,6 +147,33 @@ impl<B: Backend> BertEncoder<B> {
     }
 
     /// Width of the embeddings.
+    /// The same encoder for Ember's CPU kernels; `epsilon` is its LayerNorms'.
+    pub fn compile(&self, epsilon: f64) -> Result<Bert, String> {
+        Bert::new(BertParts {
+            embeddings: [&self.words, &self.positions, &self.token_types],
+            embedding_norm: &self.embedding_norm,
+            layers: self
+                .layers
+                .iter()
+                .map(|l| {
+                    (
+                        [
+                            &l.query,
+                            &l.key,
+                            &l.value,
+                            &l.attention_output,
+                            &l.intermediate,
+                            &l.output,
+                        ],
+                        [&l.attention_norm, &l.output_norm],
+                    )
+                })
+                .collect(),
+            heads: self.heads,
+            epsilon,
+        })
+    }
+
     pub fn hidden(&self) -> usize {
         self.embedding_norm.gamma.dims()[0]
     }

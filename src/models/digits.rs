@@ -3,10 +3,10 @@
 //! Input: raw pixel intensities 0–16, shape `[N, 64]`. The network scales them by
 //! `input_scale` itself, so producers never pre-process.
 
+use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
-use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 

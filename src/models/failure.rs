@@ -5,8 +5,8 @@
 //! deviation of each sensor and the variant names, and [`FailureMlpConfig::features`] turns a
 //! request into the network's inputs the same way for training and serving.
 
-use burn::nn::{Linear, LinearConfig, Relu};
 use crate::runtime::cpu::{Builder, Network};
+use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -8,9 +8,9 @@ pub mod text;
 pub mod vibration;
 
 use crate::batcher::BatchConfig;
+use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
 use crate::runtime::CpuBackend;
 use crate::runtime::cpu::CpuModel;
-use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
 use crate::store::Assets;
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::prelude::*;
@@ -264,10 +264,12 @@ impl Architecture {
 
 impl Architecture {
     /// The network compiled for Ember's own CPU kernels ([`crate::runtime::cpu`]), or None
-    /// for what runs on Burn's CPU backend instead (MiniLM, reduced precisions, identity).
+    /// for what runs on Burn's CPU backend instead (reduced precisions, identity).
     pub fn compile_cpu(
         &self,
         weights: &[u8],
+        assets: &Assets,
+        batch: &BatchConfig,
         precision: Precision,
     ) -> Result<Option<Box<dyn Model>>, String> {
         if !precision.is_fp32() {
@@ -294,7 +296,14 @@ impl Architecture {
                 let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
                 CpuModel::failure(module.compile(c.width())?, c.clone())
             }
-            Self::SentenceBert(_) | Self::Identity { .. } => return Ok(None),
+            Self::SentenceBert(c) => {
+                let tokenizer = assets.get(&c.tokenizer).ok_or_else(|| {
+                    format!("the version has no tokenizer asset {:?}", c.tokenizer)
+                })?;
+                let embedder = c.load_cpu(weights, tokenizer, batch.max_batch_tokens)?;
+                return Ok(Some(Box::new(embedder)));
+            }
+            Self::Identity { .. } => return Ok(None),
         };
         Ok(Some(Box::new(model)))
     }

@@ -6,10 +6,10 @@
 //! `input_scale`. Parameter names follow torchvision's (`conv1`, `bn1`, `shortcut`), so weights
 //! convert to and from PyTorch by name (`loadtest gpu` checks against a PyTorch twin).
 
+use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
-use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 

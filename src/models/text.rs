@@ -9,6 +9,8 @@
 use super::Model;
 use super::bert::{BertConfig, BertEncoder};
 use crate::protocol::TensorData;
+use crate::runtime::CpuBackend;
+use crate::runtime::cpu::Bert;
 use burn::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -42,14 +44,8 @@ impl SentenceBertConfig {
         max_batch_tokens: usize,
         precision: super::Precision,
         device: &B::Device,
-    ) -> Result<SentenceBert<B>, String> {
-        if self.max_tokens < 2 || self.max_tokens > self.encoder.max_position_embeddings {
-            return Err(format!(
-                "max_tokens {} must be 2..={} (the encoder's positions)",
-                self.max_tokens, self.encoder.max_position_embeddings
-            ));
-        }
-        let tokenizer = TextTokenizer::from_json(tokenizer, self.max_tokens)?;
+    ) -> Result<SentenceBert<BertEncoder<B>>, String> {
+        let tokenizer = self.tokenizer(tokenizer)?;
         let encoder =
             super::with_weights(self.encoder.init::<B>(device), weights, precision, device)?;
         Ok(SentenceBert {
@@ -58,16 +54,77 @@ impl SentenceBertConfig {
             max_batch_tokens,
         })
     }
+
+    /// [`load`](Self::load) in FP32 for Ember's CPU kernels ([`Bert`]).
+    pub fn load_cpu(
+        &self,
+        weights: &[u8],
+        tokenizer: &[u8],
+        max_batch_tokens: usize,
+    ) -> Result<SentenceBert<Bert>, String> {
+        let device = Default::default();
+        let tokenizer = self.tokenizer(tokenizer)?;
+        let encoder = super::with_weights(
+            self.encoder.init::<CpuBackend>(&device),
+            weights,
+            super::Precision::Fp32,
+            &device,
+        )?;
+        Ok(SentenceBert {
+            encoder: encoder.compile(self.encoder.layer_norm_eps)?,
+            tokenizer,
+            max_batch_tokens,
+        })
+    }
+
+    fn tokenizer(&self, json: &[u8]) -> Result<TextTokenizer, String> {
+        if self.max_tokens < 2 || self.max_tokens > self.encoder.max_position_embeddings {
+            return Err(format!(
+                "max_tokens {} must be 2..={} (the encoder's positions)",
+                self.max_tokens, self.encoder.max_position_embeddings
+            ));
+        }
+        TextTokenizer::from_json(json, self.max_tokens)
+    }
+}
+
+/// What embeds a pass of padded texts: Burn's [`BertEncoder`] or the CPU kernels' [`Bert`].
+pub trait Encoder: Sync {
+    /// Unit-length embeddings of `tokens`' texts, `[rows, hidden]` row-major.
+    fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String>;
+    /// Values per embedding.
+    fn hidden(&self) -> usize;
+}
+
+impl<B: Backend> Encoder for BertEncoder<B> {
+    fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String> {
+        let out = self.embed_tokens(tokens).into_data();
+        out.into_vec::<f32>().map_err(|e| format!("{e:?}"))
+    }
+
+    fn hidden(&self) -> usize {
+        BertEncoder::hidden(self)
+    }
+}
+
+impl Encoder for Bert {
+    fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String> {
+        Bert::embed(self, &tokens)
+    }
+
+    fn hidden(&self) -> usize {
+        Bert::hidden(self)
+    }
 }
 
 /// A loaded sentence embedder.
-pub struct SentenceBert<B: Backend> {
-    encoder: BertEncoder<B>,
+pub struct SentenceBert<E> {
+    encoder: E,
     tokenizer: TextTokenizer,
     max_batch_tokens: usize,
 }
 
-impl<B: Backend> SentenceBert<B> {
+impl<E: Encoder> SentenceBert<E> {
     /// Unit-length embeddings of `texts`, row-major `[texts, hidden]`. Passes run side by side
     /// on the CPU threads: much of a pass (norms, GELU, softmax, copies) is single-threaded, and
     /// the matrix products share the same pool.
@@ -82,8 +139,7 @@ impl<B: Backend> SentenceBert<B> {
             .par_iter()
             .map(|pass| {
                 let tokens = Tokens::padded(pass.iter().map(|&i| ids[i].as_slice()));
-                let out = self.encoder.embed_tokens(tokens).into_data();
-                out.into_vec::<f32>().map_err(|e| format!("{e:?}"))
+                self.encoder.embed(tokens)
             })
             .collect::<Result<_, _>>()?;
         let hidden = self.encoder.hidden();
@@ -98,7 +154,7 @@ impl<B: Backend> SentenceBert<B> {
     }
 }
 
-impl<B: Backend> Model for SentenceBert<B> {
+impl<E: Encoder> Model for SentenceBert<E> {
     fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
         let [TensorData::Bytes(texts)] = &inputs[..] else {
             return Err("sentence-bert takes one BYTES input".into());

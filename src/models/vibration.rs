@@ -5,10 +5,10 @@
 //! Input: raw acceleration samples, shape `[N, window]`. The network standardises each window
 //! itself (zero mean, unit variance), so producers send sensor values as they come.
 
+use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::pool::{AdaptiveAvgPool1d, AdaptiveAvgPool1dConfig, MaxPool1d, MaxPool1dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig1d, Relu};
-use crate::runtime::cpu::{Builder, Network};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -111,7 +111,7 @@ impl Device {
         precision: Precision,
     ) -> Result<Box<dyn Model>, String> {
         match self {
-            Self::Cpu => match architecture.compile_cpu(weights, precision)? {
+            Self::Cpu => match architecture.compile_cpu(weights, assets, batch, precision)? {
                 Some(compiled) => Ok(compiled),
                 None => architecture.load::<CpuBackend>(
                     weights,

@@ -72,8 +72,9 @@ impl Conv {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0; 4]
     }
 
-    /// The convolution of `x`, plus `residual` (same shape as the output) when given.
-    pub fn forward(&self, x: &Activations, residual: Option<Vec<f32>>) -> Activations {
+    /// The convolution of `x` written into `out`, or added to it if `accumulate` (the
+    /// residual: `out` then holds the output's shape).
+    pub fn forward(&self, x: &Activations, mut out: Vec<f32>, accumulate: bool) -> Activations {
         let [h, w, _] = x.shape;
         let [oh, ow] = self
             .output_size([h, w])
@@ -83,12 +84,19 @@ impl Conv {
             self.kernel[0] * self.kernel[1] * self.channels_in,
             self.channels_out,
         );
-        let mut out = residual.unwrap_or_else(|| vec![0.0; m * n]);
-        assert_eq!(out.len(), m * n, "residual shape");
+        if accumulate {
+            assert_eq!(out.len(), m * n, "residual shape");
+        } else {
+            out.resize(m * n, 0.0);
+        }
         let tile = |first_row: usize, dst: &mut [f32], parallelism: Parallelism| {
             let rows = dst.len() / n;
             for row in dst.chunks_exact_mut(n) {
-                add_assign(row, &self.bias);
+                if accumulate {
+                    add_assign(row, &self.bias);
+                } else {
+                    row.copy_from_slice(&self.bias);
+                }
             }
             if self.is_pointwise() {
                 let lhs = &x.data[first_row * k..(first_row + rows) * k];
@@ -146,22 +154,45 @@ impl Conv {
     }
 }
 
-/// A fully connected layer on each row's flattened values, optionally followed by ReLU.
+/// A fully connected layer on each row's flattened values, then its activation.
 #[derive(Debug, Clone)]
 pub struct Dense {
     /// `[inputs, outputs]`, row-major, rows in the channels-last order of the activations.
     pub weights: Vec<f32>,
     /// One per output.
     pub bias: Vec<f32>,
-    /// Whether ReLU follows.
-    pub relu: bool,
+    /// What follows the product.
+    pub activation: Activation,
+}
+
+/// A function applied to each value after a layer's product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// None: the values as they are.
+    Linear,
+    /// `max(x, 0)`.
+    Relu,
+    /// The exact (erf) GELU, as BERT, PyTorch and Burn compute it.
+    Gelu,
+}
+
+impl Activation {
+    fn apply(self, values: &mut [f32]) {
+        match self {
+            Self::Linear => {}
+            Self::Relu => relu(values),
+            Self::Gelu => values.iter_mut().for_each(|v| {
+                *v = 0.5 * *v * (1.0 + libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2))
+            }),
+        }
+    }
 }
 
 impl Dense {
-    /// `x` flattened per row, times the weights, plus the bias.
-    pub fn forward(&self, x: &Activations) -> Activations {
+    /// `x` flattened per row, times the weights, plus the bias, written into `out`.
+    pub fn forward(&self, x: &Activations, mut out: Vec<f32>) -> Activations {
         let (k, n) = (x.width(), self.bias.len());
-        let mut out = vec![0.0; x.rows * n];
+        out.resize(x.rows * n, 0.0);
         for_tiles(&mut out, x.rows, n, k, |first, dst, parallelism| {
             let rows = dst.len() / n;
             for row in dst.chunks_exact_mut(n) {
@@ -169,9 +200,7 @@ impl Dense {
             }
             let lhs = &x.data[first * k..(first + rows) * k];
             matmul_acc(dst, lhs, &self.weights, rows, k, n, parallelism);
-            if self.relu {
-                relu(dst);
-            }
+            self.activation.apply(dst);
         });
         Activations {
             data: out,
@@ -181,11 +210,20 @@ impl Dense {
     }
 }
 
-/// Max over `kernel` windows stepped by `stride`, without padding.
-pub fn max_pool(x: &Activations, kernel: [usize; 2], stride: [usize; 2]) -> Activations {
+/// Max over `kernel` windows stepped by `stride`, without padding, written into `out`.
+pub fn max_pool(
+    x: &Activations,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    mut out: Vec<f32>,
+) -> Activations {
     let [h, w, c] = x.shape;
-    let (oh, ow) = ((h - kernel[0]) / stride[0] + 1, (w - kernel[1]) / stride[1] + 1);
-    let mut out = vec![f32::NEG_INFINITY; x.rows * oh * ow * c];
+    let (oh, ow) = (
+        (h - kernel[0]) / stride[0] + 1,
+        (w - kernel[1]) / stride[1] + 1,
+    );
+    out.clear();
+    out.resize(x.rows * oh * ow * c, f32::NEG_INFINITY);
     let per_row = oh * ow * c;
     let pool = |(image, dst): (usize, &mut [f32])| {
         let src = &x.data[image * h * w * c..(image + 1) * h * w * c];
@@ -213,12 +251,16 @@ pub fn max_pool(x: &Activations, kernel: [usize; 2], stride: [usize; 2]) -> Acti
     }
 }
 
-/// The mean over all positions of each channel: `[rows, 1, 1, channels]`.
-pub fn global_avg_pool(x: &Activations) -> Activations {
+/// The mean over all positions of each channel, `[rows, 1, 1, channels]`, written into `out`.
+pub fn global_avg_pool(x: &Activations, mut out: Vec<f32>) -> Activations {
     let [h, w, c] = x.shape;
     let positions = h * w;
-    let mut out = vec![0.0; x.rows * c];
-    for (dst, src) in out.chunks_exact_mut(c).zip(x.data.chunks_exact(positions * c)) {
+    out.clear();
+    out.resize(x.rows * c, 0.0);
+    for (dst, src) in out
+        .chunks_exact_mut(c)
+        .zip(x.data.chunks_exact(positions * c))
+    {
         for cell in src.chunks_exact(c) {
             add_assign(dst, cell);
         }
@@ -234,13 +276,17 @@ pub fn global_avg_pool(x: &Activations) -> Activations {
 }
 
 /// Each row scaled to zero mean and unit standard deviation (`+ 1e-6`), as the vibration
-/// network's first step.
+/// network's first step. Sums in FP64: a row is thousands of samples.
 pub fn standardize(x: &mut Activations) {
     let width = x.width();
     for row in x.data.chunks_exact_mut(width) {
-        let mean = row.iter().sum::<f32>() / width as f32;
+        let mean = (row.iter().map(|&v| f64::from(v)).sum::<f64>() / width as f64) as f32;
         row.iter_mut().for_each(|v| *v -= mean);
-        let std = (row.iter().map(|v| v * v).sum::<f32>() / width as f32).sqrt() + 1e-6;
+        let square = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>();
+        let std = (square / width as f64).sqrt() as f32 + 1e-6;
         row.iter_mut().for_each(|v| *v /= std);
     }
 }
@@ -314,7 +360,7 @@ where
 }
 
 /// `dst[m, n] += lhs[m, k] × rhs[k, n]`, all row-major.
-fn matmul_acc(
+pub(super) fn matmul_acc(
     dst: &mut [f32],
     lhs: &[f32],
     rhs: &[f32],
@@ -351,7 +397,7 @@ fn matmul_acc(
     }
 }
 
-fn add_assign(dst: &mut [f32], src: &[f32]) {
+pub(super) fn add_assign(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += s;
     }
@@ -388,12 +434,10 @@ mod tests {
                                     continue;
                                 }
                                 for ci in 0..c {
-                                    let v = x.data[((image * h + iy as usize) * w + ix as usize)
-                                        * c
-                                        + ci];
-                                    sum += v * conv.weights[((ky * kw + kx) * c + ci)
-                                        * conv.channels_out
-                                        + co];
+                                    let v = x.data
+                                        [((image * h + iy as usize) * w + ix as usize) * c + ci];
+                                    sum += v * conv.weights
+                                        [((ky * kw + kx) * c + ci) * conv.channels_out + co];
                                 }
                             }
                         }
@@ -446,11 +490,14 @@ mod tests {
                     rows,
                     shape,
                 };
-                let got = conv.forward(&x, None);
+                let got = conv.forward(&x, Vec::new(), false);
                 let want = naive_conv(conv, &x);
                 assert_eq!(got.data.len(), want.len(), "case {case}");
                 for (g, w) in got.data.iter().zip(&want) {
-                    assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "case {case}: {g} vs {w}");
+                    assert!(
+                        (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                        "case {case}: {g} vs {w}"
+                    );
                 }
             }
         }
@@ -466,7 +513,7 @@ mod tests {
             rows: 1,
             shape: [1, 1, 1],
         };
-        let out = conv.forward(&x, Some(vec![-3.0, -1.0, 0.0, 1.0, 3.0]));
+        let out = conv.forward(&x, vec![-3.0, -1.0, 0.0, 1.0, 3.0], true);
         assert_eq!(out.data, [0.0, 1.0, 2.0, 3.0, 5.0]);
     }
 
@@ -478,9 +525,13 @@ mod tests {
             rows: 1,
             shape: [2, 2, 2],
         };
-        assert_eq!(max_pool(&x, [2, 2], [2, 2]).data, [4.0, -1.0]);
-        assert_eq!(max_pool(&x, [1, 2], [1, 2]).data, [2.0, -1.0, 4.0, -3.0]);
-        assert_eq!(global_avg_pool(&x).data, [2.5, -2.5]);
+        assert_eq!(max_pool(&x, [2, 2], [2, 2], vec![]).data, [4.0, -1.0]);
+        let reused = vec![9.0; 7];
+        assert_eq!(
+            max_pool(&x, [1, 2], [1, 2], reused).data,
+            [2.0, -1.0, 4.0, -3.0]
+        );
+        assert_eq!(global_avg_pool(&x, vec![1.0]).data, [2.5, -2.5]);
     }
 
     #[test]

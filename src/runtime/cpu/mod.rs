@@ -6,9 +6,11 @@
 //!
 //! Training, MiniLM, reduced precisions and the GPU keep running on Burn.
 
+mod bert;
 mod kernels;
 mod network;
 
+pub use bert::{Bert, BertParts};
 pub use network::{Builder, Network};
 
 use crate::models::Model;

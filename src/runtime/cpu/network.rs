@@ -2,11 +2,12 @@
 //! to the layouts the kernels read, BatchNorm and input scaling folded into the convolution
 //! before them, and the first dense layer's rows reordered for channels-last activations.
 
-use super::kernels::{self, Activations, Conv, Dense};
+use super::kernels::{self, Activation, Activations, Conv, Dense};
 use burn::nn::conv::{Conv1d, Conv2d};
 use burn::nn::pool::{MaxPool1d, MaxPool2d};
 use burn::nn::{BatchNorm, Linear, PaddingConfig1d, PaddingConfig2d};
 use burn::prelude::*;
+use std::sync::{Mutex, PoisonError};
 
 /// One step of a [`Network`].
 #[derive(Debug, Clone)]
@@ -29,11 +30,15 @@ enum Layer {
 }
 
 /// A compiled network: rows of a fixed `[height, width, channels]` in, a row of outputs out.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Network {
     input: [usize; 3],
     layers: Vec<Layer>,
     outputs: usize,
+    /// Activation buffers kept from batch to batch: freeing the large ones would hand them back
+    /// to the kernel, and the page faults and TLB shootdowns of mapping them again cost more
+    /// than a ResNet's whole batch-256 compute.
+    buffers: Mutex<Buffers>,
 }
 
 impl Network {
@@ -51,36 +56,65 @@ impl Network {
     /// width]`, PyTorch's and Burn's order), `rows × outputs` values.
     pub fn forward(&self, rows: usize, values: Vec<f32>) -> Vec<f32> {
         assert_eq!(values.len(), rows * self.inputs(), "input size");
+        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
         let mut x = Activations {
             data: channels_last(values, rows, self.input),
             rows,
             shape: self.input,
         };
         for layer in &self.layers {
-            x = match layer {
+            let next = match layer {
                 Layer::Standardize => {
                     kernels::standardize(&mut x);
-                    x
+                    continue;
                 }
-                Layer::Conv(conv) => conv.forward(&x, None),
+                Layer::Conv(conv) => conv.forward(&x, buffers.take(), false),
                 Layer::Residual {
                     first,
                     second,
                     shortcut,
                 } => {
-                    let y = first.forward(&x, None);
+                    let y = first.forward(&x, buffers.take(), false);
                     let skip = match shortcut {
-                        Some(shortcut) => shortcut.forward(&x, None).data,
-                        None => x.data,
+                        Some(shortcut) => shortcut.forward(&x, buffers.take(), false).data,
+                        None => std::mem::take(&mut x.data),
                     };
-                    second.forward(&y, Some(skip))
+                    let out = second.forward(&y, skip, true);
+                    buffers.give(y.data);
+                    out
                 }
-                Layer::MaxPool { kernel, stride } => kernels::max_pool(&x, *kernel, *stride),
-                Layer::GlobalAvgPool => kernels::global_avg_pool(&x),
-                Layer::Dense(dense) => dense.forward(&x),
+                Layer::MaxPool { kernel, stride } => {
+                    kernels::max_pool(&x, *kernel, *stride, buffers.take())
+                }
+                Layer::GlobalAvgPool => kernels::global_avg_pool(&x, buffers.take()),
+                Layer::Dense(dense) => dense.forward(&x, buffers.take()),
             };
+            buffers.give(std::mem::replace(&mut x, next).data);
         }
-        x.data
+        // The outputs leave with the caller: a copy, so the pool keeps its buffer.
+        x.data.to_vec()
+    }
+}
+
+/// Spare activation buffers of one network.
+#[derive(Debug, Default)]
+struct Buffers(Vec<Vec<f32>>);
+
+impl Buffers {
+    /// The spare buffer with the most room (emptied), or a new one.
+    fn take(&mut self) -> Vec<f32> {
+        let mut buffer = self.0.pop().unwrap_or_default();
+        buffer.clear();
+        buffer
+    }
+
+    /// Keeps `buffer` for a later layer or batch; the pool stays sorted by capacity.
+    fn give(&mut self, buffer: Vec<f32>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        let at = self.0.partition_point(|b| b.capacity() < buffer.capacity());
+        self.0.insert(at, buffer);
     }
 }
 
@@ -90,7 +124,10 @@ fn channels_last(values: Vec<f32>, rows: usize, [h, w, c]: [usize; 3]) -> Vec<f3
         return values;
     }
     let mut out = vec![0.0; values.len()];
-    for (dst, src) in out.chunks_exact_mut(h * w * c).zip(values.chunks_exact(h * w * c)) {
+    for (dst, src) in out
+        .chunks_exact_mut(h * w * c)
+        .zip(values.chunks_exact(h * w * c))
+    {
         for (channel, plane) in src.chunks_exact(h * w).enumerate() {
             for (position, &v) in plane.iter().enumerate() {
                 dst[position * c + channel] = v;
@@ -254,7 +291,10 @@ impl Builder {
         let [inputs, outputs] = linear.weight.dims();
         let [h, w, c] = self.shape;
         if inputs != h * w * c {
-            return Err(format!("dense {inputs}→{outputs} does not fit {:?}", self.shape));
+            return Err(format!(
+                "dense {inputs}→{outputs} does not fit {:?}",
+                self.shape
+            ));
         }
         let burn = floats(linear.weight.val())?;
         // Our row (y, x, channel) is Burn's row (channel, y, x).
@@ -278,7 +318,11 @@ impl Builder {
         self.layers.push(Layer::Dense(Dense {
             weights,
             bias,
-            relu,
+            activation: if relu {
+                Activation::Relu
+            } else {
+                Activation::Linear
+            },
         }));
         Ok(self)
     }
@@ -289,6 +333,7 @@ impl Builder {
             input: self.input,
             layers: self.layers,
             outputs: self.shape.iter().product(),
+            buffers: Mutex::default(),
         }
     }
 
