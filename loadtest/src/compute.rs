@@ -244,9 +244,15 @@ fn inputs(prepared: &Prepared, rows: usize) -> Vec<TensorData> {
                 .collect();
             vec![TensorData::F32(sensors), TensorData::Bytes(variants)]
         }
-        Architecture::SentenceBert(_) => vec![TensorData::Bytes(
-            (0..rows).map(|i| sentence(i, &mut next)).collect(),
-        )],
+        // The parity batch's sentences, cycled: the PyTorch twin runs the same texts.
+        Architecture::SentenceBert(_) => {
+            let sentences: Vec<String> = (0..PARITY_ROWS).map(|i| sentence(i, &mut next)).collect();
+            vec![TensorData::Bytes(
+                (0..rows)
+                    .map(|i| sentences[i % PARITY_ROWS].clone())
+                    .collect(),
+            )]
+        }
         _ => unreachable!("not a compute network"),
     }
 }

@@ -264,7 +264,9 @@ impl Architecture {
 
 impl Architecture {
     /// The network compiled for Ember's own CPU kernels ([`crate::runtime::cpu`]), or None
-    /// for what runs on Burn's CPU backend instead (reduced precisions, identity).
+    /// for the identity. The kernels compute in FP32: a reduced `precision` rounds the weights
+    /// to it (as a GPU would hold them), activations stay FP32 (CPUs gain nothing from
+    /// narrower arithmetic without it, and Burn's CPU FP16 ran ResNet-18 ~13× slower).
     pub fn compile_cpu(
         &self,
         weights: &[u8],
@@ -272,35 +274,35 @@ impl Architecture {
         batch: &BatchConfig,
         precision: Precision,
     ) -> Result<Option<Box<dyn Model>>, String> {
-        if !precision.is_fp32() {
-            return Ok(None);
-        }
         let device = Default::default();
-        let fp32 = Precision::Fp32;
         let model = match self {
             Self::DigitsCnn(c) => {
-                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                let module =
+                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
                 CpuModel::classifier(module.compile()?)
             }
             Self::ResNet(c) => {
                 c.validate()?;
-                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                let module =
+                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
                 CpuModel::classifier(module.compile()?)
             }
             Self::VibrationCnn(c) => {
-                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                let module =
+                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
                 CpuModel::classifier(module.compile(c.window)?)
             }
             Self::FailureMlp(c) => {
                 c.check()?;
-                let module = with_weights(c.init::<CpuBackend>(&device), weights, fp32, &device)?;
+                let module =
+                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
                 CpuModel::failure(module.compile(c.width())?, c.clone())
             }
             Self::SentenceBert(c) => {
                 let tokenizer = assets.get(&c.tokenizer).ok_or_else(|| {
                     format!("the version has no tokenizer asset {:?}", c.tokenizer)
                 })?;
-                let embedder = c.load_cpu(weights, tokenizer, batch.max_batch_tokens)?;
+                let embedder = c.load_cpu(weights, tokenizer, batch.max_batch_tokens, precision)?;
                 return Ok(Some(Box::new(embedder)));
             }
             Self::Identity { .. } => return Ok(None),

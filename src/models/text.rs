@@ -55,19 +55,21 @@ impl SentenceBertConfig {
         })
     }
 
-    /// [`load`](Self::load) in FP32 for Ember's CPU kernels ([`Bert`]).
+    /// [`load`](Self::load) for Ember's CPU kernels ([`Bert`]): weights rounded to
+    /// `precision`, arithmetic in FP32.
     pub fn load_cpu(
         &self,
         weights: &[u8],
         tokenizer: &[u8],
         max_batch_tokens: usize,
+        precision: super::Precision,
     ) -> Result<SentenceBert<Bert>, String> {
         let device = Default::default();
         let tokenizer = self.tokenizer(tokenizer)?;
         let encoder = super::with_weights(
             self.encoder.init::<CpuBackend>(&device),
             weights,
-            super::Precision::Fp32,
+            precision,
             &device,
         )?;
         Ok(SentenceBert {

@@ -428,7 +428,9 @@ impl Builder {
             channels_in: cin,
             channels_out: cout,
             relu,
-        };
+            winograd: None,
+        }
+        .with_winograd();
         let [h, w, _] = self.shape;
         let [oh, ow] = conv
             .output_size([h, w])
