@@ -600,6 +600,11 @@ pub struct PipelineArgs {
     #[arg(long, env = "EMBER_MAX_REQUEST_ROWS", default_value_t = DEFAULT_MAX_REQUEST_ROWS,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_request_rows: usize,
+    /// Unsettled deliveries per request queue [default: 2 × max batch size + 64: a batch
+    /// forming, one computing, and answers waiting for their publisher confirms].
+    #[arg(long, env = "EMBER_PREFETCH",
+          value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
+    pub prefetch: Option<usize>,
 }
 
 impl PipelineArgs {
@@ -612,11 +617,13 @@ impl PipelineArgs {
     }
 
     fn worker(&self, max_redeliveries: u32) -> WorkerConfig {
+        let defaults = WorkerConfig::for_batch_size(self.max_batch_size);
         WorkerConfig {
             max_request_bytes: self.max_request_bytes,
             max_request_rows: self.max_request_rows,
             max_redeliveries,
-            ..WorkerConfig::for_batch_size(self.max_batch_size)
+            prefetch: self.prefetch.unwrap_or(defaults.prefetch),
+            ..defaults
         }
     }
 

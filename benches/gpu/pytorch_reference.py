@@ -83,12 +83,14 @@ class Failure(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
 
     def prepare(self, inputs, rows):
-        """The exported sensors and variant names as the network's two inputs."""
+        """The exported sensors and variant names: the names stay strings, as a worker gets
+        them, and are looked up in `forward` (timed, as Ember's lookup is)."""
         sensors = torch.tensor(inputs[0], dtype=torch.float32).reshape(rows, -1)
-        variants = torch.tensor([self.variants.index(v) for v in inputs[1]])
-        return sensors, variants
+        return sensors, list(inputs[1])
 
     def forward(self, sensors, variants):
+        index = {name: i for i, name in enumerate(self.variants)}
+        variants = torch.tensor([index[v] for v in variants], device=sensors.device)
         one_hot = F.one_hot(variants, len(self.variants)).to(sensors.dtype)
         x = torch.cat([(sensors - self.means.to(sensors.dtype)) / self.stds.to(sensors.dtype), one_hot], 1)
         for i, layer in enumerate(self.layers):
@@ -203,6 +205,13 @@ def prepare(net, io):
     return (torch.tensor(io["inputs"][0], dtype=torch.float32).reshape(io["rows"], width),)
 
 
+def repeat_rows(x, batch):
+    """`x` (a tensor or a list, one row per item) cycled to `batch` rows."""
+    if torch.is_tensor(x):
+        return x.repeat(math.ceil(batch / len(x)), *[1] * (x.dim() - 1))[:batch].contiguous()
+    return [x[i % len(x)] for i in range(batch)]
+
+
 def outputs(net, logits):
     """What Ember answers: softmax probabilities, or sigmoids for the failure MLP."""
     if getattr(net, "head", "softmax") == "sigmoid":
@@ -215,7 +224,7 @@ def bench_image(net, io, args, device, results, parity):
     inputs = prepare(net, io)
     net = net.to(device)
     with torch.inference_mode():
-        got = outputs(net, net(*(x.to(device) for x in inputs))).cpu()
+        got = outputs(net, net(*(x.to(device) if torch.is_tensor(x) else x for x in inputs))).cpu()
     want = torch.tensor(io["outputs"][0]).reshape(got.shape)
     # Relative to the spread of the probabilities: seeded (untrained) weights give nearly
     # uniform ones, where an absolute difference alone would say little.
@@ -228,13 +237,12 @@ def bench_image(net, io, args, device, results, parity):
         if args.compile:
             modes.append(("compile", torch.compile(typed)))
         for batch in args.batches:
-            rows = [x.repeat(math.ceil(batch / io["rows"]), *[1] * (x.dim() - 1))[:batch].contiguous()
-                    for x in inputs]
+            rows = [repeat_rows(x, batch) for x in inputs]
             for mode, model in modes:
                 def step():
                     with torch.inference_mode():
-                        x = [t.to(device, non_blocking=False) for t in rows]
-                        x = [t.to(DTYPES[precision]) if t.is_floating_point() else t for t in x]
+                        x = [t.to(device, non_blocking=False).to(DTYPES[precision])
+                             if torch.is_tensor(t) else t for t in rows]
                         probabilities = outputs(net, model(*x))
                         probabilities.argmax(1).cpu(), probabilities.cpu()
                 entry = {"network": name, "precision": precision, "batch": batch, "mode": mode}

@@ -361,6 +361,7 @@ fn export(prepared: &Prepared, device: Device, dir: &Path) -> anyhow::Result<()>
     let name = prepared.network.name();
     let cpu = Default::default();
     let mut store = SafetensorsStore::from_file(dir.join(format!("{name}.safetensors")))
+        .overwrite(true)
         .with_to_adapter(BurnToPyTorchAdapter);
     match &prepared.architecture {
         Architecture::DigitsCnn(c) => save(c.init::<Flex>(&cpu), &prepared.weights, &mut store)?,

@@ -75,7 +75,8 @@ impl Device {
     pub fn probe(self) -> Result<String, String> {
         match self {
             Self::Cpu => Ok(format!(
-                "cpu (flex backend, {} threads)",
+                "cpu (Ember's kernels, {}, {} threads)",
+                cpu::simd(),
                 rayon::current_num_threads()
             )),
             #[cfg(feature = "cuda")]

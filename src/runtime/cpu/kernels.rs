@@ -579,6 +579,10 @@ const WINOGRAD_MIN_TILES: usize = 64;
 /// Winograd chunks are sized to about this many transformed values (4 MiB) per thread.
 const WINOGRAD_CHUNK_VALUES: usize = 1 << 20;
 
+/// Below this many multiply-adds a layer runs on one thread: waking the others costs more
+/// (~20 µs) than they would save (the failure MLP at batch 64 ran at 0.9M rows/s threaded).
+const PARALLEL_PRODUCTS: usize = 1 << 20;
+
 /// Below this many values a pooling layer runs on one thread.
 const PARALLEL_VALUES: usize = 1 << 16;
 
@@ -593,9 +597,10 @@ where
 {
     let threads = rayon::current_num_threads();
     let target = (TILE_VALUES / k.max(1)).clamp(16, 2048);
-    if threads == 1 || m < 16 * threads {
-        // Too few rows to share out: one gemm at a time, each on all threads.
-        let parallelism = if threads == 1 || m * n * k < 1 << 16 {
+    if threads == 1 || m < 16 * threads || m * n * k < PARALLEL_PRODUCTS {
+        // Too few rows to share out, or too little work to wake other threads for: one gemm at
+        // a time, each on all threads if it is big enough.
+        let parallelism = if threads == 1 || m * n * k < PARALLEL_PRODUCTS {
             Parallelism::None
         } else {
             Parallelism::Rayon(threads)

@@ -17,6 +17,20 @@ use crate::models::Model;
 use crate::models::failure::FailureMlpConfig;
 use crate::protocol::TensorData;
 
+/// The widest vector instructions the kernels' gemm uses on this CPU.
+pub fn simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return "AVX2";
+        }
+    }
+    "portable SIMD"
+}
+
 /// A compiled network and what turns its outputs into the manifest's.
 pub struct CpuModel {
     network: Network,
