@@ -3,7 +3,7 @@
 //! projections fused into one product and attention read straight out of it (strided gemms,
 //! no head transposes).
 
-use super::kernels::{Activation, Activations, Dense, add_assign};
+use super::kernels::{Activation, Activations, Dense, add_assign, exp, vectorized};
 use crate::models::text::Tokens;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
@@ -240,9 +240,11 @@ impl Bert {
                             Parallelism::None,
                         );
                     }
-                    for row in scores.chunks_exact_mut(length) {
-                        masked_softmax(row, mask);
-                    }
+                    vectorized(|| {
+                        for row in scores.chunks_exact_mut(length) {
+                            masked_softmax(row, mask);
+                        }
+                    });
                     // SAFETY: as above.
                     unsafe {
                         gemm(
@@ -274,6 +276,7 @@ impl Bert {
 }
 
 /// Softmax of `scores` over the keys whose `mask` is 1 (the others get 0).
+#[inline(always)]
 fn masked_softmax(scores: &mut [f32], mask: &[f32]) {
     let max = scores
         .iter()
@@ -283,7 +286,7 @@ fn masked_softmax(scores: &mut [f32], mask: &[f32]) {
         .fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0;
     for (s, m) in scores.iter_mut().zip(mask) {
-        *s = if *m != 0.0 { (*s - max).exp() } else { 0.0 };
+        *s = if *m != 0.0 { exp(*s - max) } else { 0.0 };
         sum += *s;
     }
     scores.iter_mut().for_each(|s| *s /= sum);
