@@ -71,14 +71,18 @@ impl Norm {
     }
 }
 
+/// A layer's dense layers (query, key, value, attention output, intermediate, output) and
+/// LayerNorms (after attention, after the output).
+pub type LayerParts<'a, B> = ([&'a Linear<B>; 6], [&'a LayerNorm<B>; 2]);
+
 /// The encoder's parts, as Burn holds them, for [`Bert::new`].
 pub struct BertParts<'a, B: Backend> {
     /// Word, position and token type embeddings.
     pub embeddings: [&'a Embedding<B>; 3],
     /// LayerNorm after the embeddings.
     pub embedding_norm: &'a LayerNorm<B>,
-    /// Each layer: query, key, value, attention output, intermediate, output.
-    pub layers: Vec<([&'a Linear<B>; 6], [&'a LayerNorm<B>; 2])>,
+    /// Each layer's parts.
+    pub layers: Vec<LayerParts<'a, B>>,
     /// Attention heads.
     pub heads: usize,
     /// The LayerNorms' epsilon.

@@ -99,9 +99,9 @@ impl Conv {
                 for i in 0..4 {
                     for j in 0..4 {
                         let mut sum = 0.0;
-                        for ky in 0..3 {
-                            for kx in 0..3 {
-                                sum += G[i][ky] * g(ky, kx) * G[j][kx];
+                        for (ky, gi) in G[i].iter().enumerate() {
+                            for (kx, gj) in G[j].iter().enumerate() {
+                                sum += gi * g(ky, kx) * gj;
                             }
                         }
                         u[((i * 4 + j) * cin + ci) * cout + co] = sum as f32;

@@ -10,7 +10,7 @@ mod bert;
 mod kernels;
 mod network;
 
-pub use bert::{Bert, BertParts};
+pub use bert::{Bert, BertParts, LayerParts};
 pub use network::{Builder, Network};
 
 use crate::models::Model;

@@ -18,9 +18,9 @@ enum Layer {
     Conv(Conv),
     /// `relu(second(first(x)) + shortcut(x))`: a ResNet basic block (identity shortcut if none).
     Residual {
-        first: Conv,
-        second: Conv,
-        shortcut: Option<Conv>,
+        first: Box<Conv>,
+        second: Box<Conv>,
+        shortcut: Option<Box<Conv>>,
     },
     MaxPool {
         kernel: [usize; 2],
@@ -285,9 +285,9 @@ impl Builder {
             ));
         }
         self.layers.push(Layer::Residual {
-            first,
-            second,
-            shortcut,
+            first: Box::new(first),
+            second: Box::new(second),
+            shortcut: shortcut.map(Box::new),
         });
         Ok(self)
     }
