@@ -15,7 +15,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// The CPU backend: the fastest measured on the digits CNN (`benches/backends.rs`).
+/// Burn's CPU backend: training, and reading a version's weights before [`cpu`] compiles
+/// them into the kernels that serve on the CPU.
 pub type CpuBackend = burn::backend::Flex;
 
 /// What a build without the `cuda` feature says when asked for a GPU.

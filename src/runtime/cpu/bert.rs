@@ -4,6 +4,7 @@
 //! no head transposes).
 
 use super::kernels::{Activation, Activations, Dense, add_assign, exp, vectorized};
+use super::network::floats;
 use crate::models::text::Tokens;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
@@ -316,13 +317,4 @@ fn pool(x: &[f32], mask: &[f32], [rows, length, hidden]: [usize; 3]) -> Vec<f32>
         sum.iter_mut().for_each(|s| *s /= norm);
     }
     out
-}
-
-/// A tensor's values as FP32.
-fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, String> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))
 }

@@ -263,28 +263,24 @@ impl Conv {
                         .copy_from_slice(&x.data[from..from + c]);
                 }
             }
-            // Rows: t = Bᵀ d, then columns: (Bᵀ d) B.
+            // Down each column: t = Bᵀ d; then along each row: v = (Bᵀ d) B.
             for j in 0..4 {
                 let at = |i: usize| (i * 4 + j) * c;
                 for ch in 0..c {
-                    let (d0, d1, d2, d3) =
-                        (d[at(0) + ch], d[at(1) + ch], d[at(2) + ch], d[at(3) + ch]);
-                    t[at(0) + ch] = d0 - d2;
-                    t[at(1) + ch] = d1 + d2;
-                    t[at(2) + ch] = d2 - d1;
-                    t[at(3) + ch] = d1 - d3;
+                    let column = input_transform([0, 1, 2, 3].map(|i| d[at(i) + ch]));
+                    for (i, value) in column.into_iter().enumerate() {
+                        t[at(i) + ch] = value;
+                    }
                 }
             }
             for i in 0..4 {
                 let at = |j: usize| (i * 4 + j) * c;
                 let dst = |j: usize| ((i * 4 + j) * tiles + tile) * c;
                 for ch in 0..c {
-                    let (t0, t1, t2, t3) =
-                        (t[at(0) + ch], t[at(1) + ch], t[at(2) + ch], t[at(3) + ch]);
-                    v[dst(0) + ch] = t0 - t2;
-                    v[dst(1) + ch] = t1 + t2;
-                    v[dst(2) + ch] = t2 - t1;
-                    v[dst(3) + ch] = t1 - t3;
+                    let row = input_transform([0, 1, 2, 3].map(|j| t[at(j) + ch]));
+                    for (j, value) in row.into_iter().enumerate() {
+                        v[dst(j) + ch] = value;
+                    }
                 }
             }
         }
@@ -606,6 +602,12 @@ const WINOGRAD_MIN_TILES: usize = 64;
 
 /// Winograd chunks are sized to about this many transformed values (4 MiB) per thread.
 const WINOGRAD_CHUNK_VALUES: usize = 1 << 20;
+
+/// Winograd F(2×2, 3×3)'s `Bᵀ x` for one column (or row) of four values.
+#[inline(always)]
+fn input_transform([x0, x1, x2, x3]: [f32; 4]) -> [f32; 4] {
+    [x0 - x2, x1 + x2, x2 - x1, x1 - x3]
+}
 
 /// Below this many multiply-adds (~100 µs on one core) a layer runs on one thread: waking the
 /// others costs more than they save (the failure MLP at batch 256: 2.0M rows/s threaded at

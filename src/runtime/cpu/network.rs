@@ -506,7 +506,7 @@ fn same_padding(size: usize, kernel: usize, stride: usize) -> (usize, usize) {
 }
 
 /// A tensor's values as FP32.
-fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, String> {
+pub(super) fn floats<B: Backend, const D: usize>(tensor: Tensor<B, D>) -> Result<Vec<f32>, String> {
     tensor
         .into_data()
         .convert::<f32>()
