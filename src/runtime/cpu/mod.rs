@@ -60,6 +60,18 @@ impl CpuModel {
             head: Head::Failure(Box::new(config)),
         }
     }
+
+    /// Whether `values` hold `rows` rows of the network's input.
+    fn check(&self, rows: usize, values: &[f32]) -> Result<(), String> {
+        if values.len() != rows * self.network.inputs() {
+            return Err(format!(
+                "{} input values for {rows} rows of {}",
+                values.len(),
+                self.network.inputs()
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Model for CpuModel {
@@ -99,18 +111,5 @@ impl Model for CpuModel {
                 ])
             }
         }
-    }
-}
-
-impl CpuModel {
-    fn check(&self, rows: usize, values: &[f32]) -> Result<(), String> {
-        if values.len() != rows * self.network.inputs() {
-            return Err(format!(
-                "{} input values for {rows} rows of {}",
-                values.len(),
-                self.network.inputs()
-            ));
-        }
-        Ok(())
     }
 }
