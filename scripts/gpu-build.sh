@@ -10,7 +10,7 @@ export CARGO_TARGET_DIR=target/cuda
 cargo build --release --locked --features cuda --bin ember
 cargo build --release --locked --features cuda -p ember-loadtest
 tests=$(cargo test --release --locked --features cuda --test cuda --no-run --message-format=json \
-  | python3 -c 'import json,sys; print(next(m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable")))')
+  | python3 -c 'import json,sys; messages = [json.loads(line) for line in sys.stdin]; print(next(m["executable"] for m in messages if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable")))')
 rm -rf target/gpu-bundle && mkdir -p target/gpu-bundle/bin
 install -s -m 0755 target/cuda/release/ember target/cuda/release/ember-loadtest target/gpu-bundle/bin/
 install -s -m 0755 "$tests" target/gpu-bundle/bin/cuda-tests
