@@ -2,6 +2,7 @@
 //!
 //! `cargo bench --features bench-backends --bench backends`
 //! Throughput is images/s at batch 1 and 64, with the shipped weights of `models/digits/1`.
+#![allow(missing_docs)] // criterion_group! defines an undocumented `pub fn`
 
 use burn::prelude::Backend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -25,7 +26,7 @@ fn load<B: Backend>(device: &B::Device) -> Box<dyn Model> {
         .load::<B>(
             &artifact.weights,
             &artifact.assets,
-            &Default::default(),
+            ember::batcher::BatchConfig::default().max_batch_tokens,
             artifact.manifest.precision,
             device,
         )

@@ -1,5 +1,6 @@
 //! Decode + validate of one 1×64 FP32 request (the digits input): the per-request protocol
 //! cost on the hot path. `cargo bench --bench protocol`
+#![allow(missing_docs)] // criterion_group! defines an undocumented `pub fn`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ember::protocol::{DataType, TensorSpec, decode_request, validate};

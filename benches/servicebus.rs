@@ -16,7 +16,7 @@
 mod servicebus;
 
 use ember::transport::servicebus::{ServiceBusTransport, pooled_http_client};
-use ember::transport::{Message, Properties, Transport};
+use ember::transport::{ClientTransport, Message, Properties, Transport};
 use servicebus::ServiceBusDouble;
 use std::sync::Arc;
 use std::time::Instant;

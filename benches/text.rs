@@ -11,12 +11,11 @@
 //! `cargo bench --bench text` (`-- --seconds N` per measurement, default 10).
 
 use ember::models::bert::{BertConfig, BertEncoder};
-use ember::models::record_weights;
 use ember::models::text::{
     DEFAULT_MAX_BATCH_TOKENS, SentenceBert, SentenceBertConfig, TextTokenizer, Tokens,
 };
 use ember::runtime::CpuBackend;
-use ember::runtime::cpu::Bert;
+use ember::runtime::cpu::{Bert, compile};
 use rayon::prelude::*;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -56,14 +55,13 @@ fn main() {
         max_tokens: 256,
         tokenizer: "tokenizer.json".into(),
     }
-    .load_cpu(
-        &record_weights(encoder.clone()).unwrap(),
+    .embedder(
+        compile::bert(&encoder, config.layer_norm_eps).unwrap(),
         &tokenizer_json,
         DEFAULT_MAX_BATCH_TOKENS,
-        Default::default(),
     )
     .unwrap();
-    let encoder = encoder.compile(config.layer_norm_eps).unwrap();
+    let encoder = compile::bert(&encoder, config.layer_norm_eps).unwrap();
     let tokenizer = TextTokenizer::from_json(&tokenizer_json, 256).unwrap();
 
     let fixture: serde_json::Value = serde_json::from_slice(

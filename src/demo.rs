@@ -337,22 +337,19 @@ pub async fn model_only_rps(
     let (batch, device) = (options.batch, options.device);
     tokio::task::spawn_blocking(move || {
         let manifest = &artifact.manifest;
-        let net = device
-            .load(
-                &manifest.architecture,
-                &artifact.weights,
-                &artifact.assets,
-                &batch,
-                manifest.precision,
-            )
-            .map_err(anyhow::Error::msg)?;
+        let net = device.load(
+            &manifest.architecture,
+            &artifact.weights,
+            &artifact.assets,
+            batch.max_batch_tokens,
+            manifest.precision,
+        )?;
         if let Some((rows, inputs)) = batches.first() {
-            net.infer(*rows, inputs.clone())
-                .map_err(anyhow::Error::msg)?;
+            net.infer(*rows, inputs.clone())?;
         }
         let started = Instant::now();
         for (rows, inputs) in batches {
-            net.infer(rows, inputs).map_err(anyhow::Error::msg)?;
+            net.infer(rows, inputs)?;
         }
         Ok(requests as f64 / started.elapsed().as_secs_f64())
     })

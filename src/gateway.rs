@@ -9,9 +9,9 @@
 //! `docs/gateway.openapi.yaml`, served at `GET /v2/openapi.yaml`.
 
 use crate::client::{Client, ClientError, InferOptions};
-use crate::protocol::{ErrorCode, InferError, decode_request};
+use crate::protocol::{ErrorCode, InferError};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
-use crate::worker::check_request;
+use crate::worker::{RequestLimits, admit};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -34,8 +34,8 @@ const BINARY_HEADER: &str = "inference-header-content-length";
 pub struct GatewayConfig {
     /// Longest a request waits for its answer (then 504); also its deadline on the queue.
     pub timeout: Duration,
-    /// Larger bodies are refused (413) unread.
-    pub max_request_bytes: usize,
+    /// What one request may be, as a worker checks it: larger bodies are refused (413) unread.
+    pub limits: RequestLimits,
     /// How long a model's manifest is reused before the repository is read again.
     pub metadata_ttl: Duration,
 }
@@ -44,7 +44,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             timeout: crate::client::DEFAULT_TIMEOUT,
-            max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
+            limits: RequestLimits::default(),
             metadata_ttl: Duration::from_secs(10),
         }
     }
@@ -225,7 +225,7 @@ async fn infer(
                        supported: send tensors as JSON (tritonclient: binary_data=False)";
         return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message);
     }
-    let limit = gateway.config.max_request_bytes;
+    let limit = gateway.config.limits.max_request_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request is over the {limit}-byte limit");
         return error(
@@ -238,7 +238,7 @@ async fn infer(
         Ok(manifest) => manifest,
         Err(response) => return response,
     };
-    if let Err(e) = check(&body, &manifest, limit) {
+    if let Err(e) = check(&body, &manifest, &gateway.config.limits) {
         return error(status_of(e.code), e.code, e.message);
     }
     let options = InferOptions {
@@ -277,8 +277,9 @@ async fn infer(
     }
 }
 
-/// Decodes and validates `body` as a worker would, so a bad request is answered here.
-fn check(body: &[u8], manifest: &Manifest, limit: usize) -> Result<(), InferError> {
-    let request = decode_request(body, limit).map_err(|e| e.error)?;
-    check_request(request, manifest).map(drop)
+/// Admits `body` as a worker would, so a bad request is answered here.
+fn check(body: &[u8], manifest: &Manifest, limits: &RequestLimits) -> Result<(), InferError> {
+    admit(body, manifest, limits)
+        .map(drop)
+        .map_err(|(error, _)| error)
 }

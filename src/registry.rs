@@ -320,7 +320,14 @@ impl Registry {
             }
             Err(e) => return Err(store_error(e)),
         };
-        match Executor::start(&artifact, &self.batch, self.device).await {
+        match Executor::start(
+            &artifact,
+            self.batch.max_batch_size,
+            self.batch.max_batch_tokens,
+            self.device,
+        )
+        .await
+        {
             Ok((executor, done)) => {
                 let seconds = started.elapsed().as_secs_f64();
                 tracing::info!(%model, %version, seconds, "model version loaded");

@@ -4,8 +4,8 @@
 
 use crate::batcher::Job;
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, InferRequest, Lane, ValidatedInputs, decode_request,
-    select_outputs, validate,
+    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_request, select_outputs,
+    validate,
 };
 use crate::registry::Registry;
 use crate::results::{self, Publisher};
@@ -29,14 +29,76 @@ pub const DEFAULT_MAX_REQUEST_ROWS: usize = 4096;
 /// model (~920 req/s on 0.38 cores); a confirm takes ~1–2 ms, so 64 covers ~30k answers/s.
 pub const CONFIRM_WINDOW: usize = 64;
 
-/// Worker settings.
-#[derive(Debug, Clone, Copy)]
-pub struct WorkerConfig {
+/// What one request may be: every entry point ([`Worker`], the gateway, `ember infer`) admits
+/// requests through [`admit`] with these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
     /// Requests with larger bodies are answered RESOURCE_EXHAUSTED unparsed.
     pub max_request_bytes: usize,
     /// Requests with more rows are answered RESOURCE_EXHAUSTED uncomputed (a request larger
     /// than a batch runs alone, so this bounds what one request can make a worker allocate).
     pub max_request_rows: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
+            max_request_rows: DEFAULT_MAX_REQUEST_ROWS,
+        }
+    }
+}
+
+/// A request that passed every check: its id (if the body had one), its validated inputs and
+/// the outputs it asks for (their positions; `None`: all).
+#[derive(Debug)]
+pub struct Admitted {
+    /// The body's `id`.
+    pub id: Option<String>,
+    /// The inputs, validated against the manifest.
+    pub inputs: ValidatedInputs,
+    /// The outputs asked for.
+    pub selected: Option<Vec<usize>>,
+}
+
+/// The one validation pipeline: decodes `body` within `limits`, checks it against `manifest`
+/// (declared inputs, the outputs asked for, the architecture's own value checks) and its rows
+/// against `limits`. A refusal carries the body's id when it could be read.
+pub fn admit(
+    body: &[u8],
+    manifest: &Manifest,
+    limits: &RequestLimits,
+) -> Result<Admitted, (InferError, Option<String>)> {
+    let mut request =
+        decode_request(body, limits.max_request_bytes).map_err(|e| (e.error, e.id))?;
+    let id = request.id.take();
+    let refuse = |error| (error, id.clone());
+    let selected = select_outputs(request.outputs.as_deref(), &manifest.outputs).map_err(refuse)?;
+    let inputs = validate(request, &manifest.inputs).map_err(refuse)?;
+    manifest.architecture.check(&inputs).map_err(refuse)?;
+    let limit = limits.max_request_rows;
+    if inputs.rows > limit {
+        let message = format!(
+            "the request has {} rows; a worker takes at most {limit} per request: split it",
+            inputs.rows
+        );
+        return Err(refuse(InferError::new(
+            ErrorCode::ResourceExhausted,
+            message,
+        )));
+    }
+    Ok(Admitted {
+        id,
+        inputs,
+        selected,
+    })
+}
+
+/// Worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// What one request may be.
+    pub limits: RequestLimits,
     /// Unsettled deliveries per request queue (each model has two).
     pub prefetch: usize,
     /// Internal failures are retried this often before dead-lettering.
@@ -51,8 +113,7 @@ impl WorkerConfig {
     /// computes and the answers before it wait for their publisher confirms.
     pub fn for_batch_size(max_batch_size: usize) -> Self {
         Self {
-            max_request_bytes: crate::protocol::DEFAULT_MAX_REQUEST_BYTES,
-            max_request_rows: DEFAULT_MAX_REQUEST_ROWS,
+            limits: RequestLimits::default(),
             prefetch: 2 * max_batch_size.max(1) + CONFIRM_WINDOW,
             max_redeliveries: results::DEFAULT_MAX_REDELIVERIES,
             reload_interval: crate::registry::DEFAULT_RELOAD_INTERVAL,
@@ -252,20 +313,14 @@ impl Worker {
                 .get(model, properties.version.as_deref())
                 .await
                 .map_err(unread)?;
-            let mut request = decode_request(&delivery.message.body, self.config.max_request_bytes)
-                .map_err(|e| (e.error, e.id.unwrap_or_else(fallback_id)))?;
-            let id = request.id.take().unwrap_or_else(fallback_id);
-            let checked = check_request(request, &served.manifest);
-            let (inputs, selected) = checked.map_err(|e| (e, id.clone()))?;
-            let limit = self.config.max_request_rows;
-            if inputs.rows > limit {
-                let message = format!(
-                    "the request has {} rows; a worker takes at most {limit} per request: split it",
-                    inputs.rows
-                );
-                return Err((InferError::new(ErrorCode::ResourceExhausted, message), id));
-            }
-            Ok::<_, (InferError, String)>((served, id, inputs, selected))
+            let admitted = admit(
+                &delivery.message.body,
+                &served.manifest,
+                &self.config.limits,
+            )
+            .map_err(|(e, id)| (e, id.unwrap_or_else(fallback_id)))?;
+            let id = admitted.id.unwrap_or_else(fallback_id);
+            Ok::<_, (InferError, String)>((served, id, admitted.inputs, admitted.selected))
         };
         let (served, id, inputs, selected) = match prepared.await {
             Ok(ok) => ok,
@@ -305,15 +360,3 @@ impl Worker {
 
 /// `last_taken_ms` before the worker serves.
 const NOT_SERVING: u64 = u64::MAX;
-
-/// Validates a decoded request against `manifest`: its inputs (declared tensors, then the
-/// architecture's own checks) and the outputs it asks for (their positions; `None`: all).
-pub fn check_request(
-    request: InferRequest,
-    manifest: &Manifest,
-) -> Result<(ValidatedInputs, Option<Vec<usize>>), InferError> {
-    let selected = select_outputs(request.outputs.as_deref(), &manifest.outputs)?;
-    let inputs = validate(request, &manifest.inputs)?;
-    manifest.architecture.check(&inputs)?;
-    Ok((inputs, selected))
-}

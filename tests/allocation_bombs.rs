@@ -2,9 +2,9 @@
 //! refused having allocated next to nothing: measured with a counting global allocator, so
 //! this binary holds this one test.
 
-use ember::protocol::{ErrorCode, decode_request};
+use ember::protocol::ErrorCode;
 use ember::store::Manifest;
-use ember::worker::check_request;
+use ember::worker::{RequestLimits, admit};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -49,6 +49,10 @@ fn shapes_claiming_huge_tensors_are_refused_before_allocation() {
     )
     .unwrap();
     let pixels = vec!["1"; 64].join(",");
+    let unlimited = RequestLimits {
+        max_request_bytes: usize::MAX,
+        ..RequestLimits::default()
+    };
     let bombs = [
         // 10^12 elements (4 TB of FP32) claimed, 64 sent.
         ("[15625000000,64]", "elements"),
@@ -62,9 +66,9 @@ fn shapes_claiming_huge_tensors_are_refused_before_allocation() {
         let mut refusal = None;
         let peak = peak_while(|| {
             refusal = Some(
-                decode_request(body.as_bytes(), usize::MAX)
-                    .map_err(|e| e.error)
-                    .and_then(|request| check_request(request, &manifest).map(drop))
+                admit(body.as_bytes(), &manifest, &unlimited)
+                    .map(drop)
+                    .map_err(|(error, _)| error)
                     .expect_err("refused"),
             );
         });

@@ -11,8 +11,8 @@ use ember::protocol::{ErrorCode, Lane, Reply, TensorData, decode_reply};
 use ember::registry::Registry;
 use ember::store::Repository;
 use ember::transport::amqp::AmqpTransport;
-use ember::transport::{Message, Properties, Subscription, Transport, queues};
-use ember::worker::{Worker, WorkerConfig};
+use ember::transport::{ClientTransport, Message, Properties, Subscription, Transport, queues};
+use ember::worker::{RequestLimits, Worker, WorkerConfig};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::process::{Child, Command};
@@ -47,7 +47,10 @@ impl Served {
             BatchConfig::default(),
         ));
         let config = WorkerConfig {
-            max_request_bytes: MAX_REQUEST_BYTES,
+            limits: RequestLimits {
+                max_request_bytes: MAX_REQUEST_BYTES,
+                ..RequestLimits::default()
+            },
             ..WorkerConfig::for_batch_size(32)
         };
         let worker = Worker::new(Arc::new(transport.clone()), registry, config);

@@ -225,7 +225,7 @@ async fn answers_over_the_blob_threshold_come_back_as_claim_checks_and_are_fetch
     let container = common::azurite_container("claims").await;
     let address = format!("az://{container}/answers");
     let auth = BlobAuth {
-        connection_string: Some(common::azurite_connection_string()),
+        connection_string: Some(common::azurite_connection_string().into()),
         ..BlobAuth::default()
     };
     let store = open_store(&address, &auth).unwrap();

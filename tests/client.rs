@@ -10,7 +10,7 @@ use ember::client::{BatchOptions, Client, ClientError, InferOptions};
 use ember::protocol::{DataType, ErrorCode, Lane, Reply, Tensor, TensorData, decode_reply};
 use ember::train::digits::PIXELS;
 use ember::transport::amqp::AmqpConfig;
-use ember::transport::{Message, Properties, Transport, queues};
+use ember::transport::{ClientTransport, Message, Properties, Transport, queues};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ async fn a_call_outlives_a_dropped_broker_connection() {
 
 /// Sends `body` with `properties` through a fresh inbox and returns the reply.
 async fn raw_call(
-    transport: &dyn Transport,
+    transport: &dyn ClientTransport,
     queue: &str,
     body: Vec<u8>,
     properties: Properties,

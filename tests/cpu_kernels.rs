@@ -15,6 +15,7 @@ use ember::models::resnet::ResNetConfig;
 use ember::models::text::{Encoder, Tokens};
 use ember::models::{Architecture, Model, Precision, record_weights};
 use ember::protocol::TensorData;
+use ember::runtime::cpu::{self, compile};
 use ember::store::{Assets, ModelName, Repository, Version};
 
 /// Both models' outputs on the same inputs, compared value by value: FP32 outputs within
@@ -91,11 +92,11 @@ fn inputs(architecture: &Architecture, rows: usize) -> Vec<TensorData> {
 fn compare(name: &str, architecture: &Architecture, weights: &[u8]) {
     let batch = BatchConfig::default();
     let (assets, fp32) = (Assets::new(), Precision::Fp32);
+    let tokens = batch.max_batch_tokens;
     let burn = architecture
-        .load::<Flex>(weights, &assets, &batch, fp32, &Default::default())
+        .load::<Flex>(weights, &assets, tokens, fp32, &Default::default())
         .unwrap();
-    let ember = architecture
-        .compile_cpu(weights, &assets, &batch, fp32)
+    let ember = compile(architecture, weights, &assets, tokens, fp32)
         .unwrap()
         .expect("compiled for the CPU kernels");
     for rows in [1, 7, 64, 300] {
@@ -146,6 +147,10 @@ fn a_resnet_with_trained_batch_norm_statistics_gives_burns_outputs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "services"),
+    ignore = "needs the MiniLM weights that `.ci/run` fetches (--features services)"
+)]
 fn minilm_gives_burns_embeddings() {
     let dir = model_dir();
     let config: BertConfig =
@@ -153,7 +158,7 @@ fn minilm_gives_burns_embeddings() {
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
     let burn =
         BertEncoder::<Flex>::from_safetensors(&config, &weights, &Default::default()).unwrap();
-    let ember = burn.compile(config.layer_norm_eps).unwrap();
+    let ember = cpu::compile::bert(&burn, config.layer_norm_eps).unwrap();
     // Batches of 8 in fixture order: lengths 2..256 padded together.
     for batch in reference().ids.chunks(8) {
         let tokens = Tokens::padded(batch.iter().map(Vec::as_slice));

@@ -216,7 +216,7 @@ async fn minilm_imported_from_the_wheel_into_blob_answers_text_over_rabbitmq() {
         "cut to the same 256 tokens"
     );
 
-    // A third-party producer (Python pika, the wire protocol as DESIGN.md writes it): realtime
+    // A third-party producer (Python pika, the wire protocol as docs/protocol.md writes it): realtime
     // RPC with three texts in one request.
     let inputs = serde_json::json!([
         {"name": "text", "shape": [3], "datatype": "BYTES", "data": &reference.texts[1..4]}

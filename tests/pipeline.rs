@@ -10,7 +10,7 @@ use ember::registry::Registry;
 use ember::store::Repository;
 use ember::transport::memory::MemoryTransport;
 use ember::transport::{Message, Properties, Subscription, Transport, queues};
-use ember::worker::{Worker, WorkerConfig};
+use ember::worker::{RequestLimits, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -39,8 +39,10 @@ impl Pipeline {
         ));
         let transport = MemoryTransport::new();
         let config = WorkerConfig {
-            max_request_bytes: MAX_REQUEST_BYTES,
-            max_request_rows: MAX_REQUEST_ROWS,
+            limits: RequestLimits {
+                max_request_bytes: MAX_REQUEST_BYTES,
+                max_request_rows: MAX_REQUEST_ROWS,
+            },
             ..WorkerConfig::for_batch_size(32)
         };
         let worker = Worker::new(Arc::new(transport.clone()), registry, config);

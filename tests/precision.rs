@@ -34,11 +34,8 @@ async fn the_executor_computes_in_the_manifests_precision() {
     let bf16 = outputs(&artifact, Device::Cpu, Precision::Bf16, &batch);
     artifact.manifest.precision = Precision::Bf16;
     let (rows, tensors) = batch;
-    let limits = BatchConfig {
-        max_batch_size: rows,
-        ..BatchConfig::default()
-    };
-    let (executor, _done) = Executor::start(&artifact, &limits, Device::Cpu)
+    let tokens = BatchConfig::default().max_batch_tokens;
+    let (executor, _done) = Executor::start(&artifact, rows, tokens, Device::Cpu)
         .await
         .unwrap();
     let (respond, answer) = tokio::sync::oneshot::channel();

@@ -2,7 +2,8 @@
 //! with secret-bearing environment variables and URLs at `trace` log level: against a broker
 //! and a blob store that refuse those credentials, against a Service Bus namespace that is not
 //! there, and, for `serve` and `infer`, against a RabbitMQ user whose password is a secret.
-//! Neither output, error messages nor the metrics hold any of the secrets.
+//! Neither output, error messages, `serve`'s logged configuration nor the metrics hold any of
+//! the secrets.
 
 mod common;
 
@@ -199,6 +200,14 @@ fn refused_credentials_fail_every_subcommand_without_printing_them() {
     for args in runs {
         let text = printed_by(ember(args), Duration::from_secs(20));
         assert_no_secret(&format!("{args:?}"), &text);
+        if args[0] == "serve" {
+            // The configuration is logged, every secret-bearing flag in it redacted.
+            assert!(text.contains("effective configuration"), "{args:?}: {text}");
+            assert!(
+                text.contains("amqp://ember:***@127.0.0.1"),
+                "{args:?}: {text}"
+            );
+        }
     }
     // Broker URLs a parser chokes on, or whose password breaks the URL's structure.
     for url in [

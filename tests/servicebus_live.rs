@@ -7,7 +7,7 @@
 
 mod transport_suite;
 
-use ember::transport::Transport;
+use ember::transport::ClientTransport;
 use ember::transport::servicebus::{ServiceBusConfig, ServiceBusTransport};
 
 const CONNECTION_STRING: &str = "EMBER_TEST_SERVICEBUS_CONNECTION_STRING";

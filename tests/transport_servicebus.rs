@@ -9,7 +9,7 @@ use azure_messaging_servicebus::service_bus::QueueClient;
 use common::servicebus::{KEY, KEY_NAME, NAMESPACE, ServiceBusDouble};
 use ember::protocol::{ErrorCode, Lane};
 use ember::transport::servicebus::{Redirect, ServiceBusConfig, ServiceBusTransport};
-use ember::transport::{Message, Properties, Transport, TransportError, queues};
+use ember::transport::{ClientTransport, Message, Properties, Transport, TransportError, queues};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;

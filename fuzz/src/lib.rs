@@ -5,7 +5,7 @@
 use ember::protocol::{DEFAULT_MAX_REQUEST_BYTES, decode_request, encode_request};
 use ember::store::{Aliases, Manifest, ModelName, Version};
 use ember::transport::amqp::{from_amqp, to_amqp};
-use ember::worker::check_request;
+use ember::worker::{RequestLimits, admit};
 use std::path::{Component, Path};
 use std::sync::OnceLock;
 
@@ -23,9 +23,10 @@ pub fn request(data: &[u8]) {
         "re-encoding changed the tensors"
     );
     for manifest in shipped_manifests() {
-        let Ok((inputs, _selected)) = check_request(request.clone(), manifest) else {
+        let Ok(admitted) = admit(data, manifest, &RequestLimits::default()) else {
             continue;
         };
+        let inputs = admitted.inputs;
         assert!(inputs.rows > 0, "a valid request has rows");
         assert_eq!(inputs.tensors.len(), manifest.inputs.len());
         for tensor in &inputs.tensors {

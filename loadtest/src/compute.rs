@@ -296,21 +296,14 @@ fn load(
     prepared: &Prepared,
     device: Device,
     precision: Precision,
-    batch: usize,
 ) -> anyhow::Result<Box<dyn Model>> {
-    let config = BatchConfig {
-        max_batch_size: batch,
-        ..BatchConfig::default()
-    };
-    device
-        .load(
-            &prepared.architecture,
-            &prepared.weights,
-            &prepared.assets,
-            &config,
-            precision,
-        )
-        .map_err(anyhow::Error::msg)
+    Ok(device.load(
+        &prepared.architecture,
+        &prepared.weights,
+        &prepared.assets,
+        BatchConfig::default().max_batch_tokens,
+        precision,
+    )?)
 }
 
 fn measure(
@@ -320,7 +313,7 @@ fn measure(
     batch: usize,
     time: Duration,
 ) -> anyhow::Result<Measured> {
-    let model = load(prepared, device, precision, batch)?;
+    let model = load(prepared, device, precision)?;
     let inputs = inputs(prepared, batch);
     let started = Instant::now();
     model
@@ -372,7 +365,7 @@ fn export(prepared: &Prepared, device: Device, dir: &Path) -> anyhow::Result<()>
         _ => {}
     }
     let inputs = inputs(prepared, PARITY_ROWS);
-    let outputs = load(prepared, device, Precision::Fp32, PARITY_ROWS)?
+    let outputs = load(prepared, device, Precision::Fp32)?
         .infer(PARITY_ROWS, inputs.clone())
         .map_err(anyhow::Error::msg)?;
     let io = serde_json::json!({

@@ -1,5 +1,5 @@
 //! The load generator: requests go to Ember's queues over RabbitMQ exactly as any producer sends
-//! them (DESIGN.md's wire protocol, raw lapin), answers come back on direct reply-to (realtime
+//! them (the wire protocol of `docs/protocol.md`, raw lapin), answers come back on direct reply-to (realtime
 //! lane) or the model's result queue (batch lane), matched by correlation id.
 //!
 //! Open loop (fixed or Poisson arrivals): each request has an intended send time, and latency

@@ -1,6 +1,6 @@
 //! Dynamic batching, per model version.
 //!
-//! One task owns the queues (STYLE.md): requests arrive on a channel, and a batch is formed only
+//! One task owns the queues (`docs/protocol.md`, conventions): requests arrive on a channel, and a batch is formed only
 //! when the executor is free, from the realtime lane first, then the batch lane, up to
 //! `max_batch_size` rows, once that many rows wait or the oldest request has waited
 //! `max_batch_delay`. Requests past their deadline are answered `DEADLINE_EXCEEDED` and never

@@ -5,8 +5,6 @@
 //! 0 for padding). Padding is masked out of attention and of the mean, so a sentence's embedding
 //! does not depend on what it is batched with.
 
-use super::text::Tokens;
-use crate::runtime::cpu::{Bert, BertParts};
 use anyhow::Context;
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -70,29 +68,64 @@ impl BertConfig {
     }
 }
 
+/// Token ids of texts padded to the longest, as the encoder takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokens {
+    /// Texts.
+    pub rows: usize,
+    /// Length of the longest text, which every row is padded to.
+    pub tokens: usize,
+    /// Token ids, row-major; padding is id 0.
+    pub ids: Vec<i64>,
+    /// 1.0 for a token, 0.0 for padding.
+    pub mask: Vec<f32>,
+}
+
+impl Tokens {
+    /// `rows` padded to the longest.
+    pub fn padded<'a>(rows: impl Iterator<Item = &'a [i64]> + Clone) -> Self {
+        let tokens = rows.clone().map(<[i64]>::len).max().unwrap_or(0);
+        let mut out = Self {
+            rows: 0,
+            tokens,
+            ids: Vec::new(),
+            mask: Vec::new(),
+        };
+        for row in rows {
+            out.rows += 1;
+            let padding = tokens - row.len();
+            out.ids.extend_from_slice(row);
+            out.ids.extend(std::iter::repeat_n(0, padding));
+            out.mask.extend(std::iter::repeat_n(1.0, row.len()));
+            out.mask.extend(std::iter::repeat_n(0.0, padding));
+        }
+        out
+    }
+}
+
 /// The encoder.
 #[derive(Module, Debug)]
 pub struct BertEncoder<B: Backend> {
-    words: Embedding<B>,
-    positions: Embedding<B>,
-    token_types: Embedding<B>,
-    embedding_norm: LayerNorm<B>,
-    layers: Vec<BertLayer<B>>,
+    pub(crate) words: Embedding<B>,
+    pub(crate) positions: Embedding<B>,
+    pub(crate) token_types: Embedding<B>,
+    pub(crate) embedding_norm: LayerNorm<B>,
+    pub(crate) layers: Vec<BertLayer<B>>,
     #[module(skip)]
-    heads: usize,
+    pub(crate) heads: usize,
 }
 
 /// One encoder layer: self-attention and a GELU feed-forward, each with a residual and a norm.
 #[derive(Module, Debug)]
 pub struct BertLayer<B: Backend> {
-    query: Linear<B>,
-    key: Linear<B>,
-    value: Linear<B>,
-    attention_output: Linear<B>,
-    attention_norm: LayerNorm<B>,
-    intermediate: Linear<B>,
-    output: Linear<B>,
-    output_norm: LayerNorm<B>,
+    pub(crate) query: Linear<B>,
+    pub(crate) key: Linear<B>,
+    pub(crate) value: Linear<B>,
+    pub(crate) attention_output: Linear<B>,
+    pub(crate) attention_norm: LayerNorm<B>,
+    pub(crate) intermediate: Linear<B>,
+    pub(crate) output: Linear<B>,
+    pub(crate) output_norm: LayerNorm<B>,
 }
 
 impl<B: Backend> BertEncoder<B> {
@@ -147,33 +180,6 @@ impl<B: Backend> BertEncoder<B> {
     }
 
     /// Width of the embeddings.
-    /// The same encoder for Ember's CPU kernels; `epsilon` is its LayerNorms'.
-    pub fn compile(&self, epsilon: f64) -> Result<Bert, String> {
-        Bert::new(BertParts {
-            embeddings: [&self.words, &self.positions, &self.token_types],
-            embedding_norm: &self.embedding_norm,
-            layers: self
-                .layers
-                .iter()
-                .map(|l| {
-                    (
-                        [
-                            &l.query,
-                            &l.key,
-                            &l.value,
-                            &l.attention_output,
-                            &l.intermediate,
-                            &l.output,
-                        ],
-                        [&l.attention_norm, &l.output_norm],
-                    )
-                })
-                .collect(),
-            heads: self.heads,
-            epsilon,
-        })
-    }
-
     pub fn hidden(&self) -> usize {
         self.embedding_norm.gamma.dims()[0]
     }

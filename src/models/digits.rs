@@ -3,7 +3,6 @@
 //! Input: raw pixel intensities 0–16, shape `[N, 64]`. The network scales them by
 //! `input_scale` itself, so producers never pre-process.
 
-use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
@@ -67,16 +66,16 @@ impl DigitsCnnConfig {
 /// The network: conv3×3 → ReLU → conv3×3 → ReLU → maxpool 2 → dense → ReLU → dense.
 #[derive(Module, Debug)]
 pub struct DigitsCnn<B: Backend> {
-    conv1: Conv2d<B>,
-    conv2: Conv2d<B>,
-    pool: MaxPool2d,
-    fc1: Linear<B>,
-    fc2: Linear<B>,
-    activation: Relu,
+    pub(crate) conv1: Conv2d<B>,
+    pub(crate) conv2: Conv2d<B>,
+    pub(crate) pool: MaxPool2d,
+    pub(crate) fc1: Linear<B>,
+    pub(crate) fc2: Linear<B>,
+    pub(crate) activation: Relu,
     #[module(skip)]
-    image_size: usize,
+    pub(crate) image_size: usize,
     #[module(skip)]
-    input_scale: f32,
+    pub(crate) input_scale: f32,
 }
 
 impl<B: Backend> DigitsCnn<B> {
@@ -90,18 +89,5 @@ impl<B: Backend> DigitsCnn<B> {
         let x = self.pool.forward(x).flatten(1, 3);
         let x = self.activation.forward(self.fc1.forward(x));
         self.fc2.forward(x)
-    }
-
-    /// The same network for Ember's CPU kernels.
-    pub fn compile(&self) -> Result<Network, String> {
-        let side = self.image_size;
-        Ok(Builder::new([1, side, side])
-            .scale(self.input_scale)
-            .conv2d(&self.conv1, None, true)?
-            .conv2d(&self.conv2, None, true)?
-            .max_pool2d(&self.pool)?
-            .dense(&self.fc1, true)?
-            .dense(&self.fc2, false)?
-            .build())
     }
 }

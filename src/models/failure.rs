@@ -5,7 +5,6 @@
 //! deviation of each sensor and the variant names, and [`FailureMlpConfig::features`] turns a
 //! request into the network's inputs the same way for training and serving.
 
-use crate::runtime::cpu::{Builder, Network};
 use burn::nn::{Linear, LinearConfig, Relu};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -91,8 +90,8 @@ impl FailureMlpConfig {
 /// The network: dense layers with ReLU between them, one logit per target.
 #[derive(Module, Debug)]
 pub struct FailureMlp<B: Backend> {
-    layers: Vec<Linear<B>>,
-    activation: Relu,
+    pub(crate) layers: Vec<Linear<B>>,
+    pub(crate) activation: Relu,
 }
 
 impl<B: Backend> FailureMlp<B> {
@@ -110,16 +109,6 @@ impl<B: Backend> FailureMlp<B> {
                     x
                 }
             })
-    }
-
-    /// The same network for Ember's CPU kernels, on rows of `width` features.
-    pub fn compile(&self, width: usize) -> Result<Network, String> {
-        let last = self.layers.len().saturating_sub(1);
-        let mut net = Builder::new([width, 1, 1]);
-        for (i, layer) in self.layers.iter().enumerate() {
-            net = net.dense(layer, i < last)?;
-        }
-        Ok(net.build())
     }
 }
 

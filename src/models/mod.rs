@@ -7,11 +7,7 @@ pub mod resnet;
 pub mod text;
 pub mod vibration;
 
-use crate::batcher::BatchConfig;
 use crate::protocol::{DataType, InferError, TensorData, TensorSpec, ValidatedInputs};
-use crate::runtime::CpuBackend;
-use crate::runtime::cpu::CpuModel;
-use crate::store::Assets;
 use burn::module::{ModuleMapper, Param, ParamId};
 use burn::prelude::*;
 use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
@@ -65,6 +61,13 @@ impl std::fmt::Display for Precision {
         })
     }
 }
+
+/// A version's assets by name: files a network loads besides its weights (e.g. a tokenizer).
+pub type Assets = std::collections::BTreeMap<String, bytes::Bytes>;
+
+/// Burn's CPU backend: training, and reading a version's weights before the runtime compiles
+/// them into the kernels that serve on the CPU.
+pub type CpuBackend = burn::backend::Flex;
 
 /// A network and its config, as named in a manifest's `architecture`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -198,12 +201,25 @@ impl Architecture {
     }
 
     /// Builds the network on `device` from `weights` (a [`WeightsRecorder`] record) and the
-    /// version's `assets`, to compute in `precision` on batches shaped by `batch`.
+    /// version's `assets`, to compute in `precision`; a text model's passes hold at most
+    /// `max_batch_tokens` tokens.
     pub fn load<B: Backend>(
         &self,
         weights: &[u8],
         assets: &Assets,
-        batch: &BatchConfig,
+        max_batch_tokens: usize,
+        precision: Precision,
+        device: &B::Device,
+    ) -> Result<Box<dyn Model>, ModelError> {
+        self.build::<B>(weights, assets, max_batch_tokens, precision, device)
+            .map_err(ModelError::Load)
+    }
+
+    fn build<B: Backend>(
+        &self,
+        weights: &[u8],
+        assets: &Assets,
+        max_batch_tokens: usize,
         precision: Precision,
         device: &B::Device,
     ) -> Result<Box<dyn Model>, String> {
@@ -211,16 +227,9 @@ impl Architecture {
         let dtype = precision.dtype();
         match self {
             Self::SentenceBert(config) => {
-                let tokenizer = assets.get(&config.tokenizer).ok_or_else(|| {
-                    format!("the version has no tokenizer asset {:?}", config.tokenizer)
-                })?;
-                let model = config.load::<B>(
-                    weights,
-                    tokenizer,
-                    batch.max_batch_tokens,
-                    precision,
-                    &device,
-                )?;
+                let tokenizer = config.tokenizer_json(assets)?;
+                let model =
+                    config.load::<B>(weights, tokenizer, max_batch_tokens, precision, &device)?;
                 Ok(Box::new(model))
             }
             Self::DigitsCnn(config) => {
@@ -262,57 +271,13 @@ impl Architecture {
     }
 }
 
-impl Architecture {
-    /// The network compiled for Ember's own CPU kernels ([`crate::runtime::cpu`]), or None
-    /// for the identity. The kernels compute in FP32: a reduced `precision` rounds the weights
-    /// to it (as a GPU would hold them), activations stay FP32 (CPUs gain nothing from
-    /// narrower arithmetic without it, and Burn's CPU FP16 ran ResNet-18 ~13× slower).
-    pub fn compile_cpu(
-        &self,
-        weights: &[u8],
-        assets: &Assets,
-        batch: &BatchConfig,
-        precision: Precision,
-    ) -> Result<Option<Box<dyn Model>>, String> {
-        let device = Default::default();
-        let model = match self {
-            Self::DigitsCnn(c) => {
-                let module =
-                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
-                CpuModel::classifier(module.compile()?)
-            }
-            Self::ResNet(c) => {
-                c.validate()?;
-                let module =
-                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
-                CpuModel::classifier(module.compile()?)
-            }
-            Self::VibrationCnn(c) => {
-                let module =
-                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
-                CpuModel::classifier(module.compile(c.window)?)
-            }
-            Self::FailureMlp(c) => {
-                c.check()?;
-                let module =
-                    with_weights(c.init::<CpuBackend>(&device), weights, precision, &device)?;
-                CpuModel::failure(module.compile(c.width())?, c.clone())
-            }
-            Self::SentenceBert(c) => {
-                let tokenizer = assets.get(&c.tokenizer).ok_or_else(|| {
-                    format!("the version has no tokenizer asset {:?}", c.tokenizer)
-                })?;
-                let embedder = c.load_cpu(weights, tokenizer, batch.max_batch_tokens, precision)?;
-                return Ok(Some(Box::new(embedder)));
-            }
-            Self::Identity { .. } => return Ok(None),
-        };
-        Ok(Some(Box::new(model)))
-    }
+/// A backend's failure to hand back a result, as a [`ModelError`].
+fn compute_failed(error: impl std::fmt::Debug) -> ModelError {
+    ModelError::Compute(format!("{error:?}"))
 }
 
 /// `module` with `weights` (a [`WeightsRecorder`] record), in `precision`.
-fn with_weights<B: Backend, M: Module<B>>(
+pub fn with_weights<B: Backend, M: Module<B>>(
     module: M,
     weights: &[u8],
     precision: Precision,
@@ -375,14 +340,28 @@ impl<B: Backend> ModuleMapper<B> for SequentialIds {
 pub trait Model {
     /// Runs `rows` rows; `inputs` are the manifest's inputs in order, concatenated across the
     /// batch. Returns the manifest's outputs in order, each with `rows` rows.
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String>;
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError>;
+}
+
+/// Why a model could not be built, or could not compute a batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    /// The version's config, weights or assets do not make the network.
+    #[error("cannot load the model: {0}")]
+    Load(String),
+    /// Inputs the network cannot take.
+    #[error("inputs the network cannot take: {0}")]
+    Input(String),
+    /// The backend failed on a batch.
+    #[error("compute failed: {0}")]
+    Compute(String),
 }
 
 /// [`Architecture::Identity`].
 struct Identity;
 
 impl Model for Identity {
-    fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         Ok(inputs)
     }
 }
@@ -391,13 +370,13 @@ impl Model for Identity {
 pub fn failure_outputs<B: Backend>(
     logits: Tensor<B, 2>,
     threshold: f32,
-) -> Result<(Vec<f32>, Vec<bool>), String> {
+) -> Result<(Vec<f32>, Vec<bool>), ModelError> {
     let [rows, targets] = logits.dims();
     let probabilities = burn::tensor::activation::sigmoid(logits.cast(FloatDType::F32))
         .into_data()
         .convert::<f32>()
         .into_vec::<f32>()
-        .map_err(|e| format!("{e:?}"))?;
+        .map_err(compute_failed)?;
     let failure = (0..rows)
         .map(|r| probabilities[r * targets] >= threshold)
         .collect();
@@ -412,21 +391,21 @@ struct OnDevice<M, B: Backend> {
 }
 
 impl<B: Backend> Model for OnDevice<DigitsCnn<B>, B> {
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let x = self.single_input(rows, inputs)?;
         classify(self.module.logits(x))
     }
 }
 
 impl<B: Backend> Model for OnDevice<VibrationCnn<B>, B> {
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let x = self.single_input(rows, inputs)?;
         classify(self.module.logits(x))
     }
 }
 
 impl<B: Backend> Model for OnDevice<ResNet<B>, B> {
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let x = self.single_input(rows, inputs)?;
         classify(self.module.logits(x))
     }
@@ -435,9 +414,13 @@ impl<B: Backend> Model for OnDevice<ResNet<B>, B> {
 impl<M, B: Backend> OnDevice<M, B> {
     /// The one FP32 input of a single-input network, as a `[rows, width]` tensor in the
     /// network's precision.
-    fn single_input(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Tensor<B, 2>, String> {
+    fn single_input(
+        &self,
+        rows: usize,
+        inputs: Vec<TensorData>,
+    ) -> Result<Tensor<B, 2>, ModelError> {
         let Some(TensorData::F32(values)) = inputs.into_iter().next() else {
-            return Err("the network takes one FP32 input".into());
+            return Err(ModelError::Input("the network takes one FP32 input".into()));
         };
         let width = values.len() / rows.max(1);
         Ok(self.tensor(values, [rows, width]))
@@ -451,25 +434,29 @@ impl<M, B: Backend> OnDevice<M, B> {
 }
 
 /// Class probabilities (softmax, in FP32) and the most likely class of each row of `logits`.
-fn classify<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<TensorData>, String> {
+fn classify<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<TensorData>, ModelError> {
     let [rows, _] = logits.dims();
     let probabilities = burn::tensor::activation::softmax(logits.cast(FloatDType::F32), 1);
     let labels = probabilities.clone().argmax(1).reshape([rows]);
     let probabilities = probabilities.into_data().convert::<f32>().into_vec::<f32>();
     let labels = labels.into_data().convert::<i64>().into_vec::<i64>();
     Ok(vec![
-        TensorData::F32(probabilities.map_err(|e| format!("{e:?}"))?),
-        TensorData::I64(labels.map_err(|e| format!("{e:?}"))?),
+        TensorData::F32(probabilities.map_err(compute_failed)?),
+        TensorData::I64(labels.map_err(compute_failed)?),
     ])
 }
 
 impl<B: Backend> Model for OnDevice<(FailureMlp<B>, FailureMlpConfig), B> {
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let [TensorData::F32(sensors), TensorData::Bytes(variants)] = &inputs[..] else {
-            return Err("failure-mlp takes FP32 sensors and BYTES product_type".into());
+            return Err(ModelError::Input(
+                "failure-mlp takes FP32 sensors and BYTES product_type".into(),
+            ));
         };
         let (module, config) = &self.module;
-        let features = config.features(sensors, variants)?;
+        let features = config
+            .features(sensors, variants)
+            .map_err(ModelError::Input)?;
         let x = self.tensor(features, [rows, config.width()]);
         let (probabilities, failure) = failure_outputs(module.logits(x), config.threshold)?;
         Ok(vec![

@@ -6,7 +6,6 @@
 //! `input_scale`. Parameter names follow torchvision's (`conv1`, `bn1`, `shortcut`), so weights
 //! convert to and from PyTorch by name (`loadtest gpu` checks against a PyTorch twin).
 
-use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
@@ -102,35 +101,35 @@ fn conv3x3<B: Backend>(from: usize, to: usize, stride: usize, device: &B::Device
 /// The network.
 #[derive(Module, Debug)]
 pub struct ResNet<B: Backend> {
-    conv1: Conv2d<B>,
-    bn1: BatchNorm<B>,
-    layers: Vec<BasicBlock<B>>,
-    pool: AdaptiveAvgPool2d,
-    fc: Linear<B>,
-    relu: Relu,
+    pub(crate) conv1: Conv2d<B>,
+    pub(crate) bn1: BatchNorm<B>,
+    pub(crate) layers: Vec<BasicBlock<B>>,
+    pub(crate) pool: AdaptiveAvgPool2d,
+    pub(crate) fc: Linear<B>,
+    pub(crate) relu: Relu,
     #[module(skip)]
-    shape: [usize; 2],
+    pub(crate) shape: [usize; 2],
     #[module(skip)]
-    input_scale: f32,
+    pub(crate) input_scale: f32,
 }
 
 /// conv3×3 → BN → ReLU → conv3×3 → BN, plus the input (through a strided 1×1 conv + BN when
 /// the shape changes), then ReLU.
 #[derive(Module, Debug)]
 pub struct BasicBlock<B: Backend> {
-    conv1: Conv2d<B>,
-    bn1: BatchNorm<B>,
-    conv2: Conv2d<B>,
-    bn2: BatchNorm<B>,
-    shortcut: Option<Shortcut<B>>,
-    relu: Relu,
+    pub(crate) conv1: Conv2d<B>,
+    pub(crate) bn1: BatchNorm<B>,
+    pub(crate) conv2: Conv2d<B>,
+    pub(crate) bn2: BatchNorm<B>,
+    pub(crate) shortcut: Option<Shortcut<B>>,
+    pub(crate) relu: Relu,
 }
 
 /// The projection of a block's input when its shape changes.
 #[derive(Module, Debug)]
 pub struct Shortcut<B: Backend> {
-    conv: Conv2d<B>,
-    bn: BatchNorm<B>,
+    pub(crate) conv: Conv2d<B>,
+    pub(crate) bn: BatchNorm<B>,
 }
 
 impl<B: Backend> BasicBlock<B> {
@@ -177,28 +176,12 @@ impl<B: Backend> ResNet<B> {
         }
         self.fc.forward(self.pool.forward(x).flatten(1, 3))
     }
-
-    /// The same network for Ember's CPU kernels (BatchNorm folded into the convolutions).
-    pub fn compile(&self) -> Result<Network, String> {
-        let [channels, side] = self.shape;
-        let mut net = Builder::new([channels, side, side])
-            .scale(self.input_scale)
-            .conv2d(&self.conv1, Some(&self.bn1), true)?;
-        for block in &self.layers {
-            net = net.residual(
-                [&block.conv1, &block.conv2],
-                [&block.bn1, &block.bn2],
-                block.shortcut.as_ref().map(|s| (&s.conv, &s.bn)),
-            )?;
-        }
-        Ok(net.global_avg_pool().dense(&self.fc, false)?.build())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::CpuBackend;
+    use crate::models::CpuBackend;
 
     #[test]
     fn a_resnet_halves_the_side_per_stage_and_answers_one_logit_per_class() {

@@ -6,11 +6,11 @@
 //! text as a whole: its texts are sorted by length and cut into passes ([`plan_passes`]) so that
 //! one long text costs its own pass, not padding for every short one.
 
-use super::Model;
+pub use super::bert::Tokens;
+use super::{Assets, Model, ModelError};
+
 use super::bert::{BertConfig, BertEncoder};
 use crate::protocol::TensorData;
-use crate::runtime::CpuBackend;
-use crate::runtime::cpu::Bert;
 use burn::prelude::*;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -45,38 +45,32 @@ impl SentenceBertConfig {
         precision: super::Precision,
         device: &B::Device,
     ) -> Result<SentenceBert<BertEncoder<B>>, String> {
-        let tokenizer = self.tokenizer(tokenizer)?;
         let encoder =
             super::with_weights(self.encoder.init::<B>(device), weights, precision, device)?;
+        self.embedder(encoder, tokenizer, max_batch_tokens)
+    }
+
+    /// The embedder over `encoder` (Burn's [`BertEncoder`] with its weights, or a compiled form
+    /// of it) and the tokenizer's bytes; passes hold at most `max_batch_tokens` tokens.
+    pub fn embedder<E: Encoder>(
+        &self,
+        encoder: E,
+        tokenizer: &[u8],
+        max_batch_tokens: usize,
+    ) -> Result<SentenceBert<E>, String> {
         Ok(SentenceBert {
             encoder,
-            tokenizer,
+            tokenizer: self.tokenizer(tokenizer)?,
             max_batch_tokens,
         })
     }
 
-    /// [`load`](Self::load) for Ember's CPU kernels ([`Bert`]): weights rounded to
-    /// `precision`, arithmetic in FP32.
-    pub fn load_cpu(
-        &self,
-        weights: &[u8],
-        tokenizer: &[u8],
-        max_batch_tokens: usize,
-        precision: super::Precision,
-    ) -> Result<SentenceBert<Bert>, String> {
-        let device = Default::default();
-        let tokenizer = self.tokenizer(tokenizer)?;
-        let encoder = super::with_weights(
-            self.encoder.init::<CpuBackend>(&device),
-            weights,
-            precision,
-            &device,
-        )?;
-        Ok(SentenceBert {
-            encoder: encoder.compile(self.encoder.layer_norm_eps)?,
-            tokenizer,
-            max_batch_tokens,
-        })
+    /// The version's tokenizer asset (`tokenizer.json`).
+    pub fn tokenizer_json<'a>(&self, assets: &'a Assets) -> Result<&'a [u8], String> {
+        assets
+            .get(&self.tokenizer)
+            .map(|bytes| &bytes[..])
+            .ok_or_else(|| format!("the version has no tokenizer asset {:?}", self.tokenizer))
     }
 
     fn tokenizer(&self, json: &[u8]) -> Result<TextTokenizer, String> {
@@ -90,7 +84,8 @@ impl SentenceBertConfig {
     }
 }
 
-/// What embeds a pass of padded texts: Burn's [`BertEncoder`] or the CPU kernels' [`Bert`].
+/// What embeds a pass of padded texts: Burn's [`BertEncoder`], or the CPU kernels' compiled
+/// form of it.
 pub trait Encoder: Sync {
     /// Unit-length embeddings of `tokens`' texts, `[rows, hidden]` row-major.
     fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String>;
@@ -106,16 +101,6 @@ impl<B: Backend> Encoder for BertEncoder<B> {
 
     fn hidden(&self) -> usize {
         BertEncoder::hidden(self)
-    }
-}
-
-impl Encoder for Bert {
-    fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String> {
-        Bert::embed(self, &tokens)
-    }
-
-    fn hidden(&self) -> usize {
-        Bert::hidden(self)
     }
 }
 
@@ -157,11 +142,14 @@ impl<E: Encoder> SentenceBert<E> {
 }
 
 impl<E: Encoder> Model for SentenceBert<E> {
-    fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, _rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let [TensorData::Bytes(texts)] = &inputs[..] else {
-            return Err("sentence-bert takes one BYTES input".into());
+            return Err(ModelError::Input(
+                "sentence-bert takes one BYTES input".into(),
+            ));
         };
-        Ok(vec![TensorData::F32(self.embed(texts)?)])
+        let embeddings = self.embed(texts).map_err(ModelError::Compute)?;
+        Ok(vec![TensorData::F32(embeddings)])
     }
 }
 
@@ -197,41 +185,6 @@ impl TextTokenizer {
             .iter()
             .map(|e| e.get_ids().iter().map(|&id| i64::from(id)).collect())
             .collect())
-    }
-}
-
-/// Token ids of texts padded to the longest, as the encoder takes them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tokens {
-    /// Texts.
-    pub rows: usize,
-    /// Length of the longest text, which every row is padded to.
-    pub tokens: usize,
-    /// Token ids, row-major; padding is id 0.
-    pub ids: Vec<i64>,
-    /// 1.0 for a token, 0.0 for padding.
-    pub mask: Vec<f32>,
-}
-
-impl Tokens {
-    /// `rows` padded to the longest.
-    pub fn padded<'a>(rows: impl Iterator<Item = &'a [i64]> + Clone) -> Self {
-        let tokens = rows.clone().map(<[i64]>::len).max().unwrap_or(0);
-        let mut out = Self {
-            rows: 0,
-            tokens,
-            ids: Vec::new(),
-            mask: Vec::new(),
-        };
-        for row in rows {
-            out.rows += 1;
-            let padding = tokens - row.len();
-            out.ids.extend_from_slice(row);
-            out.ids.extend(std::iter::repeat_n(0, padding));
-            out.mask.extend(std::iter::repeat_n(1.0, row.len()));
-            out.mask.extend(std::iter::repeat_n(0.0, padding));
-        }
-        out
     }
 }
 

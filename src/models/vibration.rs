@@ -5,7 +5,6 @@
 //! Input: raw acceleration samples, shape `[N, window]`. The network standardises each window
 //! itself (zero mean, unit variance), so producers send sensor values as they come.
 
-use crate::runtime::cpu::{Builder, Network};
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::pool::{AdaptiveAvgPool1d, AdaptiveAvgPool1dConfig, MaxPool1d, MaxPool1dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig1d, Relu};
@@ -59,13 +58,13 @@ impl VibrationCnnConfig {
 /// The network: standardise → conv(wide) → pool → conv3 → pool → conv3 → global mean → dense.
 #[derive(Module, Debug)]
 pub struct VibrationCnn<B: Backend> {
-    conv1: Conv1d<B>,
-    conv2: Conv1d<B>,
-    conv3: Conv1d<B>,
-    pool: MaxPool1d,
-    global: AdaptiveAvgPool1d,
-    head: Linear<B>,
-    activation: Relu,
+    pub(crate) conv1: Conv1d<B>,
+    pub(crate) conv2: Conv1d<B>,
+    pub(crate) conv3: Conv1d<B>,
+    pub(crate) pool: MaxPool1d,
+    pub(crate) global: AdaptiveAvgPool1d,
+    pub(crate) head: Linear<B>,
+    pub(crate) activation: Relu,
 }
 
 impl<B: Backend> VibrationCnn<B> {
@@ -84,19 +83,5 @@ impl<B: Backend> VibrationCnn<B> {
         let x = self.activation.forward(self.conv3.forward(x));
         let x = self.global.forward(x).flatten(1, 2);
         self.head.forward(x)
-    }
-
-    /// The same network for Ember's CPU kernels, for windows of `window` samples.
-    pub fn compile(&self, window: usize) -> Result<Network, String> {
-        Ok(Builder::new([1, 1, window])
-            .standardize()
-            .conv1d(&self.conv1, true)?
-            .max_pool1d(&self.pool)?
-            .conv1d(&self.conv2, true)?
-            .max_pool1d(&self.pool)?
-            .conv1d(&self.conv3, true)?
-            .global_avg_pool()
-            .dense(&self.head, false)?
-            .build())
     }
 }

@@ -5,19 +5,17 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 
-use crate::batcher::BatchConfig;
-use crate::models::{Architecture, Model, Precision};
+use crate::models::Assets;
+use crate::models::{Architecture, Model, ModelError, Precision};
 use crate::protocol::{InferError, TensorData, ValidatedInputs};
-use crate::store::{Artifact, Assets};
+use crate::store::Artifact;
 use crate::telemetry::metrics::VersionMetrics;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
-/// Burn's CPU backend: training, and reading a version's weights before [`cpu`] compiles
-/// them into the kernels that serve on the CPU.
-pub type CpuBackend = burn::backend::Flex;
+pub use crate::models::CpuBackend;
 
 /// What a build without the `cuda` feature says when asked for a GPU.
 pub const NO_CUDA: &str =
@@ -109,30 +107,32 @@ impl Device {
         architecture: &Architecture,
         weights: &[u8],
         assets: &Assets,
-        batch: &BatchConfig,
+        max_batch_tokens: usize,
         precision: Precision,
-    ) -> Result<Box<dyn Model>, String> {
+    ) -> Result<Box<dyn Model>, ModelError> {
         match self {
-            Self::Cpu => match architecture.compile_cpu(weights, assets, batch, precision)? {
-                Some(compiled) => Ok(compiled),
-                None => architecture.load::<CpuBackend>(
-                    weights,
-                    assets,
-                    batch,
-                    precision,
-                    &Default::default(),
-                ),
-            },
+            Self::Cpu => {
+                match cpu::compile(architecture, weights, assets, max_batch_tokens, precision)? {
+                    Some(compiled) => Ok(compiled),
+                    None => architecture.load::<CpuBackend>(
+                        weights,
+                        assets,
+                        max_batch_tokens,
+                        precision,
+                        &Default::default(),
+                    ),
+                }
+            }
             #[cfg(feature = "cuda")]
             Self::Cuda(index) => architecture.load::<burn::backend::Cuda>(
                 weights,
                 assets,
-                batch,
+                max_batch_tokens,
                 precision,
                 &burn::backend::cuda::CudaDevice::new(index),
             ),
             #[cfg(not(feature = "cuda"))]
-            Self::Cuda(_) => Err(NO_CUDA.into()),
+            Self::Cuda(_) => Err(ModelError::Load(NO_CUDA.into())),
         }
     }
 }
@@ -161,8 +161,14 @@ pub struct Work {
 
 /// Why a model could not be started.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("cannot load model: {0}")]
-pub struct LoadError(pub String);
+pub enum LoadError {
+    /// The model could not be built or warmed up.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Its executor thread could not be started, or died loading.
+    #[error("executor: {0}")]
+    Executor(String),
+}
 
 /// A model version running on its own thread; batches go in, each request's outputs come out
 /// on its [`Responder`], and a unit on `done` after each batch so the batcher can send the next.
@@ -171,12 +177,14 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// Loads `artifact` on `device` in a new thread for batches shaped by `batch`, warms it up
-    /// on [`Device::warmup_rows`] (on a GPU this compiles and autotunes the kernels), and
-    /// returns once it is ready, with the receiver of its batch-done signals.
+    /// Loads `artifact` on `device` in a new thread for batches of up to `max_rows` rows (and,
+    /// for a text model, passes of up to `max_batch_tokens` tokens), warms it up on
+    /// [`Device::warmup_rows`] (on a GPU this compiles and autotunes the kernels), and returns
+    /// once it is ready, with the receiver of its batch-done signals.
     pub async fn start(
         artifact: &Artifact,
-        batch: &BatchConfig,
+        max_rows: usize,
+        max_batch_tokens: usize,
         device: Device,
     ) -> Result<(Self, mpsc::UnboundedReceiver<()>), LoadError> {
         let manifest = &artifact.manifest;
@@ -184,7 +192,7 @@ impl Executor {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = oneshot::channel();
         let (architecture, weights) = (manifest.architecture.clone(), artifact.weights.clone());
-        let (assets, batch) = (artifact.assets.clone(), *batch);
+        let assets = artifact.assets.clone();
         let (inputs, precision) = (manifest.inputs.clone(), manifest.precision);
         let thread_name = format!("exec-{}-{}", manifest.name, manifest.version);
         let metrics = VersionMetrics::new(manifest.name.as_str(), manifest.version.as_str());
@@ -192,20 +200,26 @@ impl Executor {
             .name(thread_name)
             .spawn(move || {
                 let loaded = catch_unwind(AssertUnwindSafe(|| {
-                    let model = device.load(&architecture, &weights, &assets, &batch, precision)?;
-                    for rows in device.warmup_rows(batch.max_batch_size) {
+                    let model = device.load(
+                        &architecture,
+                        &weights,
+                        &assets,
+                        max_batch_tokens,
+                        precision,
+                    )?;
+                    for rows in device.warmup_rows(max_rows) {
                         model.infer(rows, architecture.warmup_inputs(&inputs, rows))?;
                     }
-                    Ok::<_, String>(model)
+                    Ok::<_, ModelError>(model)
                 }))
-                .unwrap_or_else(|panic| Err(panic_message(&panic)));
+                .unwrap_or_else(|panic| Err(ModelError::Load(panic_message(&panic))));
                 let model = match loaded {
                     Ok(model) => {
                         let _ = ready_tx.send(Ok(()));
                         model
                     }
                     Err(e) => {
-                        let _ = ready_tx.send(Err(LoadError(e)));
+                        let _ = ready_tx.send(Err(LoadError::Model(e)));
                         return;
                     }
                 };
@@ -217,11 +231,13 @@ impl Executor {
                     }
                 }
             })
-            .map_err(|e| LoadError(format!("cannot start executor thread: {e}")))?;
+            .map_err(|e| LoadError::Executor(format!("cannot start its thread: {e}")))?;
         match ready_rx.await {
             Ok(Ok(())) => Ok((Self { batches }, done_rx)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(LoadError("executor thread exited while loading".into())),
+            Err(_) => Err(LoadError::Executor(
+                "its thread exited while loading".into(),
+            )),
         }
     }
 
@@ -246,7 +262,7 @@ fn run_batch(model: &dyn Model, batch: Vec<Work>, metrics: &VersionMetrics) {
     let result = catch_unwind(AssertUnwindSafe(|| {
         model.infer(rows, concat_inputs(inputs, rows))
     }))
-    .unwrap_or_else(|panic| Err(panic_message(&panic)));
+    .unwrap_or_else(|panic| Err(ModelError::Compute(panic_message(&panic))));
     metrics.batch_size.record(rows as f64);
     metrics.compute.record(started.elapsed().as_secs_f64());
     let outputs = match result {

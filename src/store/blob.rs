@@ -7,6 +7,7 @@
 //! here, that also covers bodies cut short.
 
 use super::{ModelStore, StoreError, Tagged};
+use crate::secret::Secret;
 use async_trait::async_trait;
 use azure_core::error::ErrorKind;
 use azure_core::request_options::{IfMatchCondition, Prefix, Range};
@@ -36,36 +37,22 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How to authenticate to the storage account. Tried in this order: connection string,
 /// account + key, account + SAS token, then Azure identity (workload identity, managed
 /// identity, environment, Azure CLI) for the account. `Debug` never shows a secret.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BlobAuth {
     /// A storage connection string (`UseDevelopmentStorage=true` for Azurite).
-    pub connection_string: Option<String>,
+    pub connection_string: Option<Secret>,
     /// Storage account name.
     pub account: Option<String>,
     /// Account access key.
-    pub key: Option<String>,
+    pub key: Option<Secret>,
     /// SAS token (with or without the leading `?`).
-    pub sas_token: Option<String>,
+    pub sas_token: Option<Secret>,
     /// Blob endpoint instead of `https://<account>.blob.core.windows.net` (Azurite, sovereign
     /// clouds, private endpoints).
     pub endpoint: Option<String>,
     /// PEM file of a CA to trust for the endpoint's TLS certificate (a private endpoint or
     /// proxy with its own CA), beside the bundled public roots.
     pub ca_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for BlobAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let set = |s: &Option<String>| if s.is_some() { "<set>" } else { "<unset>" };
-        f.debug_struct("BlobAuth")
-            .field("connection_string", &set(&self.connection_string))
-            .field("account", &self.account)
-            .field("key", &set(&self.key))
-            .field("sas_token", &set(&self.sas_token))
-            .field("endpoint", &self.endpoint)
-            .field("ca_file", &self.ca_file)
-            .finish()
-    }
 }
 
 /// A model repository in a blob container, under an optional prefix.
@@ -205,7 +192,7 @@ fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), 
         |what: &str, e: azure_core::Error| StoreError::Invalid(format!("{what}: {}", e.kind()));
     if let Some(text) = &auth.connection_string {
         // The parser's messages may quote the string; never pass them on.
-        let parsed = ConnectionString::new(text).map_err(|_| {
+        let parsed = ConnectionString::new(text.expose()).map_err(|_| {
             StoreError::Invalid("the storage connection string is malformed".into())
         })?;
         if parsed.use_development_storage == Some(true) {
@@ -250,10 +237,10 @@ fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), 
     let credentials = if let Some(key) = &auth.key {
         StorageCredentials::access_key(
             account.to_owned(),
-            azure_core::auth::Secret::new(key.clone()),
+            azure_core::auth::Secret::new(key.expose().to_owned()),
         )
     } else if let Some(token) = &auth.sas_token {
-        StorageCredentials::sas_token(token.trim_start_matches('?'))
+        StorageCredentials::sas_token(token.expose().trim_start_matches('?'))
             .map_err(|_| StoreError::Invalid("the SAS token is malformed".into()))?
     } else {
         let identity = azure_identity::create_credential()

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
-/// A model repository in a local directory, laid out as DESIGN.md describes.
+/// A model repository in a local directory, laid out as `docs/protocol.md` describes.
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,

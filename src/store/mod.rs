@@ -1,7 +1,7 @@
 //! The model repository: where versions, their manifests and weights live, and the rules for
 //! reading them (aliases, sha256 verification) that every store shares.
 //!
-//! Layout (DESIGN.md): `<model>/<version>/model.bin`, `<model>/<version>/manifest.json`,
+//! Layout (`docs/protocol.md`): `<model>/<version>/model.bin`, `<model>/<version>/manifest.json`,
 //! `<model>/aliases.json`, and any assets the manifest names (`<model>/<version>/<asset>`, e.g. a
 //! tokenizer), verified and cached like the weights. A store only moves bytes by key
 //! ([`ModelStore`]); [`Repository`] builds keys from validated names only, so no request can reach
@@ -17,12 +17,13 @@ pub use cache::{DEFAULT_CACHE_MAX_BYTES, WeightCache};
 pub use fs::FsStore;
 pub use names::{ModelName, NameError, Version};
 
+pub use crate::models::Assets;
 use crate::models::{Architecture, Precision};
 use crate::protocol::TensorSpec;
+pub use crate::protocol::sha256_hex;
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,9 +170,6 @@ pub struct Artifact {
     pub fetch: FetchReport,
 }
 
-/// A version's assets by name.
-pub type Assets = BTreeMap<String, Bytes>;
-
 /// How a version's files were fetched and checked.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct FetchReport {
@@ -279,12 +277,6 @@ pub enum Promotion {
     },
 }
 
-/// Hex sha256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// The model repository over any [`ModelStore`].
 /// Opens the store at `address`: `az://<container>[/<prefix>]` (Azure Blob, with `auth`) or a
 /// local directory. Makes no request.
 pub fn open_store(address: &str, auth: &BlobAuth) -> Result<Arc<dyn ModelStore>, StoreError> {
@@ -299,6 +291,17 @@ pub fn open_store(address: &str, auth: &BlobAuth) -> Result<Arc<dyn ModelStore>,
     Ok(Arc::new(FsStore::new(address)))
 }
 
+/// Claim-checked answers are read with the repository's credentials: `az://…` from Azure Blob,
+/// anything else from a local directory.
+#[async_trait]
+impl crate::client::ClaimStore for BlobAuth {
+    async fn fetch(&self, url: &str) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+        let (folder, name) = url.rsplit_once('/').ok_or("not a URL of a file")?;
+        Ok(open_store(folder, self)?.get(name).await?)
+    }
+}
+
+/// The model repository over any [`ModelStore`].
 #[derive(Clone)]
 pub struct Repository {
     store: Arc<dyn ModelStore>,

@@ -44,11 +44,7 @@ pub const DEDUPLICATED: &str = "ember_requests_deduplicated_total";
 pub const DEADLINE_DROPS: &str = "ember_deadline_drops_total";
 /// Requests whose caller had gone before compute, by `model`.
 pub const ABANDONED: &str = "ember_requests_abandoned_total";
-/// Messages the broker returned as unroutable whose publisher lapin told "delivered" (it
-/// attributes a return to any publish of a multiple-ack): each is an answer not delivered.
-pub const UNROUTABLE_UNMATCHED: &str = "ember_transport_unroutable_unmatched_total";
-/// Broker connections opened again after one was lost.
-pub const RECONNECTS: &str = "ember_transport_reconnects_total";
+pub use crate::transport::metrics::{RECONNECTS, UNROUTABLE_UNMATCHED};
 /// Weights found in the local cache.
 pub const CACHE_HITS: &str = "ember_model_cache_hits_total";
 /// Weights downloaded because the cache lacked them.

@@ -1,4 +1,4 @@
-"""A third-party producer: realtime RPC to an Ember worker with pika, following DESIGN.md's wire
+"""A third-party producer: realtime RPC to an Ember worker with pika, following docs/protocol.md's wire
 protocol to the letter. Usage: pika_rpc.py AMQP_URL MODEL INPUTS, where INPUTS is the JSON list of
 Open Inference Protocol input tensors. Prints the reply's correlation id, error code header and
 body as one JSON line."""

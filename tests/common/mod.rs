@@ -102,7 +102,7 @@ pub fn azurite_via(endpoint: &str, key: &str) -> String {
 pub fn azurite_options(connection_string: &str, cache: &Path) -> ember::store::StoreOptions {
     ember::store::StoreOptions {
         blob: ember::store::BlobAuth {
-            connection_string: Some(connection_string.to_owned()),
+            connection_string: Some(connection_string.into()),
             ..Default::default()
         },
         cache: Some(ember::store::WeightCache::new(cache, 1 << 30)),

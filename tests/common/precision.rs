@@ -58,7 +58,7 @@ pub fn outputs(
             &artifact.manifest.architecture,
             &artifact.weights,
             &artifact.assets,
-            &BatchConfig::default(),
+            BatchConfig::default().max_batch_tokens,
             precision,
         )
         .unwrap()

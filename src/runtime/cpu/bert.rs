@@ -5,7 +5,8 @@
 
 use super::kernels::{Activation, Activations, Dense, add_assign, exp, vectorized};
 use super::network::floats;
-use crate::models::text::Tokens;
+use crate::models::bert::Tokens;
+use crate::models::text::Encoder;
 use burn::nn::{Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use gemm::{Parallelism, gemm};
@@ -317,4 +318,14 @@ fn pool(x: &[f32], mask: &[f32], [rows, length, hidden]: [usize; 3]) -> Vec<f32>
         sum.iter_mut().for_each(|s| *s /= norm);
     }
     out
+}
+
+impl Encoder for Bert {
+    fn embed(&self, tokens: Tokens) -> Result<Vec<f32>, String> {
+        Bert::embed(self, &tokens)
+    }
+
+    fn hidden(&self) -> usize {
+        Bert::hidden(self)
+    }
 }

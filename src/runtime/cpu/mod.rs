@@ -7,14 +7,16 @@
 //! Training, MiniLM, reduced precisions and the GPU keep running on Burn.
 
 mod bert;
+pub mod compile;
 mod kernels;
 mod network;
 
 pub use bert::{Bert, BertParts, LayerParts};
+pub use compile::compile;
 pub use network::{Builder, Network};
 
-use crate::models::Model;
 use crate::models::failure::FailureMlpConfig;
+use crate::models::{Model, ModelError};
 use crate::protocol::TensorData;
 
 /// The widest vector instructions the kernels' gemm uses on this CPU.
@@ -62,25 +64,25 @@ impl CpuModel {
     }
 
     /// Whether `values` hold `rows` rows of the network's input.
-    fn check(&self, rows: usize, values: &[f32]) -> Result<(), String> {
+    fn check(&self, rows: usize, values: &[f32]) -> Result<(), ModelError> {
         if values.len() != rows * self.network.inputs() {
-            return Err(format!(
+            return Err(ModelError::Input(format!(
                 "{} input values for {rows} rows of {}",
                 values.len(),
                 self.network.inputs()
-            ));
+            )));
         }
         Ok(())
     }
 }
 
 impl Model for CpuModel {
-    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, String> {
+    fn infer(&self, rows: usize, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, ModelError> {
         let classes = self.network.outputs();
         match &self.head {
             Head::Classify => {
                 let Some(TensorData::F32(values)) = inputs.into_iter().next() else {
-                    return Err("the network takes one FP32 input".into());
+                    return Err(ModelError::Input("the network takes one FP32 input".into()));
                 };
                 self.check(rows, &values)?;
                 let mut probabilities = self.network.forward(rows, values);
@@ -93,9 +95,13 @@ impl Model for CpuModel {
             }
             Head::Failure(config) => {
                 let [TensorData::F32(sensors), TensorData::Bytes(variants)] = &inputs[..] else {
-                    return Err("failure-mlp takes FP32 sensors and BYTES product_type".into());
+                    return Err(ModelError::Input(
+                        "failure-mlp takes FP32 sensors and BYTES product_type".into(),
+                    ));
                 };
-                let features = config.features(sensors, variants)?;
+                let features = config
+                    .features(sensors, variants)
+                    .map_err(ModelError::Input)?;
                 self.check(rows, &features)?;
                 let mut probabilities = self.network.forward(rows, features);
                 probabilities

@@ -1,3 +1,7 @@
+//! Ember's client side: the wire protocol ([`protocol`]), the broker transports ([`transport`])
+//! and the client library (this crate's root), without the worker: no Burn, no model store, no
+//! HTTP server. The `ember` worker crate builds on it.
+//!
 //! Talking to Ember from an application: realtime inference (RPC with a deadline, retried over
 //! connection losses) and batch jobs (requests to the batch lane, answers kept in the job's own
 //! queue until the submitter stores them, so a submitter can stop and continue).
@@ -7,9 +11,9 @@
 //! same answer again instead of computing it twice.
 //!
 //! ```no_run
-//! use ember::client::{BatchOptions, Client};
-//! use ember::protocol::{DataType, Tensor, TensorData};
-//! use ember::transport::amqp::{AmqpConfig, AmqpTransport};
+//! use ember_client::{BatchOptions, Client};
+//! use ember_client::protocol::{DataType, Tensor, TensorData};
+//! use ember_client::transport::amqp::{AmqpConfig, AmqpTransport};
 //! use futures::StreamExt;
 //!
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,8 +49,7 @@
 use crate::protocol::{
     ErrorResponse, InferResponse, Lane, Reply, Tensor, decode_reply, encode_request,
 };
-use crate::store::{BlobAuth, open_store, sha256_hex};
-use crate::transport::{InboxSender, Message, Properties, Transport, TransportError, queues};
+use crate::transport::{ClientTransport, InboxSender, Message, Properties, TransportError, queues};
 use bytes::Bytes;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -58,6 +61,10 @@ use tokio::sync::oneshot;
 
 mod batch;
 pub mod file;
+pub mod protocol;
+pub mod secret;
+pub mod send;
+pub mod transport;
 
 pub use batch::{
     BatchJob, BatchOptions, BatchProgress, BatchResult, BatchSender, DEFAULT_JOB_EXPIRY,
@@ -114,9 +121,18 @@ pub enum ClientError {
     },
 }
 
-/// Fetches the answer a claim-check reply (`properties.claim_check` set) names, from blob
-/// storage with `auth` (or a directory), and checks it against the reply's sha256.
-pub async fn redeem(reply: &Message, auth: &BlobAuth) -> Result<Bytes, ClientError> {
+/// Where claim-checked answers are read from: the store the worker puts large answers in
+/// (`ember_client` names no storage service; the `ember` crate implements this for Azure Blob
+/// and local directories).
+#[async_trait::async_trait]
+pub trait ClaimStore: Send + Sync + std::fmt::Debug {
+    /// The object at `url` (a reply's `claim_check`).
+    async fn fetch(&self, url: &str) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// Fetches the answer a claim-check reply (`properties.claim_check` set) names from `store`,
+/// and checks it against the reply's sha256.
+pub async fn redeem(reply: &Message, store: &dyn ClaimStore) -> Result<Bytes, ClientError> {
     #[derive(serde::Deserialize)]
     struct Claim {
         claim_check: String,
@@ -131,13 +147,11 @@ pub async fn redeem(reply: &Message, auth: &BlobAuth) -> Result<Bytes, ClientErr
         url: claim.claim_check.clone(),
         reason,
     };
-    let (folder, name) = claim
-        .claim_check
-        .rsplit_once('/')
-        .ok_or_else(|| failed("not a URL of a file".into()))?;
-    let store = open_store(folder, auth).map_err(|e| failed(e.to_string()))?;
-    let answer = store.get(name).await.map_err(|e| failed(e.to_string()))?;
-    let sha256 = sha256_hex(&answer);
+    let answer = store
+        .fetch(&claim.claim_check)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let sha256 = protocol::sha256_hex(&answer);
     if sha256 != claim.sha256 {
         return Err(failed(format!(
             "sha256 {sha256}, the claim says {}",
@@ -171,22 +185,22 @@ impl Default for InferOptions {
     }
 }
 
-/// An Ember client over any [`Transport`]; share it (it is cheap to call concurrently: every
+/// An Ember client over any [`ClientTransport`]; share it (it is cheap to call concurrently: every
 /// call goes through one RPC inbox, answers routed by correlation id).
 pub struct Client {
-    transport: Arc<dyn Transport>,
+    transport: Arc<dyn ClientTransport>,
     rpc: tokio::sync::Mutex<Option<Arc<Rpc>>>,
     ids: IdSource,
 }
 
 impl Client {
     /// A client over `transport`.
-    pub fn new(transport: impl Transport) -> Self {
+    pub fn new(transport: impl ClientTransport) -> Self {
         Self::from_arc(Arc::new(transport))
     }
 
     /// A client over a shared transport.
-    pub fn from_arc(transport: Arc<dyn Transport>) -> Self {
+    pub fn from_arc(transport: Arc<dyn ClientTransport>) -> Self {
         Self {
             transport,
             rpc: tokio::sync::Mutex::new(None),
@@ -195,7 +209,7 @@ impl Client {
     }
 
     /// The transport it talks over.
-    pub fn transport(&self) -> &Arc<dyn Transport> {
+    pub fn transport(&self) -> &Arc<dyn ClientTransport> {
         &self.transport
     }
 
@@ -355,7 +369,7 @@ fn lock(waiting: &Mutex<Waiting>) -> MutexGuard<'_, Waiting> {
 }
 
 impl Rpc {
-    async fn open(transport: &dyn Transport) -> Result<Self, TransportError> {
+    async fn open(transport: &dyn ClientTransport) -> Result<Self, TransportError> {
         let inbox = transport.inbox().await?;
         let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         let router = tokio::spawn({

@@ -4,7 +4,7 @@
 use super::{Client, ClientError, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::protocol::{ErrorCode, Lane};
 use crate::transport::{
-    Delivery, Message, Properties, Subscription, Transport, TransportError, queues,
+    ClientTransport, Delivery, Message, Properties, Subscription, TransportError, queues,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -200,7 +200,7 @@ impl BatchJob {
 /// Sends a batch job's requests; cheap to clone.
 #[derive(Clone)]
 pub struct BatchSender {
-    transport: Arc<dyn Transport>,
+    transport: Arc<dyn ClientTransport>,
     model: String,
     job: String,
     requests: String,

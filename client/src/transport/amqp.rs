@@ -1,4 +1,4 @@
-//! The RabbitMQ transport (AMQP 0-9-1 through `lapin`): the queue topology of DESIGN.md,
+//! The RabbitMQ transport (AMQP 0-9-1 through `lapin`): the queue topology of `docs/protocol.md`,
 //! publisher confirms, manual acks with a prefetch window, reconnection with backoff, and
 //! direct reply-to RPC for clients.
 //!
@@ -14,10 +14,11 @@ use super::headers::{
     LANE as LANE_HEADER, MODEL as MODEL_HEADER, SENT as SENT_HEADER, VERSION as VERSION_HEADER,
 };
 use super::{
-    Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription, Transport,
-    TransportError, queues,
+    ClientTransport, Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription,
+    Transport, TransportError, queues,
 };
 use crate::protocol::{ErrorCode, Lane};
+use crate::secret::Secret;
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -63,7 +64,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The kind of the durable queues Ember declares.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum QueueType {
     /// Replicated, and every redelivery is counted (`x-delivery-count`).
     #[default]
@@ -73,10 +75,10 @@ pub enum QueueType {
 }
 
 /// How to reach the broker and shape the queues.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AmqpConfig {
-    /// `amqp://user:password@host:port/vhost` or `amqps://...`; a secret (never logged).
-    pub url: String,
+    /// `amqp://user:password@host:port/vhost` or `amqps://...`.
+    pub url: Secret,
     /// PEM file of the CA that signed the broker's certificate (for `amqps://`), beside the
     /// system's roots.
     pub ca_file: Option<PathBuf>,
@@ -88,7 +90,7 @@ pub struct AmqpConfig {
 
 impl AmqpConfig {
     /// Defaults (quorum queues that never expire) for `url`.
-    pub fn new(url: impl Into<String>) -> Self {
+    pub fn new(url: impl Into<Secret>) -> Self {
         Self {
             url: url.into(),
             ca_file: None,
@@ -96,32 +98,6 @@ impl AmqpConfig {
             queue_expiry: None,
         }
     }
-}
-
-impl std::fmt::Debug for AmqpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpConfig")
-            .field("url", &redact(&self.url))
-            .field("ca_file", &self.ca_file)
-            .field("queue_type", &self.queue_type)
-            .field("queue_expiry", &self.queue_expiry)
-            .finish()
-    }
-}
-
-/// `url` with its password replaced by `***`, for logs and errors. Everything before the last
-/// `@` counts as user information, so a password holding `/` or `@`, or a URL without `//`,
-/// is hidden too.
-pub fn redact(url: &str) -> String {
-    let Some((credentials, host)) = url.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    let (scheme, userinfo) = match credentials.split_once("://") {
-        Some((scheme, userinfo)) => (format!("{scheme}://"), userinfo),
-        None => (String::new(), credentials),
-    };
-    let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-    format!("{scheme}{user}:***@{host}")
 }
 
 /// A RabbitMQ client; clones share one connection, reopened when it breaks.
@@ -166,10 +142,10 @@ impl AmqpTransport {
             None => None,
         };
         // The parser's own messages may quote the URL, password included: never pass them on.
-        let mut uri: AMQPUri = config.url.parse().map_err(|_| {
+        let mut uri: AMQPUri = config.url.expose().parse().map_err(|_| {
             TransportError::Unavailable(format!(
                 "{} is not an AMQP URL: expected amqp[s]://user:password@host[:port][/vhost]",
-                redact(&config.url)
+                config.url
             ))
         })?;
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECONDS);
@@ -230,14 +206,11 @@ impl Shared {
             return Ok(session);
         }
         let session = Arc::new(self.open().await.map_err(|e| {
-            TransportError::Unavailable(format!(
-                "cannot connect to {}: {e}",
-                redact(&self.config.url)
-            ))
+            TransportError::Unavailable(format!("cannot connect to {}: {e}", self.config.url))
         })?);
-        tracing::info!(broker = %redact(&self.config.url), "connected to RabbitMQ");
+        tracing::info!(broker = %self.config.url, "connected to RabbitMQ");
         if previous.is_some() {
-            metrics::counter!(crate::telemetry::metrics::RECONNECTS).increment(1);
+            metrics::counter!(super::metrics::RECONNECTS).increment(1);
         }
         self.current.store(Some(session.clone()));
         Ok(session)
@@ -478,7 +451,7 @@ async fn publish_on(
                 queue = %returned.delivery.routing_key,
                 "a message to a queue that does not exist was returned, and its publisher was told it was delivered"
             );
-            metrics::counter!(crate::telemetry::metrics::UNROUTABLE_UNMATCHED).increment(1);
+            metrics::counter!(super::metrics::UNROUTABLE_UNMATCHED).increment(1);
             Ok(())
         }
         Confirmation::Nack(_) | Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(
@@ -527,6 +500,27 @@ impl Transport for AmqpTransport {
         }))
     }
 
+    /// A connection close is answered only after every frame sent before it (acks included)
+    /// was read: exiting without it can drop acks still in the socket's buffers.
+    async fn close(&self) {
+        if let Some(session) = self.shared.current.swap(None)
+            && let Err(e) = session.connection.close(200, "shutting down".into()).await
+        {
+            tracing::debug!(error = %e, "closing the connection");
+        }
+    }
+
+    fn connected(&self) -> bool {
+        self.shared
+            .current
+            .load()
+            .as_ref()
+            .is_some_and(|s| s.usable())
+    }
+}
+
+#[async_trait]
+impl ClientTransport for AmqpTransport {
     /// Direct reply-to: a channel consuming `amq.rabbitmq.reply-to` (no queue is declared)
     /// and publishing, in confirm mode, the requests it answers.
     async fn inbox(&self) -> Result<Inbox, TransportError> {
@@ -587,24 +581,6 @@ impl Transport for AmqpTransport {
         declared
             .map(drop)
             .map_err(|e| TransportError::Topology(format!("declaring {queue}: {e}")))
-    }
-
-    /// A connection close is answered only after every frame sent before it (acks included)
-    /// was read: exiting without it can drop acks still in the socket's buffers.
-    async fn close(&self) {
-        if let Some(session) = self.shared.current.swap(None)
-            && let Err(e) = session.connection.close(200, "shutting down".into()).await
-        {
-            tracing::debug!(error = %e, "closing the connection");
-        }
-    }
-
-    fn connected(&self) -> bool {
-        self.shared
-            .current
-            .load()
-            .as_ref()
-            .is_some_and(|s| s.usable())
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
@@ -1026,20 +1002,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn redact_hides_the_password_only() {
-        assert_eq!(
-            redact("amqps://ember:s3cret@mq.example:5671/prod"),
-            "amqps://ember:***@mq.example:5671/prod"
-        );
-        assert_eq!(
-            redact("amqp://127.0.0.1:5672/%2f"),
-            "amqp://127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact("amqp://user@host"), "amqp://user:***@host");
-        // Passwords that break the URL's structure are hidden all the same.
-        assert_eq!(redact("amqp://u:p/w@h/v"), "amqp://u:***@h/v");
-        assert_eq!(redact("amqp://u:p@w@h"), "amqp://u:***@h");
-        assert_eq!(redact("amqp:u:pw@h"), "amqp:***@h");
+    fn the_config_never_shows_the_password() {
         let config = AmqpConfig::new("amqp://u:pw@h/v");
         assert!(!format!("{config:?}").contains("pw"));
     }

@@ -3,12 +3,12 @@
 //!
 //! ```sh
 //! ember serve --transport amqp --model digits &      # a worker
-//! cargo run --example hybrid_client
+//! cargo run -p ember-client --example hybrid_client
 //! ```
 
-use ember::client::{BatchOptions, Client, ClientError, InferOptions};
-use ember::protocol::{DataType, Tensor, TensorData, encode_request};
-use ember::transport::amqp::{AmqpConfig, AmqpTransport};
+use ember_client::protocol::{DataType, Tensor, TensorData, encode_request};
+use ember_client::transport::amqp::{AmqpConfig, AmqpTransport};
+use ember_client::{BatchOptions, Client, ClientError, InferOptions};
 use std::time::Duration;
 
 /// A handwritten zero, 8×8 pixels of intensity 0–16 (the digits model's input).

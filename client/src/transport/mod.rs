@@ -16,7 +16,7 @@ use futures::stream::BoxStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Queue names of the topology in DESIGN.md.
+/// Queue names of the topology in `docs/protocol.md`.
 pub mod queues {
     use crate::protocol::Lane;
 
@@ -61,6 +61,15 @@ pub mod queues {
             None => format!("{queue}.dead"),
         }
     }
+}
+
+/// The metrics the transports record (the worker describes and exports them).
+pub mod metrics {
+    /// Messages the broker returned as unroutable whose publisher lapin told "delivered" (it
+    /// attributes a return to any publish of a multiple-ack): each is an answer not delivered.
+    pub const UNROUTABLE_UNMATCHED: &str = "ember_transport_unroutable_unmatched_total";
+    /// Broker connections opened again after one was lost.
+    pub const RECONNECTS: &str = "ember_transport_reconnects_total";
 }
 
 /// Names of the wire protocol's `ember-*` headers (AMQP headers, Service Bus custom properties).
@@ -240,7 +249,8 @@ pub struct Inbox {
     pub replies: BoxStream<'static, Message>,
 }
 
-/// A broker client.
+/// What a worker needs of a broker: its model's queues, publishing with confirms, consuming.
+/// A new broker serves once it has this; [`ClientTransport`] adds what clients need.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Creates `model`'s queues (requests, results, dead letters) if they do not exist yet;
@@ -254,6 +264,20 @@ pub trait Transport: Send + Sync + 'static {
         queues: &[String],
         prefetch: usize,
     ) -> Result<Box<dyn Subscription>, TransportError>;
+    /// Closes the connection once everything sent on it (acks included) has reached the
+    /// broker: the last step of a graceful shutdown.
+    async fn close(&self) {}
+    /// Whether the broker is reachable now (readiness); a transport without a connection
+    /// always is.
+    fn connected(&self) -> bool {
+        true
+    }
+}
+
+/// What a client needs besides: private inboxes for RPC answers, and queues of its own (a
+/// batch job's answers).
+#[async_trait]
+pub trait ClientTransport: Transport {
     /// Opens a private inbox for RPC answers.
     async fn inbox(&self) -> Result<Inbox, TransportError>;
     /// Creates the durable queue `queue` (e.g. a batch job's results) if it does not exist;
@@ -265,12 +289,4 @@ pub trait Transport: Send + Sync + 'static {
     ) -> Result<(), TransportError>;
     /// Deletes `queue` with whatever it holds; a queue that does not exist is not an error.
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError>;
-    /// Closes the connection once everything sent on it (acks included) has reached the
-    /// broker: the last step of a graceful shutdown.
-    async fn close(&self) {}
-    /// Whether the broker is reachable now (readiness); a transport without a connection
-    /// always is.
-    fn connected(&self) -> bool {
-        true
-    }
 }

@@ -21,8 +21,8 @@
 //!   Service Bus after 5 minutes idle (its minimum) should the client die.
 
 use super::{
-    Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription, Transport,
-    TransportError, headers, queues,
+    ClientTransport, Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription,
+    Transport, TransportError, headers, queues,
 };
 use crate::protocol::{ErrorCode, Lane};
 use async_trait::async_trait;
@@ -589,6 +589,13 @@ impl Transport for ServiceBusTransport {
         )))
     }
 
+    fn connected(&self) -> bool {
+        self.shared.reachable.load(Ordering::Relaxed)
+    }
+}
+
+#[async_trait]
+impl ClientTransport for ServiceBusTransport {
     async fn inbox(&self) -> Result<Inbox, TransportError> {
         let queue = format!("{INBOX_PREFIX}{}", uuid::Uuid::new_v4().simple());
         self.shared
@@ -626,10 +633,6 @@ impl Transport for ServiceBusTransport {
                 "{queue}: deleting it: Service Bus answered {status}"
             ))),
         }
-    }
-
-    fn connected(&self) -> bool {
-        self.shared.reachable.load(Ordering::Relaxed)
     }
 }
 

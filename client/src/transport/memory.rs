@@ -2,7 +2,8 @@
 //! acked, requeue on drop, dead-lettering with a reason, prefetch). The embedded default.
 
 use super::{
-    Delivery, Inbox, InboxSender, Message, Settle, Subscription, Transport, TransportError, queues,
+    ClientTransport, Delivery, Inbox, InboxSender, Message, Settle, Subscription, Transport,
+    TransportError, queues,
 };
 use crate::protocol::ErrorCode;
 use async_trait::async_trait;
@@ -113,7 +114,10 @@ impl Transport for MemoryTransport {
             stopped: false,
         }))
     }
+}
 
+#[async_trait]
+impl ClientTransport for MemoryTransport {
     async fn inbox(&self) -> Result<Inbox, TransportError> {
         let n = self.broker.inboxes.fetch_add(1, Ordering::Relaxed);
         let queue = format!("ember.inbox.{n}");

@@ -9,9 +9,8 @@
 //! length, requests already confirmed are not sent again, and their answers are taken from the
 //! job's queue, where they waited. An answer that comes twice is written once.
 
-use super::{BatchOptions, BatchResult, Client, ClientError, redeem};
+use super::{BatchOptions, BatchResult, ClaimStore, Client, ClientError, redeem};
 use crate::protocol::ErrorResponse;
-use crate::store::BlobAuth;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -54,8 +53,8 @@ pub struct FileJob {
     pub progress: bool,
     /// Answers larger than this come back as claim checks, fetched into the output.
     pub blob_threshold: Option<u64>,
-    /// Credentials to fetch claim-checked answers.
-    pub storage: BlobAuth,
+    /// Where claim-checked answers are fetched from.
+    pub storage: Arc<dyn ClaimStore>,
 }
 
 /// How a run went.
@@ -376,7 +375,7 @@ struct Output {
     writer: BufWriter<tokio::fs::File>,
     path: PathBuf,
     bytes: u64,
-    storage: BlobAuth,
+    storage: Arc<dyn ClaimStore>,
     written: Vec<BatchResult>,
 }
 
@@ -385,7 +384,7 @@ impl Output {
     async fn write(&mut self, result: BatchResult) -> Result<(), FileJobError> {
         let message = result.message();
         let body = match message.properties.claim_check {
-            Some(_) => &redeem(message, &self.storage).await?,
+            Some(_) => &redeem(message, self.storage.as_ref()).await?,
             None => &message.body,
         };
         self.writer.write_all(body).await.map_err(io(&self.path))?;
