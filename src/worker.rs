@@ -192,6 +192,32 @@ impl Worker {
         self
     }
 
+    /// [`run`](Self::run), then, once `shutdown` is cancelled, at most `drain_timeout` to
+    /// answer and settle what was taken and close the transport: `Ok(true)` if that finished,
+    /// `Ok(false)` if time ran out (whatever is unsettled goes back to the broker).
+    pub async fn serve(
+        &self,
+        models: &[ModelName],
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<bool, TransportError> {
+        let drain_expired = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(drain_timeout).await;
+        };
+        tokio::select! {
+            served = self.run(models, shutdown.clone()) => {
+                served?;
+                self.transport.close().await;
+                Ok(true)
+            }
+            () = drain_expired => {
+                tracing::error!(?drain_timeout, "drain timed out; unanswered requests go back to the broker");
+                Ok(false)
+            }
+        }
+    }
+
     /// Declares and loads `models` and serves them (switching promoted versions in as
     /// [`Registry::watch`] finds them) until `shutdown`; then stops taking
     /// requests, answers those already taken (graceful drain) and returns once each is settled.

@@ -41,7 +41,15 @@ fn digit_request() -> Vec<u8> {
 #[test]
 fn infer_prints_the_response_and_exits_0() {
     let output = ember(
-        &["infer", "--model", "digits", "--input", "-"],
+        &[
+            "infer",
+            "--transport",
+            "memory",
+            "--model",
+            "digits",
+            "--input",
+            "-",
+        ],
         &digit_request(),
     );
     assert_eq!(
@@ -59,21 +67,45 @@ fn infer_prints_the_response_and_exits_0() {
 #[test]
 fn infer_exits_2_with_an_error_response_on_bad_input() {
     let output = ember(
-        &["infer", "--model", "digits", "--input", "-"],
+        &[
+            "infer",
+            "--transport",
+            "memory",
+            "--model",
+            "digits",
+            "--input",
+            "-",
+        ],
         b"{\"inputs\": [",
     );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
 
     let output = ember(
-        &["infer", "--model", "../etc", "--input", "-"],
+        &[
+            "infer",
+            "--transport",
+            "memory",
+            "--model",
+            "../etc",
+            "--input",
+            "-",
+        ],
         &digit_request(),
     );
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
 
     let output = ember(
-        &["infer", "--model", "nosuch", "--input", "-"],
+        &[
+            "infer",
+            "--transport",
+            "memory",
+            "--model",
+            "nosuch",
+            "--input",
+            "-",
+        ],
         &digit_request(),
     );
     assert_eq!(output.status.code(), Some(2));
@@ -82,6 +114,8 @@ fn infer_exits_2_with_an_error_response_on_bad_input() {
     let output = ember(
         &[
             "infer",
+            "--transport",
+            "memory",
             "--model",
             "digits",
             "--max-request-bytes",

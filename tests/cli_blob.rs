@@ -83,6 +83,8 @@ async fn models_are_pushed_promoted_listed_pulled_and_served_from_blob() {
     .unwrap();
     let answered = run(&[
         "infer",
+        "--transport",
+        "memory",
         "--model",
         "digits",
         "--input",

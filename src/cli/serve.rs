@@ -105,20 +105,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());
         tokio::spawn(async move { worker.stop_when_idle(idle, shutdown).await });
     }
-    let drain_timeout = args.drain_timeout;
-    let drain_expired = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(drain_timeout).await;
-    };
-    tokio::select! {
-        served = worker.run(&models, shutdown.clone()) => {
-            served?;
-            transport.close().await;
-            Ok(0)
-        }
-        () = drain_expired => {
-            tracing::error!(?drain_timeout, "drain timed out; unanswered requests go back to the broker");
-            Ok(1)
-        }
-    }
+    let drained = worker.serve(&models, shutdown, args.drain_timeout).await?;
+    Ok(if drained { 0 } else { 1 })
 }

@@ -1,5 +1,5 @@
 //! Text in, sentence embeddings out: a Hugging Face tokenizer, length-bucketed batches, and the
-//! [`BertEncoder`](super::bert::BertEncoder) (mean pooling + L2, as sentence-transformers).
+//! [`BertEncoder`] (mean pooling + L2, as sentence-transformers).
 //!
 //! Texts longer than `max_tokens` tokens (special tokens included) are cut to that length, as
 //! sentence-transformers does with its `max_seq_length`. A batch is not padded to its longest
@@ -209,7 +209,7 @@ fn spread(mut passes: Vec<Vec<usize>>, threads: usize) -> Vec<Vec<usize>> {
 
 /// Cuts texts of token `lengths` into passes (lists of indices) of at most `max_batch_tokens`
 /// padded tokens each (a longer text runs alone), minimising padded tokens plus
-/// [`PASS_COST_TOKENS`] per pass: sorted by length, the passes are runs of neighbours, chosen by
+/// `PASS_COST_TOKENS` per pass: sorted by length, the passes are runs of neighbours, chosen by
 /// dynamic programming over the distinct lengths (at most `max_tokens` of them, so the plan costs
 /// microseconds however many texts a batch holds).
 pub fn plan_passes(lengths: &[usize], max_batch_tokens: usize) -> Vec<Vec<usize>> {

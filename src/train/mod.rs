@@ -61,7 +61,7 @@ pub struct Trained {
     pub architecture: Architecture,
     /// Names of the classes or targets, index = output column.
     pub labels: Vec<String>,
-    /// The weights, recorded with [`WeightsRecorder`].
+    /// The weights, recorded with [`WeightsRecorder`](crate::models::WeightsRecorder).
     pub weights: Vec<u8>,
     /// Held-out figures.
     pub metrics: BTreeMap<String, f64>,
