@@ -163,6 +163,27 @@ impl Brokers {
     }
 }
 
+/// What one request may be, wherever it is admitted (a worker, the gateway).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct LimitsArgs {
+    /// Larger request bodies are answered RESOURCE_EXHAUSTED (the gateway: 413) unparsed.
+    #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+    /// Requests with more rows (batch dimension) are answered RESOURCE_EXHAUSTED uncomputed.
+    #[arg(long, env = "EMBER_MAX_REQUEST_ROWS", default_value_t = DEFAULT_MAX_REQUEST_ROWS,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    pub max_request_rows: usize,
+}
+
+impl From<LimitsArgs> for RequestLimits {
+    fn from(args: LimitsArgs) -> Self {
+        Self {
+            max_request_bytes: args.max_request_bytes,
+            max_request_rows: args.max_request_rows,
+        }
+    }
+}
+
 /// Which transport, and how to reach it.
 #[derive(Debug, Args)]
 pub struct TransportArgs {
@@ -357,13 +378,9 @@ pub struct PipelineArgs {
     #[arg(long, env = "EMBER_MAX_BATCH_TOKENS", default_value_t = DEFAULT_MAX_BATCH_TOKENS,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     pub max_batch_tokens: usize,
-    /// Larger request bodies are answered RESOURCE_EXHAUSTED without being parsed.
-    #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
-    pub max_request_bytes: usize,
-    /// Requests with more rows (batch dimension) are answered RESOURCE_EXHAUSTED uncomputed.
-    #[arg(long, env = "EMBER_MAX_REQUEST_ROWS", default_value_t = DEFAULT_MAX_REQUEST_ROWS,
-          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
-    pub max_request_rows: usize,
+    /// What one request may be.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     /// Unsettled deliveries per request queue [default: 2 × max batch size + 64: a batch
     /// forming, one computing, and answers waiting for their publisher confirms].
     #[arg(long, env = "EMBER_PREFETCH",
@@ -383,17 +400,10 @@ impl PipelineArgs {
     pub(super) fn worker(&self, max_redeliveries: u32) -> WorkerConfig {
         let defaults = WorkerConfig::for_batch_size(self.max_batch_size);
         WorkerConfig {
-            limits: self.limits(),
+            limits: self.limits.into(),
             max_redeliveries,
             prefetch: self.prefetch.unwrap_or(defaults.prefetch),
             ..defaults
-        }
-    }
-
-    pub(super) fn limits(&self) -> RequestLimits {
-        RequestLimits {
-            max_request_bytes: self.max_request_bytes,
-            max_request_rows: self.max_request_rows,
         }
     }
 

@@ -1,15 +1,12 @@
 //! `ember gateway`: the Open Inference Protocol REST API, bridged onto the queues.
 
-use super::args::{BrokerArgs, RepoArgs};
+use super::args::{BrokerArgs, LimitsArgs, RepoArgs};
 use super::shutdown_signal;
 use crate::client::Client;
 use crate::gateway::{Gateway, GatewayConfig};
-use crate::protocol::DEFAULT_MAX_REQUEST_BYTES;
-use crate::worker::{DEFAULT_MAX_REQUEST_ROWS, RequestLimits};
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::Args;
-use clap::builder::TypedValueParser;
 use std::time::Duration;
 
 /// `ember gateway`.
@@ -21,13 +18,9 @@ pub struct GatewayArgs {
     /// Longest a request waits for its answer (then 504).
     #[arg(long, env = "EMBER_GATEWAY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Larger request bodies are refused (413).
-    #[arg(long, env = "EMBER_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
-    pub max_request_bytes: usize,
-    /// Requests with more rows are refused (413), as a worker refuses them.
-    #[arg(long, env = "EMBER_MAX_REQUEST_ROWS", default_value_t = DEFAULT_MAX_REQUEST_ROWS,
-          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
-    pub max_request_rows: usize,
+    /// What one request may be, checked here as a worker checks it.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
     /// How long model metadata read from the repository is reused.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub metadata_ttl: Duration,
@@ -42,10 +35,7 @@ pub struct GatewayArgs {
 pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     let config = GatewayConfig {
         timeout: args.timeout,
-        limits: RequestLimits {
-            max_request_bytes: args.max_request_bytes,
-            max_request_rows: args.max_request_rows,
-        },
+        limits: args.limits.into(),
         metadata_ttl: args.metadata_ttl,
     };
     let client = Client::from_arc(args.broker.connect().await?);

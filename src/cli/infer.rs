@@ -39,7 +39,7 @@ pub struct InferArgs {
 }
 
 pub async fn run(args: InferArgs) -> anyhow::Result<i32> {
-    let limit = args.pipeline.max_request_bytes;
+    let limit = args.pipeline.limits.max_request_bytes;
     let mut body = Vec::new();
     let reader: Box<dyn Read> = match args.input.as_str() {
         "-" => Box::new(std::io::stdin()),

@@ -18,7 +18,7 @@ mod serve;
 mod train;
 
 pub use args::{
-    AmqpArgs, Broker, BrokerArgs, Brokers, DeviceArgs, PipelineArgs, RepoArgs,
+    AmqpArgs, Broker, BrokerArgs, Brokers, DeviceArgs, LimitsArgs, PipelineArgs, RepoArgs,
     SERVICEBUS_CONNECTION_STRING_ENV, SERVICEBUS_KEY_ENV, SERVICEBUS_KEY_NAME_ENV, ServiceBusArgs,
     StoreArgs, TransportArgs, TransportKind,
 };
