@@ -8,6 +8,7 @@
 //! the reply's error code, body as the worker wrote it. The OpenAPI document is
 //! `docs/gateway.openapi.yaml`, served at `GET /v2/openapi.yaml`.
 
+use crate::client::chain::Chain;
 use crate::client::{Client, ClientError, InferOptions};
 use crate::protocol::{ErrorCode, InferError};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
@@ -124,7 +125,7 @@ impl Gateway {
             e => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Internal,
-                e.to_string(),
+                Chain(&e).to_string(),
             ),
         })?);
         self.lock().insert(key, (Instant::now(), manifest.clone()));
@@ -272,7 +273,7 @@ async fn infer(
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Internal,
-            e.to_string(),
+            Chain(&e).to_string(),
         ),
     }
 }

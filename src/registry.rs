@@ -11,6 +11,7 @@
 //! fetched, verified or loaded, the alias keeps its last good version and the poll tries again.
 
 use crate::batcher::{BatchConfig, Batcher};
+use crate::client::chain::Chain;
 use crate::protocol::{ErrorCode, InferError};
 use crate::runtime::{Device, Executor};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
@@ -109,7 +110,7 @@ impl Registry {
             match self.get(model.as_str(), Some(&selector)).await {
                 Ok(served) => loaded.push(served.manifest.version.clone()),
                 Err(e) => {
-                    tracing::error!(%model, %selector, error = %e, "model version not served")
+                    tracing::error!(%model, %selector, error = %Chain(&e), "model version not served")
                 }
             }
         }
@@ -213,7 +214,7 @@ impl Registry {
             Ok(Some(changed)) => changed,
             Ok(None) => return Vec::new(),
             Err(e) => {
-                reload_failed(model, "aliases", &e.to_string());
+                reload_failed(model, "aliases", &Chain(&e).to_string());
                 return Vec::new();
             }
         };
@@ -316,7 +317,7 @@ impl Registry {
         let artifact = match self.repo.load(model, version).await {
             Ok(artifact) => artifact,
             Err(e @ (StoreError::Integrity { .. } | StoreError::Invalid(_))) => {
-                return failed(e.to_string());
+                return failed(Chain(&e).to_string());
             }
             Err(e) => return Err(store_error(e)),
         };
@@ -338,7 +339,7 @@ impl Registry {
                 let manifest = artifact.manifest;
                 Ok(Slot::Ready(Arc::new(Served { manifest, batcher })))
             }
-            Err(e) => failed(e.to_string()),
+            Err(e) => failed(Chain(&e).to_string()),
         }
     }
 }
@@ -364,6 +365,6 @@ fn model_info(model: &str, alias: &str, version: &str, serving: bool) {
 fn store_error(e: StoreError) -> InferError {
     match e {
         StoreError::NotFound(what) => InferError::not_found(format!("{what} not found")),
-        e => InferError::new(ErrorCode::Internal, e.to_string()),
+        e => InferError::new(ErrorCode::Internal, Chain(&e).to_string()),
     }
 }

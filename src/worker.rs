@@ -3,6 +3,7 @@
 //! delivery is acknowledged.
 
 use crate::batcher::Job;
+use crate::client::chain::Chain;
 use crate::protocol::{
     ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_request, select_outputs,
     validate,
@@ -230,7 +231,7 @@ impl Worker {
         for model in models {
             self.transport.declare(model.as_str()).await?;
             if let Err(e) = self.registry.preload(model).await {
-                tracing::error!(%model, error = %e, "cannot read model; its requests will be answered with the error");
+                tracing::error!(%model, error = %Chain(&e), "cannot read model; its requests will be answered with the error");
             }
             let queues =
                 [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model.as_str(), lane));

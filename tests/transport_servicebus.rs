@@ -7,6 +7,7 @@ mod transport_suite;
 
 use azure_messaging_servicebus::service_bus::QueueClient;
 use common::servicebus::{KEY, KEY_NAME, NAMESPACE, ServiceBusDouble};
+use ember::client::chain::Chain;
 use ember::protocol::{ErrorCode, Lane};
 use ember::transport::servicebus::{Redirect, ServiceBusConfig, ServiceBusTransport};
 use ember::transport::{ClientTransport, Message, Properties, Transport, TransportError, queues};
@@ -178,9 +179,12 @@ async fn a_wrong_key_is_refused_with_the_status_and_without_the_key() {
         .publish("ember.anything.batch", request("1"))
         .await
         .unwrap_err();
-    let TransportError::Unavailable(text) = &error else {
-        panic!("{error:?}")
-    };
+    assert!(
+        matches!(error, TransportError::Unavailable { .. }),
+        "{error:?}"
+    );
+    // What reaches the log: the error, its causes and their debug form.
+    let text = format!("{} {error:?}", Chain(&error));
     assert!(text.contains("401"), "{text}");
     assert!(!text.contains("bm90LXRoZS1rZXk="), "{text}");
     assert!(!t.connected(), "readiness must see the refusal");

@@ -2,6 +2,7 @@
 //! `reply_to`; answers wait there, durable, until the submitter stores and acks them.
 
 use super::{Client, ClientError, FIRST_BACKOFF, MAX_BACKOFF};
+use crate::chain::Chain;
 use crate::protocol::{ErrorCode, Lane};
 use crate::transport::{
     ClientTransport, Delivery, Message, Properties, Subscription, TransportError, queues,
@@ -176,9 +177,9 @@ impl BatchJob {
     /// Waits for [`Client::submit_batch`]'s sending task: how many requests it sent.
     pub async fn sent(&mut self) -> Result<u64, ClientError> {
         match self.sending.take() {
-            Some(task) => task
-                .await
-                .map_err(|e| ClientError::Transport(TransportError::Unavailable(e.to_string())))?,
+            Some(task) => task.await.map_err(|e| {
+                ClientError::Transport(TransportError::unavailable_by("the sending task failed", e))
+            })?,
             None => Ok(self.progress().sent),
         }
     }
@@ -304,7 +305,7 @@ impl BatchSender {
                 }
                 Err(e) => {
                     // Never give up on a batch: the broker comes back, or the user stops us.
-                    tracing::warn!(error = %e, "cannot send request {index}; retrying");
+                    tracing::warn!(error = %Chain(&e), "cannot send request {index}; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }

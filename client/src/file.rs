@@ -10,6 +10,7 @@
 //! job's queue, where they waited. An answer that comes twice is written once.
 
 use super::{BatchOptions, BatchResult, ClaimStore, Client, ClientError, redeem};
+use crate::chain::Chain;
 use crate::protocol::ErrorResponse;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -364,7 +365,7 @@ async fn checkpoint(
     for result in output.written.drain(..) {
         if let Err(e) = result.ack().await {
             // Not acked: it comes again, and is recognised as written.
-            tracing::debug!(error = %e, "acking an answer failed");
+            tracing::debug!(error = %Chain(&e), "acking an answer failed");
         }
     }
     Ok(())

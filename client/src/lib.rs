@@ -46,6 +46,7 @@
 //! # Ok(()) }
 //! ```
 
+use crate::chain::Chain;
 use crate::protocol::{
     ErrorResponse, InferResponse, Lane, Reply, Tensor, decode_reply, encode_request,
 };
@@ -60,6 +61,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 mod batch;
+pub mod chain;
 pub mod file;
 pub mod protocol;
 pub mod secret;
@@ -150,7 +152,7 @@ pub async fn redeem(reply: &Message, store: &dyn ClaimStore) -> Result<Bytes, Cl
     let answer = store
         .fetch(&claim.claim_check)
         .await
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(Chain(&*e).to_string()))?;
     let sha256 = protocol::sha256_hex(&answer);
     if sha256 != claim.sha256 {
         return Err(failed(format!(
@@ -288,7 +290,7 @@ impl Client {
                 };
                 if let Err(e) = rpc.sender.send(&queue, message.clone()).await {
                     rpc.forget(&id);
-                    if matches!(e, TransportError::Unavailable(_)) {
+                    if matches!(e, TransportError::Unavailable { .. }) {
                         self.discard(&rpc).await;
                     }
                     return Err(e);
@@ -316,7 +318,7 @@ impl Client {
                     });
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, %id, "cannot send; retrying");
+                    tracing::debug!(error = %Chain(&e), %id, "cannot send; retrying");
                     unreachable = Some(e);
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     tokio::time::sleep(backoff.min(remaining)).await;

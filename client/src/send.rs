@@ -5,6 +5,8 @@
 use crate::protocol::Lane;
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -74,7 +76,7 @@ pub async fn send(
         queue: queue.clone(),
         ..SendReport::default()
     };
-    let mut pending = tokio::task::JoinSet::new();
+    let mut pending = FuturesUnordered::new();
     for (position, body) in (1..).zip(bodies) {
         let mut properties = Properties {
             message_id: Some(
@@ -90,11 +92,13 @@ pub async fn send(
         if let Some(deadline) = options.deadline {
             properties = properties.with_deadline_in(deadline);
         }
-        if pending.len() >= WINDOW {
-            tally(pending.join_next().await, &mut report);
+        if pending.len() >= WINDOW
+            && let Some(outcome) = pending.next().await
+        {
+            tally(outcome, &mut report);
         }
         let (transport, queue) = (transport.clone(), queue.clone());
-        pending.spawn(async move {
+        pending.push(async move {
             let message = Message { body, properties };
             transport
                 .publish(&queue, message)
@@ -102,23 +106,16 @@ pub async fn send(
                 .map_err(|e| (position, e))
         });
     }
-    while let Some(result) = pending.join_next().await {
-        tally(Some(result), &mut report);
+    while let Some(outcome) = pending.next().await {
+        tally(outcome, &mut report);
     }
     report
 }
 
-type Outcome = Result<Result<(), (usize, TransportError)>, tokio::task::JoinError>;
-
-fn tally(outcome: Option<Outcome>, report: &mut SendReport) {
+fn tally(outcome: Result<(), (usize, TransportError)>, report: &mut SendReport) {
     match outcome {
-        Some(Ok(Ok(()))) => report.sent += 1,
-        Some(Ok(Err(failure))) => report.failed.push(failure),
-        Some(Err(e)) => report.failed.push((
-            0,
-            TransportError::Unavailable(format!("publish task failed: {e}")),
-        )),
-        None => {}
+        Ok(()) => report.sent += 1,
+        Err(failure) => report.failed.push(failure),
     }
 }
 

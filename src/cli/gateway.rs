@@ -3,6 +3,7 @@
 use super::args::{BrokerArgs, LimitsArgs, RepoArgs};
 use super::shutdown_signal;
 use crate::client::Client;
+use crate::client::chain::Chain;
 use crate::gateway::{Gateway, GatewayConfig};
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -50,7 +51,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<i32> {
     // Answers are small and awaited: send them at once (no Nagle delay).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            tracing::debug!(error = %Chain(&e), "cannot set TCP_NODELAY");
         }
     });
     axum::serve(listener, gateway.router())

@@ -3,6 +3,7 @@
 use super::NOT_PROMOTED;
 use super::args::{DeviceArgs, RepoArgs, StoreArgs};
 use crate::batcher::BatchConfig;
+use crate::client::chain::Chain;
 use crate::import::{self, ImportOptions};
 use crate::runtime::{Device, Executor};
 use crate::store::{DEFAULT_ALIAS, MetricGate, ModelName, Promotion, Repository, Version};
@@ -249,7 +250,7 @@ async fn list_models(repo: &Repository, json: bool) -> anyhow::Result<i32> {
                     "architecture": m.architecture, "metrics": m.metrics, "created_at": m.created_at,
                 }),
                 Err(e) => serde_json::json!({
-                    "model": model, "version": version, "aliases": names, "error": e.to_string(),
+                    "model": model, "version": version, "aliases": names, "error": Chain(&e).to_string(),
                 }),
             };
             rows.push(row);

@@ -1,6 +1,7 @@
 //! `ember send`: requests published without waiting for answers.
 
 use super::args::{BrokerArgs, parse_lane};
+use crate::client::chain::Chain;
 use crate::client::send::{SendOptions, split_requests};
 use crate::protocol::Lane;
 use crate::store::ModelName;
@@ -53,7 +54,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<i32> {
     };
     let report = crate::client::send::send(args.broker.connect().await?, bodies, &options).await;
     for (position, error) in &report.failed {
-        eprintln!("request {position}: {error}");
+        eprintln!("request {position}: {}", Chain(error));
     }
     eprintln!(
         "sent {} request(s) to {} (confirmed by the broker), {} failed",

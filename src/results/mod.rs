@@ -1,6 +1,7 @@
 //! Publishing results: the response (or error) goes to `reply_to`, else to the model's result
 //! queue, and only once the transport has confirmed it is the request's delivery acked.
 
+use crate::client::chain::Chain;
 use crate::protocol::{
     ErrorCode, ErrorResponse, InferError, InferResponse, Lane, Tensor, TensorData, encode_reply,
 };
@@ -151,15 +152,15 @@ impl Publisher {
                 .or(reply.properties.correlation_id);
             if let Err(e) = self.transport.publish(&destination, reply).await {
                 let request_id = delivery.message.properties.message_id.as_deref();
-                tracing::warn!(request_id, error = %e, %destination, "publishing a remembered answer failed; requeueing the request");
+                tracing::warn!(request_id, error = %Chain(&e), %destination, "publishing a remembered answer failed; requeueing the request");
                 if let Err(e) = delivery.settle.requeue().await {
-                    tracing::warn!(error = %e, "requeue failed; the broker will redeliver");
+                    tracing::warn!(error = %Chain(&e), "requeue failed; the broker will redeliver");
                 }
                 return;
             }
         }
         if let Err(e) = delivery.settle.ack().await {
-            tracing::warn!(error = %e, "acking a duplicate failed; the broker will redeliver");
+            tracing::warn!(error = %Chain(&e), "acking a duplicate failed; the broker will redeliver");
         }
     }
 
@@ -188,7 +189,7 @@ impl Publisher {
         if error_code == Some(ErrorCode::Internal) && redeliveries < self.max_redeliveries {
             model.requeued();
             if let Err(e) = settle.requeue().await {
-                tracing::warn!(request_id, error = %e, "requeue failed; the broker will redeliver");
+                tracing::warn!(request_id, error = %Chain(&e), "requeue failed; the broker will redeliver");
             }
             return;
         }
@@ -206,9 +207,9 @@ impl Publisher {
             match claims.check_in(response, body).await {
                 Ok((claim, url)) => (body, claim_check) = (claim, Some(url)),
                 Err(e) => {
-                    tracing::warn!(request_id, error = %e, "storing a large answer failed; requeueing the request");
+                    tracing::warn!(request_id, error = %Chain(&e), "storing a large answer failed; requeueing the request");
                     if let Err(e) = settle.requeue().await {
-                        tracing::warn!(request_id, error = %e, "requeue failed; the broker will redeliver");
+                        tracing::warn!(request_id, error = %Chain(&e), "requeue failed; the broker will redeliver");
                     }
                     return;
                 }
@@ -265,12 +266,12 @@ impl Publisher {
                 settle.dead_letter(ErrorCode::NotFound, &reason).await
             }
             Err(e) => {
-                tracing::warn!(request_id, error = %e, %destination, "publishing the reply failed; requeueing the request");
+                tracing::warn!(request_id, error = %Chain(&e), %destination, "publishing the reply failed; requeueing the request");
                 settle.requeue().await
             }
         };
         if let Err(e) = settled {
-            tracing::warn!(request_id, error = %e, "settling the delivery failed; the broker will redeliver");
+            tracing::warn!(request_id, error = %Chain(&e), "settling the delivery failed; the broker will redeliver");
         }
     }
 }

@@ -280,21 +280,21 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
             let code = error_code.as_deref().unwrap_or("");
             match *status {
                 StatusCode::NotFound if code == "ContainerNotFound" => {
-                    Attempt::Fail(StoreError::Io(format!(
+                    Attempt::Fail(StoreError::io(format!(
                         "{what}: the container does not exist (create it, or check --model-repo)"
                     )))
                 }
                 StatusCode::NotFound => Attempt::Fail(StoreError::NotFound(what.to_owned())),
                 StatusCode::Forbidden | StatusCode::Unauthorized => {
-                    Attempt::Fail(StoreError::Io(format!(
+                    Attempt::Fail(StoreError::io(format!(
                         "access denied to {what} (HTTP {} {code}): check the storage credentials",
                         u16::from(*status)
                     )))
                 }
-                StatusCode::PreconditionFailed => Attempt::Fail(StoreError::Io(format!(
+                StatusCode::PreconditionFailed => Attempt::Fail(StoreError::io(format!(
                     "{what} changed while it was being read; try again"
                 ))),
-                s if code == "FeatureNotSupported" => Attempt::Fail(StoreError::Io(format!(
+                s if code == "FeatureNotSupported" => Attempt::Fail(StoreError::io(format!(
                     "{what}: the storage does not support this request (HTTP {})",
                     u16::from(s)
                 ))),
@@ -304,18 +304,18 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
                 {
                     Attempt::Retry(format!("HTTP {} {code}", u16::from(s)))
                 }
-                s => Attempt::Fail(StoreError::Io(format!(
+                s => Attempt::Fail(StoreError::io(format!(
                     "{what}: HTTP {} {code}",
                     u16::from(s)
                 ))),
             }
         }
-        ErrorKind::Credential => Attempt::Fail(StoreError::Io(format!(
+        ErrorKind::Credential => Attempt::Fail(StoreError::io(format!(
             "cannot get a token for {what}: {}",
             error_chain(&e)
         ))),
         ErrorKind::DataConversion => {
-            Attempt::Fail(StoreError::Io(format!("{what}: {}", error_chain(&e))))
+            Attempt::Fail(StoreError::io(format!("{what}: {}", error_chain(&e))))
         }
         _ => Attempt::Retry(error_chain(&e)),
     }
@@ -385,7 +385,7 @@ impl<'a> Retries<'a> {
             Err(_) => format!("no answer within {REQUEST_TIMEOUT:?}"),
         };
         if self.attempt == ATTEMPTS {
-            return Err(StoreError::Io(format!(
+            return Err(StoreError::io(format!(
                 "{}: gave up after {ATTEMPTS} attempts: {why}",
                 self.what
             )));
@@ -494,7 +494,7 @@ impl ModelStore for BlobStore {
         })
         .await?;
         let total = usize::try_from(properties.blob.properties.content_length)
-            .map_err(|_| StoreError::Io(format!("{what} is too large")))?;
+            .map_err(|_| StoreError::io(format!("{what} is too large")))?;
         let mut buf = vec![0u8; total];
         let (head_part, rest) = buf.split_at_mut(head.len());
         head_part.copy_from_slice(&head);

@@ -73,7 +73,7 @@ impl WeightCache {
         let cache = self.clone();
         tokio::task::spawn_blocking(move || {
             let io =
-                |e: std::io::Error| StoreError::Io(format!("cache {}: {e}", cache.dir.display()));
+                |e: std::io::Error| StoreError::io_by(format!("cache {}", cache.dir.display()), e);
             let tmp_dir = cache.dir.join("tmp");
             std::fs::create_dir_all(&tmp_dir).map_err(io)?;
             std::fs::create_dir_all(path.parent().expect("entries live in sha256/")).map_err(io)?;
@@ -85,7 +85,7 @@ impl WeightCache {
             Ok(())
         })
         .await
-        .map_err(|e| StoreError::Io(format!("cache write: {e}")))?
+        .map_err(|e| StoreError::io_by("cache write", e))?
     }
 
     /// Removes least recently used entries (never `keep`) until the cache fits its limit.

@@ -35,7 +35,7 @@ impl FsStore {
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     match e.kind() {
         ErrorKind::NotFound => StoreError::NotFound(path.display().to_string()),
-        _ => StoreError::Io(format!("{}: {e}", path.display())),
+        _ => StoreError::io_by(path.display().to_string(), e),
     }
 }
 
@@ -125,5 +125,20 @@ mod tests {
             store.get("m/2/model.bin").await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_file_keeps_the_system_error_as_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("m/1/model.bin")).unwrap();
+        let error = FsStore::new(dir.path())
+            .get("m/1/model.bin")
+            .await
+            .unwrap_err();
+        let cause = std::error::Error::source(&error).expect("the io::Error");
+        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause:?}");
+        let logged = crate::client::chain::Chain(&error).to_string();
+        assert!(logged.starts_with("store I/O: "), "{logged}");
+        assert!(logged.ends_with(&cause.to_string()), "{logged}");
     }
 }

@@ -17,6 +17,7 @@ pub use cache::{DEFAULT_CACHE_MAX_BYTES, WeightCache};
 pub use fs::FsStore;
 pub use names::{ModelName, NameError, Version};
 
+use crate::client::chain::{Cause, Chain};
 pub use crate::models::Assets;
 use crate::models::{Architecture, Precision};
 use crate::protocol::TensorSpec;
@@ -34,8 +35,9 @@ pub const DEFAULT_ALIAS: &str = "production";
 /// The tag of a model without `aliases.json`.
 const NO_ALIASES: &str = "none";
 
-/// Why the repository could not give what was asked.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why the repository could not give what was asked; the file system's error, where there is
+/// one, is the `source` of [`StoreError::Io`].
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// No such model, version, alias or file.
     #[error("not found: {0}")]
@@ -60,8 +62,36 @@ pub enum StoreError {
     #[error("invalid: {0}")]
     Invalid(String),
     /// The store could not be read or written.
-    #[error("store I/O: {0}")]
-    Io(String),
+    #[error("store I/O: {context}")]
+    Io {
+        /// What failed.
+        context: String,
+        /// Why, as the layer below said. Azure Blob's errors are written into `context`
+        /// instead, their SAS signatures redacted: the HTTP client's errors quote the URL.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl StoreError {
+    /// [`StoreError::Io`] without a lower-layer cause.
+    pub fn io(context: impl Into<String>) -> Self {
+        Self::Io {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// [`StoreError::Io`] because of `cause`.
+    pub fn io_by(
+        context: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Io {
+            context: context.into(),
+            cause: Some(Box::new(cause)),
+        }
+    }
 }
 
 /// Moves bytes by key; one implementation per place models live (local dir, Azure Blob).
@@ -531,7 +561,7 @@ impl Repository {
             // A cache that cannot be written (disk full, read-only) costs the next start a
             // download; it must not stop verified files from being served now.
             if let Err(e) = cache.put(&actual, bytes.clone()).await {
-                tracing::warn!(%model, %version, file = name, error = %e, "cannot cache");
+                tracing::warn!(%model, %version, file = name, error = %Chain(&e), "cannot cache");
             }
         }
         let fetch = report(&bytes, false, download, verify);

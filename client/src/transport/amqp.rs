@@ -17,6 +17,7 @@ use super::{
     ClientTransport, Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription,
     Transport, TransportError, queues,
 };
+use crate::chain::Chain;
 use crate::protocol::{ErrorCode, Lane};
 use crate::secret::Secret;
 use arc_swap::ArcSwapOption;
@@ -128,22 +129,18 @@ impl Session {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> TransportError {
-    TransportError::Unavailable(e.to_string())
-}
-
 impl AmqpTransport {
     /// Connects to the broker of `config` (once, so a wrong URL fails here).
     pub async fn connect(config: AmqpConfig) -> Result<Self, TransportError> {
         let ca_chain = match &config.ca_file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                TransportError::Unavailable(format!("cannot read CA file {}: {e}", path.display()))
+                TransportError::unavailable_by(format!("cannot read CA file {}", path.display()), e)
             })?),
             None => None,
         };
         // The parser's own messages may quote the URL, password included: never pass them on.
         let mut uri: AMQPUri = config.url.expose().parse().map_err(|_| {
-            TransportError::Unavailable(format!(
+            TransportError::unavailable(format!(
                 "{} is not an AMQP URL: expected amqp[s]://user:password@host[:port][/vhost]",
                 config.url
             ))
@@ -188,7 +185,7 @@ impl AmqpTransport {
         let declared = channel
             .queue_declare(queue.into(), options, FieldTable::default())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| TransportError::unavailable_by(format!("counting {queue}"), e))?;
         let _ = channel.close(200, "done".into()).await;
         Ok(declared.message_count())
     }
@@ -206,7 +203,7 @@ impl Shared {
             return Ok(session);
         }
         let session = Arc::new(self.open().await.map_err(|e| {
-            TransportError::Unavailable(format!("cannot connect to {}: {e}", self.config.url))
+            TransportError::unavailable_by(format!("cannot connect to {}", self.config.url), e)
         })?);
         tracing::info!(broker = %self.config.url, "connected to RabbitMQ");
         if previous.is_some() {
@@ -246,7 +243,7 @@ impl Shared {
             .connection
             .create_channel()
             .await
-            .map_err(unavailable)
+            .map_err(|e| TransportError::unavailable_by("opening a channel", e))
     }
 
     fn tag(&self) -> String {
@@ -283,8 +280,8 @@ impl Shared {
                 Err(e) => Err(e),
             };
             match published {
-                Err(TransportError::Unavailable(e)) if attempt < PUBLISH_ATTEMPTS => {
-                    tracing::debug!(error = %e, attempt, "publish failed; retrying");
+                Err(e @ TransportError::Unavailable { .. }) if attempt < PUBLISH_ATTEMPTS => {
+                    tracing::debug!(error = %Chain(&e), attempt, "publish failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff *= 4;
                     attempt += 1;
@@ -386,10 +383,10 @@ impl Shared {
             }),
             Err(e) => {
                 let _ = channel.close(200, "cannot consume".into()).await;
-                Err(TransportError::Unavailable(format!(
-                    "cannot consume {}: {e}",
-                    queues.join(", ")
-                )))
+                Err(TransportError::unavailable_by(
+                    format!("cannot consume {}", queues.join(", ")),
+                    e,
+                ))
             }
         }
     }
@@ -420,17 +417,17 @@ async fn publish_on(
             properties,
         )
         .await
-        .map_err(unavailable)?;
+        .map_err(|e| TransportError::unavailable_by(format!("publishing to {routing_key}"), e))?;
     // A confirm that never comes (a connection dying mid-publish) fails the publish, which the
     // caller retries: sent twice at worst, never stuck.
     let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, published)
         .await
         .map_err(|_| {
-            TransportError::Unavailable(format!(
+            TransportError::unavailable(format!(
                 "no confirm for a message to {routing_key} within {CONFIRM_TIMEOUT:?}"
             ))
         })?
-        .map_err(unavailable)?;
+        .map_err(|e| TransportError::unavailable_by(format!("publishing to {routing_key}"), e))?;
     // lapin hands a returned message to one of the publishes a multiple-ack confirms, not
     // necessarily the one returned: only a return of this very message makes it unroutable.
     let ours = |returned: &lapin::message::BasicReturnMessage| {
@@ -454,11 +451,11 @@ async fn publish_on(
             metrics::counter!(super::metrics::UNROUTABLE_UNMATCHED).increment(1);
             Ok(())
         }
-        Confirmation::Nack(_) | Confirmation::Ack(Some(_)) => Err(TransportError::Unavailable(
+        Confirmation::Nack(_) | Confirmation::Ack(Some(_)) => Err(TransportError::unavailable(
             format!("the broker refused the message for {routing_key}"),
         )),
-        Confirmation::NotRequested => Err(TransportError::Unavailable(
-            "publisher confirms are off on this channel".into(),
+        Confirmation::NotRequested => Err(TransportError::unavailable(
+            "publisher confirms are off on this channel",
         )),
     }
 }
@@ -470,10 +467,13 @@ impl Transport for AmqpTransport {
         let declared = self.shared.declare_topology(&channel, model).await;
         let _ = channel.close(200, "declared".into()).await;
         declared.map_err(|e| {
-            TransportError::Topology(format!(
-                "declaring the queues of {model}: {e} (if they exist with other arguments, \
-                 --queue-type must match how they were created)"
-            ))
+            TransportError::topology_by(
+                format!(
+                    "declaring the queues of {model} (if they exist with other arguments, \
+                     --queue-type must match how they were created)"
+                ),
+                e,
+            )
         })
     }
 
@@ -506,7 +506,7 @@ impl Transport for AmqpTransport {
         if let Some(session) = self.shared.current.swap(None)
             && let Err(e) = session.connection.close(200, "shutting down".into()).await
         {
-            tracing::debug!(error = %e, "closing the connection");
+            tracing::debug!(error = %Chain(&e), "closing the connection");
         }
     }
 
@@ -547,7 +547,7 @@ impl ClientTransport for AmqpTransport {
             Ok(replies) => replies,
             Err(e) => {
                 let _ = channel.close(200, "no inbox".into()).await;
-                return Err(unavailable(e));
+                return Err(TransportError::unavailable_by("opening a reply inbox", e));
             }
         };
         let replies = replies
@@ -580,7 +580,7 @@ impl ClientTransport for AmqpTransport {
         let _ = channel.close(200, "declared".into()).await;
         declared
             .map(drop)
-            .map_err(|e| TransportError::Topology(format!("declaring {queue}: {e}")))
+            .map_err(|e| TransportError::topology_by(format!("declaring {queue}"), e))
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
@@ -589,7 +589,9 @@ impl ClientTransport for AmqpTransport {
             .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await;
         let _ = channel.close(200, "deleted".into()).await;
-        deleted.map(drop).map_err(unavailable)
+        deleted
+            .map(drop)
+            .map_err(|e| TransportError::unavailable_by(format!("deleting {queue}"), e))
     }
 }
 
@@ -679,7 +681,7 @@ impl AmqpSubscription {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot consume; retrying");
+                    tracing::warn!(error = %Chain(&e), retry_in = ?backoff, "cannot consume; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
@@ -731,12 +733,12 @@ impl Subscription for AmqpSubscription {
             match item {
                 Some(Ok(delivery)) => return Some(self.delivery(index, delivery)),
                 Some(Err(e)) if self.stopping => {
-                    tracing::debug!(error = %e, "consumer ended while stopping");
+                    tracing::debug!(error = %Chain(&e), "consumer ended while stopping");
                     active.remove(position);
                 }
                 None if self.stopping => active.remove(position),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, queue = %self.queues[index], "lost the broker; reconnecting");
+                    tracing::warn!(error = %Chain(&e), queue = %self.queues[index], "lost the broker; reconnecting");
                     self.active = None;
                 }
                 None => {
@@ -766,7 +768,7 @@ impl Subscription for AmqpSubscription {
         if let Some(active) = self.active.take()
             && let Err(e) = active.channel.close(200, "unsubscribed".into()).await
         {
-            tracing::debug!(error = %e, "closing a consuming channel");
+            tracing::debug!(error = %Chain(&e), "closing a consuming channel");
         }
     }
 }
@@ -800,10 +802,10 @@ struct AmqpSettle {
 fn acked(result: lapin::Result<bool>) -> Result<(), TransportError> {
     match result {
         Ok(true) => Ok(()),
-        Ok(false) => Err(TransportError::Unavailable(
-            "the delivery's channel closed; the broker redelivers it".into(),
+        Ok(false) => Err(TransportError::unavailable(
+            "the delivery's channel closed; the broker redelivers it",
         )),
-        Err(e) => Err(unavailable(e)),
+        Err(e) => Err(TransportError::unavailable_by("settling a delivery", e)),
     }
 }
 
@@ -836,7 +838,7 @@ impl Settle for AmqpSettle {
         match republished {
             Ok(()) => acked(self.acker.ack(BasicAckOptions::default()).await),
             Err(e) => {
-                tracing::debug!(error = %e, "republishing failed; requeueing in place");
+                tracing::debug!(error = %Chain(&e), "republishing failed; requeueing in place");
                 let options = BasicNackOptions {
                     requeue: true,
                     ..BasicNackOptions::default()
@@ -864,7 +866,7 @@ impl Settle for AmqpSettle {
             Ok(()) => acked(self.acker.ack(BasicAckOptions::default()).await),
             Err(e) => {
                 // Let the broker dead-letter it instead (x-death, without Ember's reason).
-                tracing::warn!(error = %e, "publishing the dead letter failed; rejecting it");
+                tracing::warn!(error = %Chain(&e), "publishing the dead letter failed; rejecting it");
                 acked(self.acker.reject(BasicRejectOptions::default()).await)
             }
         }
@@ -1005,6 +1007,21 @@ mod tests {
     fn the_config_never_shows_the_password() {
         let config = AmqpConfig::new("amqp://u:pw@h/v");
         assert!(!format!("{config:?}").contains("pw"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_keeps_its_cause_and_hides_the_password() {
+        // Port 1 on this host: nothing listens, the connection is refused at once.
+        let error = AmqpTransport::connect(AmqpConfig::new("amqp://u:pw-x@127.0.0.1:1/%2f"))
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(matches!(error, TransportError::Unavailable { .. }));
+        assert!(std::error::Error::source(&error).is_some(), "{error:?}");
+        let logged = Chain(&error).to_string();
+        assert!(logged.starts_with("transport unavailable: cannot connect to amqp://u:"));
+        assert!(logged.to_lowercase().contains("refused"), "{logged}");
+        assert!(!logged.contains("pw-x"), "{logged}");
     }
 
     #[test]

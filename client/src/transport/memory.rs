@@ -90,9 +90,7 @@ impl Transport for MemoryTransport {
 
     async fn publish(&self, queue: &str, message: Message) -> Result<(), TransportError> {
         if self.broker.closed.load(Ordering::SeqCst) {
-            return Err(TransportError::Unavailable(
-                "memory transport is closed".into(),
-            ));
+            return Err(TransportError::unavailable("memory transport is closed"));
         }
         let stored = Stored {
             message,

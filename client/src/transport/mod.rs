@@ -9,6 +9,7 @@ pub mod amqp;
 pub mod memory;
 pub mod servicebus;
 
+use crate::chain::Cause;
 use crate::protocol::{ErrorCode, Lane};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -166,18 +167,71 @@ pub struct Message {
     pub properties: Properties,
 }
 
-/// A transport failure.
-#[derive(Debug, Clone, thiserror::Error)]
+/// A transport failure; the broker client's own error, where there is one, is its `source`
+/// (written out by [`Chain`](crate::chain::Chain)).
+#[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     /// The broker could not be reached or refused the operation; it may be retried.
-    #[error("transport unavailable: {0}")]
-    Unavailable(String),
+    #[error("transport unavailable: {context}")]
+    Unavailable {
+        /// What failed.
+        context: String,
+        /// Why, as the layer below said.
+        #[source]
+        cause: Option<Cause>,
+    },
     /// Nothing consumes the destination (no such queue): retrying will not help.
     #[error("no queue to deliver to: {0}")]
     Unroutable(String),
     /// The broker refused a declaration (e.g. a queue exists with other arguments).
-    #[error("topology: {0}")]
-    Topology(String),
+    #[error("topology: {context}")]
+    Topology {
+        /// What was refused.
+        context: String,
+        /// Why, as the layer below said.
+        #[source]
+        cause: Option<Cause>,
+    },
+}
+
+impl TransportError {
+    /// [`TransportError::Unavailable`] without a lower-layer cause.
+    pub fn unavailable(context: impl Into<String>) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// [`TransportError::Unavailable`] because of `cause`.
+    pub fn unavailable_by(
+        context: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            context: context.into(),
+            cause: Some(Box::new(cause)),
+        }
+    }
+
+    /// [`TransportError::Topology`] without a lower-layer cause.
+    pub fn topology(context: impl Into<String>) -> Self {
+        Self::Topology {
+            context: context.into(),
+            cause: None,
+        }
+    }
+
+    /// [`TransportError::Topology`] because of `cause`.
+    pub fn topology_by(
+        context: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Topology {
+            context: context.into(),
+            cause: Some(Box::new(cause)),
+        }
+    }
 }
 
 /// How a delivery is settled with its broker. Exactly one method is called, once; a delivery

@@ -24,6 +24,7 @@ use super::{
     ClientTransport, Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription,
     Transport, TransportError, headers, queues,
 };
+use crate::chain::Chain;
 use crate::protocol::{ErrorCode, Lane};
 use async_trait::async_trait;
 use azure_core::auth::Secret;
@@ -243,10 +244,6 @@ impl ServiceBusTransport {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> TransportError {
-    TransportError::Unavailable(e.to_string())
-}
-
 /// The HTTP status Service Bus answered a failed call with, if it answered.
 fn status_of(error: &azure_core::Error) -> Option<StatusCode> {
     match error.kind() {
@@ -256,14 +253,17 @@ fn status_of(error: &azure_core::Error) -> Option<StatusCode> {
 }
 
 /// What a failed call means: no such queue, or Service Bus unreachable or refusing.
-fn failure(queue: &str, doing: &str, error: &azure_core::Error) -> TransportError {
-    match status_of(error) {
+fn failure(queue: &str, doing: &str, error: azure_core::Error) -> TransportError {
+    match status_of(&error) {
         Some(StatusCode::NotFound) => TransportError::Unroutable(format!("{queue}: no such queue")),
-        Some(status) => TransportError::Unavailable(format!(
-            "{queue}: {doing}: Service Bus answered {} {status}",
-            u16::from(status)
-        )),
-        None => TransportError::Unavailable(format!("{queue}: {doing}: {error}")),
+        Some(status) => TransportError::unavailable_by(
+            format!(
+                "{queue}: {doing}: Service Bus answered {} {status}",
+                u16::from(status)
+            ),
+            error,
+        ),
+        None => TransportError::unavailable_by(format!("{queue}: {doing}"), error),
     }
 }
 
@@ -277,12 +277,12 @@ impl Shared {
             &config.key_name,
             config.key.clone(),
         )
-        .map_err(unavailable)
+        .map_err(|e| TransportError::unavailable_by(format!("{queue}: creating a client"), e))
     }
 
     /// Records whether the namespace answered (readiness).
     fn observe<T>(&self, result: Result<T, TransportError>) -> Result<T, TransportError> {
-        let answered = !matches!(result, Err(TransportError::Unavailable(_)));
+        let answered = !matches!(result, Err(TransportError::Unavailable { .. }));
         self.reachable.store(answered, Ordering::Relaxed);
         result
     }
@@ -301,10 +301,10 @@ impl Shared {
             let sent = client
                 .send_message(body, Some(send_options(&message.properties)))
                 .await
-                .map_err(|e| failure(queue, "sending", &e));
+                .map_err(|e| failure(queue, "sending", e));
             match self.observe(sent) {
-                Err(TransportError::Unavailable(e)) if attempt < SEND_ATTEMPTS => {
-                    tracing::debug!(error = %e, retry_in = ?backoff, "sending failed; retrying");
+                Err(e @ TransportError::Unavailable { .. }) if attempt < SEND_ATTEMPTS => {
+                    tracing::debug!(error = %Chain(&e), retry_in = ?backoff, "sending failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                     attempt += 1;
@@ -321,14 +321,14 @@ impl Shared {
             .client(queue)?
             .peek_lock_message2(Some(poll))
             .await
-            .map_err(|e| failure(queue, "receiving", &e))
+            .map_err(|e| failure(queue, "receiving", e))
             .and_then(|response| match u16::from(*response.status()) {
                 200 | 201 => Ok(Some(response)),
                 204 => Ok(None),
                 404 => Err(TransportError::Unroutable(format!(
                     "{queue}: no such queue"
                 ))),
-                status => Err(TransportError::Unavailable(format!(
+                status => Err(TransportError::unavailable(format!(
                     "{queue}: receiving: Service Bus answered {status}"
                 ))),
             });
@@ -347,7 +347,7 @@ impl Shared {
             self.config.namespace
         );
         let url = Url::parse(&format!("{resource}?api-version={API_VERSION}"))
-            .map_err(|e| TransportError::Topology(format!("{queue}: {e}")))?;
+            .map_err(|e| TransportError::topology_by(format!("{queue}: not a resource name"), e))?;
         let mut request = Request::new(url, method);
         request.insert_header(AUTHORIZATION, self.signature(&resource)?);
         match body {
@@ -368,7 +368,7 @@ impl Shared {
             .execute_request(&request)
             .await
             .map(|response| u16::from(response.status()))
-            .map_err(|e| failure(queue, "managing", &e));
+            .map_err(|e| failure(queue, "managing", e));
         self.observe(answered)
     }
 
@@ -384,7 +384,7 @@ impl Shared {
         // azure_core's HMAC takes its key base64-encoded; Service Bus signs with the key's text.
         let key = Secret::new(azure_core::base64::encode(self.config.key.secret()));
         let signature = azure_core::hmac::hmac_sha256(&format!("{resource}\n{expiry}"), &key)
-            .map_err(unavailable)?;
+            .map_err(|e| TransportError::unavailable_by("signing a request", e))?;
         Ok(format!(
             "SharedAccessSignature sr={resource}&sig={}&se={expiry}&skn={}",
             encode(&signature),
@@ -406,8 +406,8 @@ impl Shared {
         );
         match self.manage(Method::Put, queue, Some(description)).await? {
             200 | 201 | 409 => Ok(()),
-            401 | 403 => Err(TransportError::Topology(format!("{queue}: {FORBIDDEN}"))),
-            status => Err(TransportError::Topology(format!(
+            401 | 403 => Err(TransportError::topology(format!("{queue}: {FORBIDDEN}"))),
+            status => Err(TransportError::topology(format!(
                 "{queue}: creating it: Service Bus answered {status}"
             ))),
         }
@@ -564,7 +564,7 @@ impl Transport for ServiceBusTransport {
             match self.shared.create_queue(&queue, None).await {
                 // Workers may hold Listen and Send only: then the queues were made with the
                 // namespace, and one missing shows when used.
-                Err(TransportError::Topology(e)) if e.ends_with(FORBIDDEN) => {
+                Err(TransportError::Topology { context, .. }) if context.ends_with(FORBIDDEN) => {
                     tracing::debug!(%queue, "not created: {FORBIDDEN}");
                 }
                 created => created?,
@@ -629,7 +629,7 @@ impl ClientTransport for ServiceBusTransport {
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
         match self.shared.manage(Method::Delete, queue, None).await? {
             200 | 204 | 404 => Ok(()),
-            status => Err(TransportError::Topology(format!(
+            status => Err(TransportError::topology(format!(
                 "{queue}: deleting it: Service Bus answered {status}"
             ))),
         }
@@ -649,7 +649,7 @@ async fn receive_replies(shared: Arc<Shared>, queue: String, replies: mpsc::Send
                 backoff = FIRST_BACKOFF;
                 let (message, _) = received(&locked);
                 if let Err(e) = locked.delete_message().await {
-                    tracing::debug!(error = %e, "cannot complete a reply; it may come twice");
+                    tracing::debug!(error = %Chain(&e), "cannot complete a reply; it may come twice");
                 }
                 if replies.send(message).await.is_err() {
                     return;
@@ -658,7 +658,7 @@ async fn receive_replies(shared: Arc<Shared>, queue: String, replies: mpsc::Send
             Ok(None) => backoff = FIRST_BACKOFF,
             Err(TransportError::Unroutable(_)) => return,
             Err(e) => {
-                tracing::debug!(error = %e, retry_in = ?backoff, "cannot receive replies; retrying");
+                tracing::debug!(error = %Chain(&e), retry_in = ?backoff, "cannot receive replies; retrying");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -685,7 +685,7 @@ impl Drop for ServiceBusInboxSender {
             let (shared, queue) = (self.shared.clone(), std::mem::take(&mut self.queue));
             runtime.spawn(async move {
                 if let Err(e) = shared.manage(Method::Delete, &queue, None).await {
-                    tracing::debug!(error = %e, "cannot delete an inbox; Service Bus deletes it when idle");
+                    tracing::debug!(error = %Chain(&e), "cannot delete an inbox; Service Bus deletes it when idle");
                 }
             });
         }
@@ -755,7 +755,7 @@ async fn receive_requests(
             }
             Ok(None) => backoff = FIRST_BACKOFF,
             Err(e) => {
-                tracing::warn!(error = %e, %queue, retry_in = ?backoff, "cannot receive; retrying");
+                tracing::warn!(error = %Chain(&e), %queue, retry_in = ?backoff, "cannot receive; retrying");
                 drop(room);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
@@ -854,14 +854,14 @@ impl ServiceBusSettle {
     async fn complete(&mut self) -> Result<(), TransportError> {
         self.settling();
         let completed = self.lock.delete_message().await.map(drop);
-        completed.map_err(|e| lock_failure(&self.queue, "completing", &e))
+        completed.map_err(|e| lock_failure(&self.queue, "completing", e))
     }
 }
 
 /// A failed call on a lock: 404/410 mean the lock expired (the message comes again).
-fn lock_failure(queue: &str, doing: &str, error: &azure_core::Error) -> TransportError {
-    match status_of(error) {
-        Some(StatusCode::NotFound | StatusCode::Gone) => TransportError::Unavailable(format!(
+fn lock_failure(queue: &str, doing: &str, error: azure_core::Error) -> TransportError {
+    match status_of(&error) {
+        Some(StatusCode::NotFound | StatusCode::Gone) => TransportError::unavailable(format!(
             "{queue}: {doing}: the lock was lost; Service Bus delivers the message again"
         )),
         _ => failure(queue, doing, error),
@@ -874,8 +874,10 @@ async fn renew(lock: Arc<PeekLockResponse>, every: Duration, queue: String) {
     loop {
         tokio::time::sleep(every).await;
         if let Err(e) = lock.renew_message_lock().await {
-            tracing::warn!(%queue, error = %lock_failure(&queue, "renewing a lock", &e), "lock not renewed");
-            if matches!(status_of(&e), Some(StatusCode::NotFound | StatusCode::Gone)) {
+            let lost = matches!(status_of(&e), Some(StatusCode::NotFound | StatusCode::Gone));
+            let error = lock_failure(&queue, "renewing a lock", e);
+            tracing::warn!(%queue, error = %Chain(&error), "lock not renewed");
+            if lost {
                 return;
             }
         }
@@ -891,7 +893,7 @@ impl Settle for ServiceBusSettle {
     async fn requeue(mut self: Box<Self>) -> Result<(), TransportError> {
         self.settling();
         let unlocked = self.lock.unlock_message().await;
-        unlocked.map_err(|e| lock_failure(&self.queue, "unlocking", &e))
+        unlocked.map_err(|e| lock_failure(&self.queue, "unlocking", e))
     }
 
     async fn dead_letter(
@@ -919,7 +921,7 @@ impl Drop for ServiceBusSettle {
             let lock = self.lock.clone();
             runtime.spawn(async move {
                 if let Err(e) = lock.unlock_message().await {
-                    tracing::debug!(error = %e, "cannot unlock; the lock expires instead");
+                    tracing::debug!(error = %Chain(&e), "cannot unlock; the lock expires instead");
                 }
             });
         }
