@@ -186,6 +186,53 @@ async fn a_request_sent_again_is_answered_from_memory_not_computed_again() {
 }
 
 #[tokio::test]
+async fn a_batch_request_sent_again_is_answered_again_from_memory() {
+    let transport = Arc::new(broker(|c| c).await);
+    let worker = LocalWorker::start(transport.clone(), "client-batch-again").await;
+    let data = held_out();
+    let body = image_request("twice", data.image(5), 1);
+    let send = |deadline_ms| {
+        let message = Message {
+            body: body.clone().into(),
+            properties: Properties {
+                message_id: Some("twice-1".into()),
+                lane: Some(Lane::Batch),
+                deadline_ms,
+                ..Properties::default()
+            },
+        };
+        let transport = transport.clone();
+        let queue = queues::requests(&worker.model, Lane::Batch);
+        async move { transport.publish(&queue, message).await.unwrap() }
+    };
+    let mut results = transport
+        .subscribe(&[queues::results(&worker.model)], 8)
+        .await
+        .unwrap();
+    let mut next_answer = async || {
+        let delivery = tokio::time::timeout(Duration::from_secs(30), results.next())
+            .await
+            .expect("an answer in the result queue")
+            .unwrap();
+        let answer = delivery.message.clone();
+        delivery.settle.ack().await.unwrap();
+        answer
+    };
+    send(None).await;
+    let first = next_answer().await;
+    // Sent again (as `ember send` of the same file does), now past its deadline: computing it
+    // would answer DEADLINE_EXCEEDED; the worker publishes the answer it gave again.
+    send(Some(1_000)).await;
+    let again = next_answer().await;
+    assert!(matches!(decode_reply(&first.body).unwrap(), Reply::Ok(_)));
+    assert_eq!(again.body, first.body);
+    assert_eq!(again.properties.message_id.as_deref(), Some("twice-1"));
+    results.stop().await;
+    let model = worker.stop().await;
+    transport.delete(&model).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_batch_job_answers_every_request_once_and_continues_after_its_submitter_stops() {
     let transport = Arc::new(broker(|c| c).await);
     let worker = LocalWorker::start(transport.clone(), "client-batch").await;

@@ -137,27 +137,26 @@ impl Publisher {
             .get(id, self.answered.fingerprint(&delivery.message))
     }
 
-    /// Answers `delivery` with `answer`, published again only if it asks for it somewhere
-    /// else than the first time (a client's new reply inbox), then acks it.
+    /// Answers `delivery` with `answer`, to where it asks for it now (a client's new reply
+    /// inbox, or the result queue again), then acks it: every delivery gets an answer, and a
+    /// consumer sees a redelivered request's answer twice at worst (same message id).
     pub async fn replay(&self, model: &ModelMetrics, delivery: Delivery, answer: Answer) {
         model.deduplicated();
         let destination = destination(model.name(), &delivery.message.properties);
-        if destination != answer.destination {
-            let mut reply = answer.reply;
-            reply.properties.correlation_id = delivery
-                .message
-                .properties
-                .correlation_id
-                .clone()
-                .or(reply.properties.correlation_id);
-            if let Err(e) = self.transport.publish(&destination, reply).await {
-                let request_id = delivery.message.properties.message_id.as_deref();
-                tracing::warn!(request_id, error = %Chain(&e), %destination, "publishing a remembered answer failed; requeueing the request");
-                if let Err(e) = delivery.settle.requeue().await {
-                    tracing::warn!(error = %Chain(&e), "requeue failed; the broker will redeliver");
-                }
-                return;
+        let mut reply = answer.reply;
+        reply.properties.correlation_id = delivery
+            .message
+            .properties
+            .correlation_id
+            .clone()
+            .or(reply.properties.correlation_id);
+        if let Err(e) = self.transport.publish(&destination, reply).await {
+            let request_id = delivery.message.properties.message_id.as_deref();
+            tracing::warn!(request_id, error = %Chain(&e), %destination, "publishing a remembered answer failed; requeueing the request");
+            if let Err(e) = delivery.settle.requeue().await {
+                tracing::warn!(error = %Chain(&e), "requeue failed; the broker will redeliver");
             }
+            return;
         }
         if let Err(e) = delivery.settle.ack().await {
             tracing::warn!(error = %Chain(&e), "acking a duplicate failed; the broker will redeliver");
@@ -243,11 +242,7 @@ impl Publisher {
             Ok(()) => {
                 model.answered(version.as_deref().unwrap_or_default(), lane, error_code);
                 if let Some((id, reply)) = remembered {
-                    let answer = Answer {
-                        fingerprint,
-                        destination,
-                        reply,
-                    };
+                    let answer = Answer { fingerprint, reply };
                     self.answered.insert(id, answer);
                 }
                 match reason {
@@ -288,7 +283,6 @@ fn destination(model: &str, properties: &Properties) -> String {
 #[derive(Debug, Clone)]
 pub struct Answer {
     fingerprint: u64,
-    destination: String,
     reply: Message,
 }
 
@@ -378,7 +372,6 @@ mod tests {
     fn answer(body: &str) -> Answer {
         Answer {
             fingerprint: 7,
-            destination: "q".into(),
             reply: Message {
                 body: body.to_owned().into(),
                 properties: Properties::default(),
