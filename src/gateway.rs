@@ -121,7 +121,7 @@ impl Gateway {
             self.repository.manifest(&name, &version).await
         };
         let manifest = Arc::new(found.await.map_err(|e| match e {
-            StoreError::NotFound(what) => not_found(format!("unknown {what}")),
+            StoreError::NotFound(message) => not_found(message),
             e => error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::Internal,
@@ -265,8 +265,8 @@ async fn infer(
             StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::DeadlineExceeded,
             format!(
-                "no answer within {} (are workers for {} running?)",
-                humantime::format_duration(Duration::from_millis(waited.as_millis() as u64)),
+                "no answer within {:.1} s (are workers for {} running?)",
+                waited.as_secs_f64(),
                 path.model
             ),
         ),

@@ -97,17 +97,20 @@ impl Registry {
         &self.repo
     }
 
-    /// Loads every aliased version of `model` (at least `production`). Versions that fail are
-    /// logged and answered with their error; the others are served.
-    pub async fn preload(&self, model: &ModelName) -> Result<Vec<Version>, StoreError> {
-        let aliases = self.repo.aliases(model).await?;
-        let mut selectors: Vec<String> = aliases.keys().cloned().collect();
-        if !aliases.contains_key(DEFAULT_ALIAS) {
-            selectors.push(DEFAULT_ALIAS.into());
-        }
-        let mut loaded = Vec::new();
-        for selector in selectors {
-            match self.get(model.as_str(), Some(&selector)).await {
+    /// Loads every aliased version of `model` (at least `production`), returning those
+    /// served. Fails if `production`, what a request without a version gets, cannot be served;
+    /// other versions that fail are logged and answered with their error.
+    pub async fn preload(&self, model: &ModelName) -> Result<Vec<Version>, InferError> {
+        let aliases = self.repo.aliases(model).await.map_err(store_error)?;
+        let mut loaded = vec![
+            self.get(model.as_str(), None)
+                .await?
+                .manifest
+                .version
+                .clone(),
+        ];
+        for selector in aliases.keys().filter(|alias| *alias != DEFAULT_ALIAS) {
+            match self.get(model.as_str(), Some(selector)).await {
                 Ok(served) => loaded.push(served.manifest.version.clone()),
                 Err(e) => {
                     tracing::error!(%model, %selector, error = %Chain(&e), "model version not served")
@@ -364,7 +367,7 @@ fn model_info(model: &str, alias: &str, version: &str, serving: bool) {
 
 fn store_error(e: StoreError) -> InferError {
     match e {
-        StoreError::NotFound(what) => InferError::not_found(format!("{what} not found")),
+        StoreError::NotFound(message) => InferError::not_found(message),
         e => InferError::new(ErrorCode::Internal, Chain(&e).to_string()),
     }
 }

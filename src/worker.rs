@@ -3,10 +3,9 @@
 //! delivery is acknowledged.
 
 use crate::batcher::Job;
-use crate::client::chain::Chain;
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_request, select_outputs,
-    validate,
+    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_request, request_id,
+    select_outputs, validate,
 };
 use crate::registry::Registry;
 use crate::results::{self, Publisher};
@@ -93,6 +92,24 @@ pub fn admit(
         inputs,
         selected,
     })
+}
+
+/// Why a worker could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A model named to serve has no servable `production` version.
+    #[error("cannot serve model {model} from {repository}: {}", error.message)]
+    Model {
+        /// The model.
+        model: ModelName,
+        /// Where it was looked for.
+        repository: String,
+        /// Why (`NOT_FOUND`: no such model or version; `INTERNAL`: it failed to load).
+        error: InferError,
+    },
+    /// The broker failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
 }
 
 /// Worker settings.
@@ -201,7 +218,7 @@ impl Worker {
         models: &[ModelName],
         shutdown: CancellationToken,
         drain_timeout: Duration,
-    ) -> Result<bool, TransportError> {
+    ) -> Result<bool, ServeError> {
         let drain_expired = async {
             shutdown.cancelled().await;
             tokio::time::sleep(drain_timeout).await;
@@ -219,20 +236,30 @@ impl Worker {
         }
     }
 
-    /// Declares and loads `models` and serves them (switching promoted versions in as
+    /// Loads `models` (failing, before declaring any queue, if one's `production` cannot be
+    /// served), declares their queues and serves them (switching promoted versions in as
     /// [`Registry::watch`] finds them) until `shutdown`; then stops taking
     /// requests, answers those already taken (graceful drain) and returns once each is settled.
     pub async fn run(
         &self,
         models: &[ModelName],
         shutdown: CancellationToken,
-    ) -> Result<(), TransportError> {
+    ) -> Result<(), ServeError> {
+        for model in models {
+            let versions =
+                self.registry
+                    .preload(model)
+                    .await
+                    .map_err(|error| ServeError::Model {
+                        model: model.clone(),
+                        repository: self.registry.repository().describe(),
+                        error,
+                    })?;
+            tracing::info!(%model, ?versions, "model loaded");
+        }
         let mut consumers = tokio::task::JoinSet::new();
         for model in models {
             self.transport.declare(model.as_str()).await?;
-            if let Err(e) = self.registry.preload(model).await {
-                tracing::error!(%model, error = %Chain(&e), "cannot read model; its requests will be answered with the error");
-            }
             let queues =
                 [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(model.as_str(), lane));
             let subscription = self
@@ -339,7 +366,12 @@ impl Worker {
                 .registry
                 .get(model, properties.version.as_deref())
                 .await
-                .map_err(unread)?;
+                .map_err(|e| {
+                    let body = &delivery.message.body;
+                    let readable = body.len() <= self.config.limits.max_request_bytes;
+                    let id = readable.then(|| request_id(body)).flatten();
+                    (e, id.unwrap_or_else(fallback_id))
+                })?;
             let admitted = admit(
                 &delivery.message.body,
                 &served.manifest,

@@ -109,7 +109,30 @@ fn infer_exits_2_with_an_error_response_on_bad_input() {
         &digit_request(),
     );
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(stdout_json(&output)["code"], "NOT_FOUND");
+    let error = stdout_json(&output);
+    assert_eq!(error["code"], "NOT_FOUND");
+    assert_eq!(error["id"], "cli-test", "the request's id comes back");
+    assert_eq!(error["error"], "model nosuch not found");
+
+    let output = ember(
+        &[
+            "infer",
+            "--transport",
+            "memory",
+            "--model",
+            "digits",
+            "--version",
+            "9",
+            "--input",
+            "-",
+        ],
+        &digit_request(),
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let error = stdout_json(&output);
+    assert_eq!(error["code"], "NOT_FOUND");
+    assert_eq!(error["id"], "cli-test");
+    assert_eq!(error["error"], "model digits has no version or alias 9");
 
     let output = ember(
         &[
@@ -177,6 +200,42 @@ fn demo_answers_every_request_correctly_enough() {
         for key in ["pipeline_rps", "model_only_rps", "p50_ms", "p99_ms"] {
             assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
         }
+    }
+}
+
+#[test]
+fn a_model_that_cannot_be_served_fails_at_start_saying_which_and_why() {
+    let output = ember(&["serve", "--transport", "memory", "--model", "nope"], b"");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot serve model nope from models: model nope not found"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("worker ready"), "{stderr}");
+}
+
+#[test]
+fn a_missing_model_repository_is_named_not_read_as_empty() {
+    for args in [
+        &["models", "list", "--model-repo", "/nonexistent/models"][..],
+        &[
+            "serve",
+            "--transport",
+            "memory",
+            "--model-repo",
+            "/nonexistent/models",
+        ],
+        &["demo", "--model-repo", "/nonexistent/models"],
+    ] {
+        let output = ember(args, b"");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr
+                .contains("model repository /nonexistent/models is not a directory (--model-repo"),
+            "{args:?}: {stderr}"
+        );
     }
 }
 

@@ -94,7 +94,7 @@ pub enum ClientError {
     },
     /// No answer before the deadline (the request may still be computed: its worker answers
     /// `DEADLINE_EXCEEDED` without computing if it takes it after the deadline).
-    #[error("no answer from {model} within {}", humantime::format_duration(*.waited))]
+    #[error("no answer from {model} within {:.1} s", .waited.as_secs_f64())]
     Timeout {
         /// The model asked.
         model: String,

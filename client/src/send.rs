@@ -2,7 +2,7 @@
 //! queue with a stable message id (the request's own `id`, else one per run and position), a
 //! window of publishes awaiting their broker confirms at once.
 
-use crate::protocol::Lane;
+use crate::protocol::{Lane, request_id};
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -117,15 +117,6 @@ fn tally(outcome: Result<(), (usize, TransportError)>, report: &mut SendReport) 
         Ok(()) => report.sent += 1,
         Err(failure) => report.failed.push(failure),
     }
-}
-
-/// The `id` of an OIP request body, if it has one.
-fn request_id(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
-    }
-    serde_json::from_slice::<Id>(body).ok()?.id
 }
 
 #[cfg(test)]

@@ -240,7 +240,23 @@ pub struct RepoArgs {
 }
 
 impl RepoArgs {
+    /// The repository, which must exist: a local directory that does not is named, not read
+    /// as an empty repository.
     pub(super) fn open(&self) -> anyhow::Result<Repository> {
+        let local = !self.model_repo.starts_with("az://");
+        if local && !std::path::Path::new(&self.model_repo).is_dir() {
+            anyhow::bail!(
+                "model repository {} is not a directory (--model-repo or EMBER_MODEL_REPO: a \
+                 directory, or az://<container>[/<prefix>]; `ember train` and `ember models push` \
+                 write one)",
+                self.model_repo
+            );
+        }
+        self.open_to_write()
+    }
+
+    /// The repository, created on the first write where it is a local directory.
+    pub(super) fn open_to_write(&self) -> anyhow::Result<Repository> {
         self.store.open(&self.model_repo)
     }
 }

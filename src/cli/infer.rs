@@ -2,11 +2,11 @@
 
 use super::args::{CLIENT_RECEIVE_CONCURRENCY, PipelineArgs, TransportArgs};
 use crate::client::{Client, InferOptions};
-use crate::protocol::{ErrorCode, ErrorResponse, InferError, Reply, decode_reply};
+use crate::protocol::{ErrorCode, ErrorResponse, InferError, Reply, decode_reply, request_id};
 use crate::store::ModelName;
 use crate::transport::Message;
 use crate::transport::memory::MemoryTransport;
-use crate::worker::Worker;
+use crate::worker::{ServeError, Worker};
 use anyhow::Context;
 use clap::Args;
 use std::io::Read;
@@ -83,7 +83,8 @@ pub async fn run(args: InferArgs) -> anyhow::Result<i32> {
     })
 }
 
-/// Answers `body` with a worker started in this process, over the memory transport.
+/// Answers `body` with a worker started in this process, over the memory transport; a model
+/// it cannot serve is answered as a worker would answer a request for it.
 async fn infer_in_process(
     pipeline: &PipelineArgs,
     model: ModelName,
@@ -94,13 +95,25 @@ async fn infer_in_process(
     let worker = Worker::new(transport.clone(), pipeline.registry()?, pipeline.worker(0));
     let shutdown = CancellationToken::new();
     let models = [model.clone()];
-    let serving = {
+    let mut serving = {
         let (worker, shutdown) = (worker.clone(), shutdown.clone());
         tokio::spawn(async move { worker.run(&models, shutdown).await })
     };
-    let reply = Client::from_arc(transport)
-        .call(model.as_str(), body, options)
-        .await?;
+    let client = Client::from_arc(transport);
+    let id = request_id(&body);
+    let reply = tokio::select! {
+        reply = client.call(model.as_str(), body, options) => reply?,
+        served = &mut serving => {
+            let error = match served? {
+                Err(ServeError::Model { error, .. }) => error,
+                Err(e) => return Err(e.into()),
+                Ok(()) => InferError::internal("the worker stopped before answering"),
+            };
+            let error = ErrorResponse::new(id.unwrap_or_else(|| "cli".into()), &error);
+            let body = serde_json::to_vec(&error)?;
+            return Ok(Message { body: body.into(), properties: Default::default() });
+        }
+    };
     shutdown.cancel();
     serving.await??;
     Ok(reply)

@@ -91,7 +91,7 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<i32> {
     match command {
         ModelsCommand::List { repo, json } => list_models(&repo.open()?, json).await,
         ModelsCommand::Push { repo, dir } => {
-            let manifest = repo.open()?.push(&dir).await?;
+            let manifest = repo.open_to_write()?.push(&dir).await?;
             println!(
                 "pushed {} version {} ({})",
                 manifest.name, manifest.version, manifest.sha256

@@ -69,7 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<i32> {
     };
     anyhow::ensure!(
         !models.is_empty(),
-        "no models in {}",
+        "no models in {} (--model-repo): `ember train` or `ember models push` adds one",
         registry.repository().describe()
     );
     let transport: Arc<dyn Transport> = match args.transport.transport.broker() {

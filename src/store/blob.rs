@@ -284,7 +284,9 @@ fn classify(e: azure_core::Error, what: &str) -> Attempt {
                         "{what}: the container does not exist (create it, or check --model-repo)"
                     )))
                 }
-                StatusCode::NotFound => Attempt::Fail(StoreError::NotFound(what.to_owned())),
+                StatusCode::NotFound => {
+                    Attempt::Fail(StoreError::NotFound(format!("{what} not found")))
+                }
                 StatusCode::Forbidden | StatusCode::Unauthorized => {
                     Attempt::Fail(StoreError::io(format!(
                         "access denied to {what} (HTTP {} {code}): check the storage credentials",

@@ -34,7 +34,7 @@ impl FsStore {
 
 fn io_error(path: &Path, e: std::io::Error) -> StoreError {
     match e.kind() {
-        ErrorKind::NotFound => StoreError::NotFound(path.display().to_string()),
+        ErrorKind::NotFound => StoreError::NotFound(format!("{} not found", path.display())),
         _ => StoreError::io_by(path.display().to_string(), e),
     }
 }
@@ -136,7 +136,10 @@ mod tests {
             .await
             .unwrap_err();
         let cause = std::error::Error::source(&error).expect("the io::Error");
-        assert!(cause.downcast_ref::<std::io::Error>().is_some(), "{cause:?}");
+        assert!(
+            cause.downcast_ref::<std::io::Error>().is_some(),
+            "{cause:?}"
+        );
         let logged = crate::client::chain::Chain(&error).to_string();
         assert!(logged.starts_with("store I/O: "), "{logged}");
         assert!(logged.ends_with(&cause.to_string()), "{logged}");

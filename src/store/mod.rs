@@ -39,8 +39,8 @@ const NO_ALIASES: &str = "none";
 /// one, is the `source` of [`StoreError::Io`].
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// No such model, version, alias or file.
-    #[error("not found: {0}")]
+    /// No such model, version, alias or file; the text says which.
+    #[error("{0}")]
     NotFound(String),
     /// The weights or an asset do not match the manifest's sha256: refused.
     #[error(
@@ -433,7 +433,7 @@ impl Repository {
         let key = format!("{model}/{version}/manifest.json");
         let bytes = self.store.get(&key).await.map_err(|e| match e {
             StoreError::NotFound(_) => {
-                StoreError::NotFound(format!("model {model} version {version}"))
+                StoreError::NotFound(format!("model {model} has no version {version}"))
             }
             e => e,
         })?;
@@ -462,9 +462,11 @@ impl Repository {
         match aliases.get(selector.as_str()) {
             Some(version) if versions.contains(version) => Ok(version.clone()),
             Some(version) => Err(StoreError::NotFound(format!(
-                "model {model} alias {selector} points to version {version}, which does not exist"
+                "model {model}: alias {selector} points to version {version}, which does not exist"
             ))),
-            None if versions.is_empty() => Err(StoreError::NotFound(format!("model {model}"))),
+            None if versions.is_empty() => {
+                Err(StoreError::NotFound(format!("model {model} not found")))
+            }
             None => Err(StoreError::NotFound(format!(
                 "model {model} has no version or alias {selector}"
             ))),

@@ -216,6 +216,16 @@ pub struct DecodeError {
     pub id: Option<String>,
 }
 
+/// The `id` of an OIP request body, if it is JSON with one (the rest is skipped, not decoded):
+/// what an answer that does not need the request, such as `NOT_FOUND`, is tagged with.
+pub fn request_id(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(body).ok()?.id
+}
+
 /// Decodes a request body, refusing one over `max_bytes` before parsing any of it.
 pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, DecodeError> {
     let unread = |error| DecodeError { error, id: None };
