@@ -10,8 +10,9 @@
 
 use crate::client::chain::Chain;
 use crate::client::{Client, ClientError, InferOptions};
-use crate::protocol::{ErrorCode, InferError};
+use crate::protocol::{ErrorCode, InferError, Lane};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
+use crate::transport::{TransportError, queues};
 use crate::worker::{RequestLimits, admit};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -92,9 +93,7 @@ impl Gateway {
                 get(model_ready),
             )
             .route("/v2/models/{model}/versions/{version}/infer", post(infer))
-            .fallback(|| async {
-                error(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
-            })
+            .fallback(|| async { error(ErrorCode::NotFound, "no such route") })
             .with_state(self.clone())
     }
 
@@ -111,7 +110,7 @@ impl Gateway {
         {
             return Ok(manifest.clone());
         }
-        let not_found = |what: String| error(StatusCode::NOT_FOUND, ErrorCode::NotFound, what);
+        let not_found = |what: String| error(ErrorCode::NotFound, what);
         let name =
             ModelName::parse(model).map_err(|e| not_found(format!("model {model:?}: {e}")))?;
         let selector = Version::parse(selector)
@@ -122,11 +121,7 @@ impl Gateway {
         };
         let manifest = Arc::new(found.await.map_err(|e| match e {
             StoreError::NotFound(message) => not_found(message),
-            e => error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Internal,
-                Chain(&e).to_string(),
-            ),
+            e => error(ErrorCode::Internal, Chain(&e).to_string()),
         })?);
         self.lock().insert(key, (Instant::now(), manifest.clone()));
         Ok(manifest)
@@ -141,9 +136,10 @@ impl Gateway {
 }
 
 /// A V2 error response: `{"error": "...", "code": "..."}` with `status`.
-fn error(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+/// An error answer: its HTTP status is always the code's ([`status_of`]).
+fn error(code: ErrorCode, message: impl Into<String>) -> Response {
     let body = json!({ "error": message.into(), "code": code.as_str() });
-    (status, Json(body)).into_response()
+    (status_of(code), Json(body)).into_response()
 }
 
 /// The HTTP status of an error code.
@@ -208,10 +204,29 @@ async fn model_metadata(
     .into_response()
 }
 
+/// Ready when the version exists and a worker consumes the model's realtime queue now (with
+/// workers scaled to zero, a request still gets an answer once KEDA starts one: not ready
+/// says it waits for that). Where the broker cannot count consumers, the version decides.
 async fn model_ready(State(gateway): State<Arc<Gateway>>, Path(path): Path<ModelPath>) -> Response {
-    match gateway.manifest(&path.model, path.version.as_deref()).await {
-        Ok(manifest) => Json(json!({ "name": manifest.name, "ready": true })).into_response(),
-        Err(response) => response,
+    let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
+        Ok(manifest) => manifest,
+        Err(response) => return response,
+    };
+    let queue = queues::requests(&path.model, Lane::Realtime);
+    let unready = match gateway.client.transport().consumers(&queue).await {
+        Ok(Some(0)) => Some(format!("no worker consumes {queue} now")),
+        Ok(_) => None,
+        Err(TransportError::Unroutable(_)) => {
+            Some(format!("no queue {queue}: no worker serves {}", path.model))
+        }
+        Err(e) => Some(Chain(&e).to_string()),
+    };
+    match unready {
+        None => Json(json!({ "name": manifest.name, "ready": true })).into_response(),
+        Some(reason) => {
+            let body = json!({ "name": manifest.name, "ready": false, "reason": reason });
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        }
     }
 }
 
@@ -224,23 +239,19 @@ async fn infer(
     if headers.contains_key(BINARY_HEADER) {
         let message = "the binary tensor data extension (Inference-Header-Content-Length) is not \
                        supported: send tensors as JSON (tritonclient: binary_data=False)";
-        return error(StatusCode::BAD_REQUEST, ErrorCode::InvalidArgument, message);
+        return error(ErrorCode::InvalidArgument, message);
     }
     let limit = gateway.config.limits.max_request_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request is over the {limit}-byte limit");
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::ResourceExhausted,
-            message,
-        );
+        return error(ErrorCode::ResourceExhausted, message);
     };
     let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
         Ok(manifest) => manifest,
         Err(response) => return response,
     };
     if let Err(e) = check(&body, &manifest, &gateway.config.limits) {
-        return error(status_of(e.code), e.code, e.message);
+        return error(e.code, e.message);
     }
     let options = InferOptions {
         version: path.version,
@@ -262,7 +273,6 @@ async fn infer(
             response
         }
         Err(ClientError::Timeout { waited, .. }) => error(
-            StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::DeadlineExceeded,
             format!(
                 "no answer within {:.1} s (are workers for {} running?)",
@@ -270,11 +280,8 @@ async fn infer(
                 path.model
             ),
         ),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Internal,
-            Chain(&e).to_string(),
-        ),
+        Err(e @ ClientError::NoQueue { .. }) => error(ErrorCode::NotFound, e.to_string()),
+        Err(e) => error(ErrorCode::Internal, Chain(&e).to_string()),
     }
 }
 

@@ -106,6 +106,40 @@ fn assert_answers_in_order(path: &Path, lines: usize) {
     assert_eq!(ids.len(), lines, "answers");
 }
 
+#[test]
+fn a_job_for_a_model_nobody_serves_fails_and_leaves_nothing_behind() {
+    let model = common::unique_model("nobody");
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
+    write_requests(&input, 20, &[]);
+    let run = output_within(submit(&model, &input, &output), Duration::from_secs(60));
+    let text = output_text(&run);
+    assert_eq!(run.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("no worker serves {model}")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("lapin"),
+        "no library noise before it: {text}"
+    );
+    assert!(!output.exists(), "the output is removed: {text}");
+    let state = dir.path().join("out.jsonl.ember-batch");
+    assert!(!state.exists(), "the state is removed: {text}");
+    let queues = Command::new("rabbitmqctl")
+        .args(["list_queues", "name", "--quiet"])
+        .output()
+        .expect("rabbitmqctl");
+    let queues = String::from_utf8_lossy(&queues.stdout);
+    assert!(
+        !queues.contains(&format!("ember.{model}.")),
+        "the job's queue is deleted: {queues}"
+    );
+    // Nothing to continue: the same command fails the same way, not over leftovers.
+    let again = output_within(submit(&model, &input, &output), Duration::from_secs(60));
+    assert!(output_text(&again).contains(&format!("no worker serves {model}")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_come_in_input_order_and_errors_are_counted() {
     let transport = Arc::new(broker(|c| c).await);

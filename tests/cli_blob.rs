@@ -119,6 +119,27 @@ async fn models_are_pushed_promoted_listed_pulled_and_served_from_blob() {
     );
 }
 
+#[test]
+fn the_first_push_creates_the_container() {
+    let container = unique_model("cli-new").replace('_', "-");
+    let repo = format!("az://{container}/models");
+    let cache = tempfile::tempdir().unwrap();
+    let storage = azurite_via("http://127.0.0.1:10000", AZURITE_KEY);
+    let run = |args: &[&str]| ember(args, &storage, cache.path());
+    let listed = run(&["models", "list", "--model-repo", &repo]);
+    assert!(
+        text(&listed).contains("does not exist"),
+        "{}",
+        text(&listed)
+    );
+    let pushed = run(&["models", "push", "models/digits/1", "--model-repo", &repo]);
+    assert!(pushed.status.success(), "{}", text(&pushed));
+    let listed = run(&["models", "list", "--json", "--model-repo", &repo]);
+    assert!(listed.status.success(), "{}", text(&listed));
+    let rows: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows[0]["model"], "digits", "{}", text(&listed));
+}
+
 #[tokio::test]
 async fn a_wrong_key_fails_clearly_without_printing_it() {
     let container = azurite_container("cli-auth").await;

@@ -93,6 +93,18 @@ async fn every_route_answers_with_the_v2_status_and_body() {
             "{path}"
         );
     }
+    // Known, but nothing would answer now: not ready, saying why.
+    for (unserved, why) in [
+        (
+            &idle,
+            format!("no worker consumes ember.{idle}.realtime now"),
+        ),
+        (&unqueued, format!("no queue ember.{unqueued}.realtime")),
+    ] {
+        let (status, body) = get(&http, format!("{base}/v2/models/{unserved}/ready")).await;
+        assert_eq!((status, &body["ready"]), (503, &json!(false)), "{body}");
+        assert!(body["reason"].as_str().unwrap().starts_with(&why), "{body}");
+    }
 
     let (status, metadata) = get(&http, format!("{base}/v2/models/{model}")).await;
     assert_eq!(status, 200);
@@ -170,8 +182,8 @@ async fn every_route_answers_with_the_v2_status_and_body() {
         (
             infer(&unqueued),
             image_request("q", data.image(0), 1),
-            503,
-            "INTERNAL",
+            404,
+            "NOT_FOUND",
         ),
     ];
     let binary = http

@@ -10,7 +10,7 @@ use ember::registry::Registry;
 use ember::store::Repository;
 use ember::transport::memory::MemoryTransport;
 use ember::transport::{Message, Properties, Subscription, Transport, queues};
-use ember::worker::{RequestLimits, Worker, WorkerConfig};
+use ember::worker::{RequestLimits, ServeError, Worker, WorkerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -31,21 +31,35 @@ struct Pipeline {
     _repo: tempfile::TempDir,
 }
 
+fn worker(repo: &tempfile::TempDir, transport: &MemoryTransport) -> Worker {
+    let registry = Arc::new(Registry::new(
+        Repository::open(repo.path().to_str().unwrap()).unwrap(),
+        BatchConfig::default(),
+    ));
+    let config = WorkerConfig {
+        limits: RequestLimits {
+            max_request_bytes: MAX_REQUEST_BYTES,
+            max_request_rows: MAX_REQUEST_ROWS,
+        },
+        ..WorkerConfig::for_batch_size(32)
+    };
+    Worker::new(Arc::new(transport.clone()), registry, config)
+}
+
+/// Why a worker asked to serve `models` from `repo` does not start.
+async fn refused(repo: &tempfile::TempDir, models: &[&str]) -> ServeError {
+    let models: Vec<_> = models.iter().map(|m| m.parse().unwrap()).collect();
+    let transport = MemoryTransport::new();
+    let served = worker(repo, &transport)
+        .run(&models, CancellationToken::new())
+        .await;
+    served.expect_err("the worker must not start")
+}
+
 impl Pipeline {
     async fn start(repo: tempfile::TempDir, models: &[&str]) -> Self {
-        let registry = Arc::new(Registry::new(
-            Repository::open(repo.path().to_str().unwrap()).unwrap(),
-            BatchConfig::default(),
-        ));
         let transport = MemoryTransport::new();
-        let config = WorkerConfig {
-            limits: RequestLimits {
-                max_request_bytes: MAX_REQUEST_BYTES,
-                max_request_rows: MAX_REQUEST_ROWS,
-            },
-            ..WorkerConfig::for_batch_size(32)
-        };
-        let worker = Worker::new(Arc::new(transport.clone()), registry, config);
+        let worker = worker(&repo, &transport);
         let shutdown = CancellationToken::new();
         let models: Vec<_> = models.iter().map(|m| m.parse().unwrap()).collect();
         let serving = tokio::spawn({
@@ -305,21 +319,31 @@ async fn rejects_bad_input_with_a_clear_error_and_settles_it() {
 
 #[tokio::test]
 async fn unknown_model_version_or_alias_is_not_found() {
-    let mut p = Pipeline::start(repo_with(&["digits"]), &["digits", "nosuch"]).await;
+    let repo = repo_with(&["digits"]);
+    let error = refused(&repo, &["digits", "nosuch"]).await;
+    let ServeError::Model { model, error, .. } = error else {
+        panic!("{error}")
+    };
+    assert_eq!(
+        (model.as_str(), error.code),
+        ("nosuch", ErrorCode::NotFound)
+    );
+    assert_eq!(error.message, "model nosuch not found");
+    let mut p = Pipeline::start(repo, &["digits"]).await;
     let request = image_request("x", &held_out().pixels[..64], 1);
-    for (model, version) in [
-        ("nosuch", None),
-        ("digits", Some("9")),
-        ("digits", Some("staging")),
-    ] {
-        let error = err(p.ask(model, version, request.clone()).await.1);
+    for version in ["9", "staging"] {
+        let error = err(p.ask("digits", Some(version), request.clone()).await.1);
         assert_eq!(
             error.code,
             ErrorCode::NotFound,
-            "{model} {version:?}: {}",
+            "{version}: {}",
             error.error
         );
-        assert_eq!(error.id, "msg-1");
+        assert_eq!(error.id, "x", "the request's own id");
+        assert_eq!(
+            error.error,
+            format!("model digits has no version or alias {version}")
+        );
     }
     let error = err(p.ask("digits", Some("../../etc"), request.clone()).await.1);
     assert_eq!(error.code, ErrorCode::InvalidArgument, "{}", error.error);
@@ -327,19 +351,28 @@ async fn unknown_model_version_or_alias_is_not_found() {
 }
 
 #[tokio::test]
-async fn tampered_weights_are_refused_and_other_models_still_served() {
+async fn tampered_weights_stop_the_worker_from_starting_saying_why() {
     let repo = repo_with(&["digits", "tampered"]);
     let weights = repo.path().join("tampered/1/model.bin");
     let mut bytes = std::fs::read(&weights).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&weights, bytes).unwrap();
-    let mut p = Pipeline::start(repo, &["digits", "tampered"]).await;
-    let request = image_request("t", &held_out().pixels[..64], 1);
-    let error = err(p.ask("tampered", None, request.clone()).await.1);
-    assert_eq!(error.code, ErrorCode::NotFound);
-    assert!(error.error.contains("sha256"), "{}", error.error);
-    ok(p.ask("digits", None, request).await.1);
+    let error = refused(&repo, &["digits", "tampered"]).await.to_string();
+    assert!(
+        error.starts_with("cannot serve model tampered from "),
+        "{error}"
+    );
+    assert!(error.contains("sha256"), "{error}");
+    // Without it, the worker serves.
+    let mut p = Pipeline::start(repo, &["digits"]).await;
+    ok(p.ask(
+        "digits",
+        None,
+        image_request("t", &held_out().pixels[..64], 1),
+    )
+    .await
+    .1);
     p.stop().await;
 }
 

@@ -169,7 +169,18 @@ pub async fn submit(
         Some(state) => (resume(job, state, input_bytes).await?, true),
         None => (start(client, job, input_bytes).await?, false),
     };
-    state.save(&state_file).await?;
+    // A new job that fails before the broker has any of its requests leaves nothing behind:
+    // no output, no state, no queue (there is nothing to continue).
+    let discard = async || {
+        if !resumed {
+            let _ = tokio::fs::remove_file(&job.output).await;
+            let _ = tokio::fs::remove_file(&state_file).await;
+        }
+    };
+    if let Err(e) = state.save(&state_file).await {
+        discard().await;
+        return Err(e);
+    }
     let resumed_at = resumed.then_some(state.written);
 
     let options = BatchOptions {
@@ -182,7 +193,13 @@ pub async fn submit(
         outstanding: state.written..state.sent,
         ..BatchOptions::default()
     };
-    let mut batch = client.batch(&job.model, options).await?;
+    let mut batch = match client.batch(&job.model, options).await {
+        Ok(batch) => batch,
+        Err(e) => {
+            discard().await;
+            return Err(e.into());
+        }
+    };
     let confirmed = Arc::new(AtomicU64::new(state.sent));
     let mut sending = tokio::spawn(send_lines(
         batch.sender().clone(),
@@ -210,6 +227,7 @@ pub async fn submit(
     let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
     let checkpoint_answers = CHECKPOINT_ANSWERS.min(job.window / 2).max(1);
     let mut interrupted = false;
+    let ran = async {
     while state.written < state.requests {
         tokio::select! {
             biased;
@@ -254,7 +272,18 @@ pub async fn submit(
             }
         }
     }
+    Ok(())
+    }
+    .await;
     sending.abort();
+    if let Err(e) = ran {
+        if state.written == 0 && confirmed.load(Ordering::Acquire) == 0 {
+            let _ = batch.finish().await;
+            drop(output);
+            discard().await;
+        }
+        return Err(e);
+    }
     checkpoint(&mut output, &mut state, &confirmed, &state_file).await?;
     progress.finish(&state);
     if !interrupted {
@@ -308,11 +337,12 @@ async fn start(client: &Client, job: &FileJob, input_bytes: u64) -> Result<State
 async fn resume(job: &FileJob, state: State, input_bytes: u64) -> Result<State, FileJobError> {
     if state.model != job.model || state.version != job.version {
         return Err(FileJobError::Conflict(format!(
-            "{} belongs to a job for {} {}; give the same --model and --version, or remove it to \
-             start over",
+            "{} belongs to a job for {} {}; give the same --model and --version, or remove it \
+             and {} to start over",
             state_path(&job.output).display(),
             state.model,
-            state.version.as_deref().unwrap_or("(production)")
+            state.version.as_deref().unwrap_or("(production)"),
+            job.output.display()
         )));
     }
     if state.input_bytes != input_bytes {

@@ -413,7 +413,7 @@ async fn traffic_spec(
 async fn production_manifest(repo: &Path, model: &str) -> anyhow::Result<ember::store::Manifest> {
     let context = || {
         format!(
-            "reading {model}'s manifest from {} to shape its requests (or give --input)",
+            "reading the manifest of {model} from {} to shape its requests (or give --input)",
             repo.display()
         )
     };

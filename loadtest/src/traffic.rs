@@ -3,7 +3,34 @@
 
 use crate::load::{self, LoadReport, LoadSpec};
 use crate::worker::Worker;
+use ember::protocol::Lane;
+use ember::transport::amqp::{AmqpConfig, AmqpTransport};
+use ember::transport::{ClientTransport, Transport, TransportError, queues};
 use std::path::PathBuf;
+
+/// Fails at once, saying so, when a queue of the load has no worker to take it (the requests
+/// would only wait there).
+async fn consumed(url: &str, spec: &LoadSpec) -> anyhow::Result<()> {
+    let broker = AmqpTransport::connect(AmqpConfig::new(url)).await?;
+    let mut checked = Ok(());
+    for target in &spec.targets {
+        let queue = queues::requests(&target.model, Lane::Realtime);
+        let consumers = match broker.consumers(&queue).await {
+            Err(TransportError::Unroutable(_)) => 0,
+            counted => counted?.unwrap_or(1),
+        };
+        if consumers == 0 {
+            checked = Err(anyhow::anyhow!(
+                "--external: nothing consumes {queue}; start a worker (`ember serve --transport \
+                 amqp --model {}`) or run without --external",
+                target.model
+            ));
+            break;
+        }
+    }
+    broker.close().await;
+    checked
+}
 
 /// Where the workers under load come from.
 #[derive(Debug, Clone)]
@@ -30,6 +57,7 @@ pub enum Workers {
 pub async fn run(url: &str, workers: &Workers, mut spec: LoadSpec) -> anyhow::Result<LoadReport> {
     match workers {
         Workers::External { pid } => {
+            consumed(url, &spec).await?;
             spec.worker_pid = *pid;
             load::run(url, &spec).await
         }

@@ -187,7 +187,7 @@ impl From<LimitsArgs> for RequestLimits {
 /// Which transport, and how to reach it.
 #[derive(Debug, Args)]
 pub struct TransportArgs {
-    /// Transport requests arrive on.
+    /// The transport that carries the requests.
     #[arg(long, env = "EMBER_TRANSPORT", value_enum, default_value_t = TransportKind::Amqp)]
     pub transport: TransportKind,
     /// The brokers.

@@ -14,7 +14,7 @@ pub struct DemoArgs {
     /// Every N-th request is realtime RPC, the others batch.
     #[arg(long, default_value_t = 4)]
     pub realtime_every: usize,
-    /// Model to ask.
+    /// Model to run: one in --model-repo with held-out examples (digits, ai4i, cwru shipped).
     #[arg(long, default_value = "digits")]
     pub model: ModelName,
     /// Print the report as JSON on the last line.

@@ -50,8 +50,8 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the embedded pipeline on a model's held-out examples (digits, ai4i) and report
-    /// accuracy and throughput.
+    /// Run the embedded pipeline on a model's held-out examples (the shipped digits, ai4i and
+    /// cwru, or any trained model) and report accuracy and throughput.
     Demo(DemoArgs),
     /// Answer one request (OIP V2 JSON) and print the response.
     Infer(InferArgs),
@@ -69,13 +69,13 @@ pub enum Command {
     Train(TrainArgs),
     /// Serve models from a transport until SIGTERM / Ctrl-C.
     Serve(ServeArgs),
-    /// Inspect the model repository.
+    /// The model repository: list, push, promote, pull and import versions.
     Models {
         /// What to do with models.
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Manage the RabbitMQ topology.
+    /// The broker's queues of a model (RabbitMQ or Service Bus): declare, delete.
     Queues {
         /// What to do with queues.
         #[command(subcommand)]

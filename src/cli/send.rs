@@ -19,7 +19,7 @@ pub struct SendArgs {
     /// Version or alias (default: production).
     #[arg(long)]
     pub version: Option<String>,
-    /// Queue lane.
+    /// Queue lane: realtime or batch.
     #[arg(long, default_value = "batch", value_parser = parse_lane)]
     pub lane: Lane,
     /// Requests: one OIP V2 JSON document, or JSON Lines (one request per line); - for stdin.

@@ -61,6 +61,8 @@ pub struct BlobStore {
     /// `""` or a prefix ending in `/`.
     prefix: String,
     address: String,
+    /// Set once the first write made sure the container exists.
+    created: tokio::sync::OnceCell<()>,
 }
 
 impl BlobStore {
@@ -79,7 +81,24 @@ impl BlobStore {
             container: container_client,
             prefix,
             address: format!("{} (account {account})", address.trim_end_matches('/')),
+            created: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// Creates the container before the first write, unless it exists (or the credentials may
+    /// not create containers: then the write says what is wrong).
+    async fn create_container(&self) {
+        self.created
+            .get_or_init(|| async {
+                match self.container.create().await {
+                    Ok(_) => tracing::info!(
+                        container = self.container.container_name(),
+                        "created the container"
+                    ),
+                    Err(e) => tracing::debug!(error = %e.kind(), "not creating the container"),
+                }
+            })
+            .await;
     }
 
     fn blob(&self, key: &str) -> BlobClient {
@@ -208,6 +227,9 @@ fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), 
         let account = parsed.account_name.ok_or_else(|| {
             StoreError::Invalid("the storage connection string has no AccountName".into())
         })?;
+        if let Some(key) = parsed.account_key {
+            check_account_key(key, "AccountKey in the storage connection string")?;
+        }
         let credentials = parsed
             .storage_credentials()
             .map_err(|e| credential_error("storage connection string", e))?;
@@ -235,6 +257,7 @@ fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), 
     })?;
     let location = public(account, auth.endpoint.as_deref());
     let credentials = if let Some(key) = &auth.key {
+        check_account_key(key.expose(), "--storage-key / AZURE_STORAGE_KEY")?;
         StorageCredentials::access_key(
             account.to_owned(),
             azure_core::auth::Secret::new(key.expose().to_owned()),
@@ -248,6 +271,17 @@ fn connect_with(auth: &BlobAuth) -> Result<(CloudLocation, StorageCredentials), 
         StorageCredentials::token_credential(identity)
     };
     Ok((location, credentials))
+}
+
+/// Refuses an account key that is not base64, as every Azure key is: signing with it would fail
+/// each request with the HMAC library's message instead.
+fn check_account_key(key: &str, from: &str) -> Result<(), StoreError> {
+    azure_core::base64::decode(key).map(drop).map_err(|_| {
+        StoreError::Invalid(format!(
+            "the storage account key ({from}) is not valid base64: copy it again from the \
+             storage account's access keys"
+        ))
+    })
 }
 
 fn public(account: &str, endpoint: Option<&str>) -> CloudLocation {
@@ -573,6 +607,7 @@ impl ModelStore for BlobStore {
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        self.create_container().await;
         let blob = self.blob(key);
         let what = self.name(&blob);
         if bytes.len() <= BLOCK_SIZE {
@@ -687,6 +722,29 @@ mod tests {
         };
         let error = BlobStore::open("az://models", &malformed).err().unwrap();
         assert!(!error.to_string().contains("c2VjcmV0"), "{error}");
+    }
+
+    #[test]
+    fn a_key_that_is_not_base64_is_named_as_such() {
+        let mistyped = "c2VjcmV0=x";
+        let by_key = BlobAuth {
+            account: Some("a".into()),
+            key: Some(mistyped.into()),
+            ..BlobAuth::default()
+        };
+        let in_string = BlobAuth {
+            connection_string: Some(format!("AccountName=a;AccountKey={mistyped}").into()),
+            ..BlobAuth::default()
+        };
+        for (auth, from) in [(by_key, "AZURE_STORAGE_KEY"), (in_string, "AccountKey")] {
+            let error = BlobStore::open("az://models", &auth)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains("is not valid base64"), "{error}");
+            assert!(error.contains(from), "{error}");
+            assert!(!error.contains(mistyped), "{error}");
+        }
     }
 
     #[test]

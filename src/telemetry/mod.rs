@@ -209,12 +209,21 @@ pub enum LogFormat {
 /// token included): capped at `info` whatever `EMBER_LOG` asks.
 const SECRET_BEARING_LOGS: [&str; 1] = ["azure_core=info"];
 
+/// Crates whose own logs repeat, less clearly, what Ember reports (lapin logs a returned
+/// message's whole body, and a refused login three times): off unless `EMBER_LOG` names them.
+const REPORTED_BY_EMBER: [&str; 1] = ["lapin"];
+
 /// Logs to stderr in `format`, filtered by `EMBER_LOG` (default `info`).
 pub fn init_logs(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    let asked = std::env::var("EMBER_LOG").unwrap_or_default();
     let mut filter =
         EnvFilter::try_from_env("EMBER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     for directive in SECRET_BEARING_LOGS {
+        filter = filter.add_directive(directive.parse().expect("a valid directive"));
+    }
+    for target in REPORTED_BY_EMBER.into_iter().filter(|t| !asked.contains(t)) {
+        let directive = format!("{target}=off");
         filter = filter.add_directive(directive.parse().expect("a valid directive"));
     }
     // A log line that cannot be written (stderr closed) is dropped: reporting that failure on

@@ -29,6 +29,7 @@ use lapin::options::{
     BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::uri::AMQPUri;
@@ -177,21 +178,32 @@ impl AmqpTransport {
 
     /// Messages ready in `queue` (not counting unacked deliveries).
     pub async fn depth(&self, queue: &str) -> Result<u32, TransportError> {
-        let channel = self.shared.channel().await?;
+        Ok(self.shared.inspect(queue).await?.message_count())
+    }
+}
+
+impl Shared {
+    /// `queue` as the broker has it (a passive declaration: nothing is created).
+    async fn inspect(&self, queue: &str) -> Result<lapin::Queue, TransportError> {
+        let channel = self.channel().await?;
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
         let declared = channel
             .queue_declare(queue.into(), options, FieldTable::default())
-            .await
-            .map_err(|e| TransportError::unavailable_by(format!("counting {queue}"), e))?;
+            .await;
         let _ = channel.close(200, "done".into()).await;
-        Ok(declared.message_count())
+        declared.map_err(|e| match e.kind() {
+            lapin::ErrorKind::ProtocolError(refused)
+                if *refused.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND) =>
+            {
+                TransportError::Unroutable(queue.to_owned())
+            }
+            _ => TransportError::unavailable_by(format!("inspecting {queue}"), e),
+        })
     }
-}
 
-impl Shared {
     /// The open session, reconnecting (once) if it broke.
     async fn session(&self) -> Result<Arc<Session>, TransportError> {
         if let Some(session) = self.current.load_full().filter(|s| s.usable()) {
@@ -581,6 +593,10 @@ impl ClientTransport for AmqpTransport {
         declared
             .map(drop)
             .map_err(|e| TransportError::topology_by(format!("declaring {queue}"), e))
+    }
+
+    async fn consumers(&self, queue: &str) -> Result<Option<u32>, TransportError> {
+        Ok(Some(self.shared.inspect(queue).await?.consumer_count()))
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {

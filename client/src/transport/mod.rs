@@ -343,4 +343,10 @@ pub trait ClientTransport: Transport {
     ) -> Result<(), TransportError>;
     /// Deletes `queue` with whatever it holds; a queue that does not exist is not an error.
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError>;
+    /// How many consumers take from `queue` (a queue that does not exist is
+    /// [`TransportError::Unroutable`]); `None` where the broker does not say (the memory
+    /// transport, Service Bus).
+    async fn consumers(&self, _queue: &str) -> Result<Option<u32>, TransportError> {
+        Ok(None)
+    }
 }
