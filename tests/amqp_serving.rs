@@ -541,3 +541,46 @@ async fn cli_declares_sends_and_asks_through_the_broker() {
     answers.results.stop().await;
     served.stop().await;
 }
+
+#[test]
+fn cli_infer_answers_no_worker_and_no_answer_as_error_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let request = dir.path().join("request.json");
+    std::fs::write(&request, image_request("42", held_out().image(0), 1)).unwrap();
+    let infer = |model: &str| {
+        let args = ["infer", "--model", model, "--timeout", "1s", "--input"];
+        let mut args = args.to_vec();
+        args.push(request.to_str().unwrap());
+        let output = ember(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(!stderr.contains("lapin"), "library noise: {stderr}");
+        let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(reply["id"], "42", "the request's id: {reply}");
+        reply
+    };
+    // No queue: nothing serves the model.
+    let unserved = unique_model("cli-none");
+    let reply = infer(&unserved);
+    assert_eq!(reply["code"], "NOT_FOUND", "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("no worker serves"),
+        "{reply}"
+    );
+    // A queue without a worker: no answer within --timeout.
+    let idle = unique_model("cli-idle");
+    assert!(
+        ember(&["queues", "declare", "--model", &idle])
+            .status
+            .success()
+    );
+    let reply = infer(&idle);
+    assert_eq!(reply["code"], "DEADLINE_EXCEEDED", "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("within 1.0 s"),
+        "{reply}"
+    );
+}

@@ -240,6 +240,53 @@ fn a_missing_model_repository_is_named_not_read_as_empty() {
 }
 
 #[test]
+fn commands_that_need_a_broker_refuse_the_memory_transport_saying_why() {
+    for args in [
+        &["send", "--model", "digits", "--input", "-"][..],
+        &["queues", "declare", "--model", "digits"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(args)
+            .env("EMBER_TRANSPORT", "memory")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("use amqp or servicebus"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn flags_appear_where_they_apply() {
+    let help = |args: &[&str]| {
+        let output = ember(&[args, &["--help"]].concat(), b"");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for loads_weights in [&["serve"][..], &["demo"], &["infer"], &["models", "pull"]] {
+        assert!(
+            help(loads_weights).contains("--cache-dir"),
+            "{loads_weights:?}"
+        );
+    }
+    for reads_or_writes in [
+        &["models", "list"][..],
+        &["models", "push"],
+        &["models", "promote"],
+        &["batch", "submit"],
+        &["gateway"],
+    ] {
+        assert!(
+            !help(reads_or_writes).contains("--cache-dir"),
+            "{reads_or_writes:?}"
+        );
+    }
+    assert!(help(&["send"]).contains("realtime or batch"));
+}
+
+#[test]
 fn serve_drains_on_sigterm_even_with_its_log_pipe_closed() {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))

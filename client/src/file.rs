@@ -504,10 +504,8 @@ impl Progress {
             let bar =
                 ProgressBar::with_draw_target(Some(state.requests), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} answered · {msg} · {per_sec} · ETA {eta}",
-                )
-                .expect("valid template"),
+                ProgressStyle::with_template("{bar:30} {pos}/{len} answered · {msg} · ETA {eta}")
+                    .expect("valid template"),
             );
             bar.set_position(state.written);
             bar.reset_eta();
@@ -522,7 +520,13 @@ impl Progress {
     }
 
     fn show(&self, state: &State, started: Instant) {
-        let message = format!("sent {} · errors {}", state.sent, state.errors);
+        // This run's answers over this run's time (not those an interrupted run wrote).
+        let rate =
+            (state.written - self.start_written) as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        let message = format!(
+            "sent {} · errors {} · {rate:.0}/s",
+            state.sent, state.errors
+        );
         if let Some(bar) = &self.bar {
             bar.set_position(state.written);
             bar.set_message(message);
@@ -530,12 +534,7 @@ impl Progress {
             let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
             if last.elapsed() >= Duration::from_secs(10) {
                 *last = Instant::now();
-                let rate = (state.written - self.start_written) as f64
-                    / started.elapsed().as_secs_f64().max(1e-3);
-                eprintln!(
-                    "{}/{} answered · {message} · {rate:.0}/s",
-                    state.written, state.requests
-                );
+                eprintln!("{}/{} answered · {message}", state.written, state.requests);
             }
         }
     }

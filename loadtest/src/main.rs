@@ -171,8 +171,8 @@ struct TrafficArgs {
 /// The `ember serve` workers a scenario starts.
 #[derive(Debug, Args)]
 struct WorkerArgs {
-    /// Largest batch of the (batched) workers.
-    #[arg(long, default_value_t = 64)]
+    /// Largest batch of the (batched) workers (`ember serve --max-batch-size`).
+    #[arg(long = "max-batch-size", alias = "max-batch", default_value_t = 64)]
     max_batch: usize,
     /// Model repository the workers serve from (and request shapes are read from).
     #[arg(long, default_value = "models")]

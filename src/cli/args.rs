@@ -81,8 +81,8 @@ pub struct ServiceBusArgs {
     /// Lock duration of the queues Ember creates (locks are renewed while a request is in work).
     #[arg(long, env = "EMBER_SERVICEBUS_LOCK_DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub servicebus_lock_duration: Duration,
-    /// Concurrent receive calls per queue (the REST API returns one message per call; default:
-    /// the maximum batch size for `serve`, 8 otherwise).
+    /// Concurrent receive calls per queue, where the command receives (the REST API returns
+    /// one message per call; default: the maximum batch size for `serve`, 8 otherwise).
     #[arg(long, env = "EMBER_RECEIVE_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
     pub receive_concurrency: Option<usize>,
 }
@@ -198,8 +198,8 @@ pub struct TransportArgs {
 /// Which broker, and how to reach it (commands that talk to workers through one).
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
-    /// Broker to use.
-    #[arg(long = "transport", env = "EMBER_TRANSPORT", value_enum, default_value_t = Broker::Amqp)]
+    /// Broker to use: amqp or servicebus.
+    #[arg(long = "transport", env = "EMBER_TRANSPORT", default_value = "amqp", value_parser = parse_broker)]
     pub broker: Broker,
     /// The brokers.
     #[command(flatten)]
@@ -243,6 +243,15 @@ impl RepoArgs {
     /// The repository, which must exist: a local directory that does not is named, not read
     /// as an empty repository.
     pub(super) fn open(&self) -> anyhow::Result<Repository> {
+        self.existing(None)
+    }
+
+    /// [`open`](Self::open), keeping the weights it downloads in `cache`.
+    pub(super) fn open_cached(&self, cache: &CacheArgs) -> anyhow::Result<Repository> {
+        self.existing(Some(cache.weights()))
+    }
+
+    fn existing(&self, cache: Option<WeightCache>) -> anyhow::Result<Repository> {
         let local = !self.model_repo.starts_with("az://");
         if local && !std::path::Path::new(&self.model_repo).is_dir() {
             anyhow::bail!(
@@ -252,17 +261,17 @@ impl RepoArgs {
                 self.model_repo
             );
         }
-        self.open_to_write()
+        self.store.open(&self.model_repo, cache)
     }
 
     /// The repository, created on the first write where it is a local directory.
     pub(super) fn open_to_write(&self) -> anyhow::Result<Repository> {
-        self.store.open(&self.model_repo)
+        self.store.open(&self.model_repo, None)
     }
 }
 
-/// Credentials and local cache for `az://` repositories. Secrets come from the environment
-/// (or a Kubernetes secret mapped into it); they are never printed.
+/// Credentials for `az://` repositories. Secrets come from the environment (or a Kubernetes
+/// secret mapped into it); they are never printed.
 #[derive(Debug, Args)]
 pub struct StoreArgs {
     /// Storage connection string (`UseDevelopmentStorage=true` for Azurite); tried first.
@@ -284,24 +293,18 @@ pub struct StoreArgs {
     /// public roots).
     #[arg(long, env = "EMBER_STORAGE_CA_FILE")]
     pub storage_ca_file: Option<PathBuf>,
-    /// Local cache of downloaded weights [default: $XDG_CACHE_HOME/ember or ~/.cache/ember].
-    #[arg(long, env = "EMBER_CACHE_DIR")]
-    pub cache_dir: Option<PathBuf>,
-    /// Size limit of the cache (least recently used weights are evicted), e.g. 20GiB.
-    #[arg(long, env = "EMBER_CACHE_MAX_BYTES", default_value = "20GiB", value_parser = parse_bytes)]
-    pub cache_max_bytes: u64,
 }
 
 impl StoreArgs {
-    pub(super) fn cache_dir(&self) -> PathBuf {
-        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
-    }
-
-    pub(super) fn open(&self, address: &str) -> anyhow::Result<Repository> {
-        let cache_dir = self.cache_dir();
+    /// The repository at `address`, keeping downloaded weights in `cache` (if any).
+    pub(super) fn open(
+        &self,
+        address: &str,
+        cache: Option<WeightCache>,
+    ) -> anyhow::Result<Repository> {
         let options = StoreOptions {
             blob: self.auth(),
-            cache: Some(WeightCache::new(cache_dir, self.cache_max_bytes)),
+            cache,
         };
         Ok(Repository::open_with(address, &options)?)
     }
@@ -316,6 +319,27 @@ impl StoreArgs {
             endpoint: self.storage_endpoint.clone(),
             ca_file: self.storage_ca_file.clone(),
         }
+    }
+}
+
+/// The local cache of commands that load models: downloaded weights, compiled GPU kernels.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// Local cache of downloaded weights [default: $XDG_CACHE_HOME/ember or ~/.cache/ember].
+    #[arg(long, env = "EMBER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size limit of the cache (least recently used weights are evicted), e.g. 20GiB.
+    #[arg(long, env = "EMBER_CACHE_MAX_BYTES", default_value = "20GiB", value_parser = parse_bytes)]
+    pub cache_max_bytes: u64,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> PathBuf {
+        self.cache_dir.clone().unwrap_or_else(default_cache_dir)
+    }
+
+    fn weights(&self) -> WeightCache {
+        WeightCache::new(self.dir(), self.cache_max_bytes)
     }
 }
 
@@ -365,9 +389,9 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// The device, checked: a missing GPU fails here, before any model loads. GPU kernels are
     /// compiled and tuned once per cache (`kernels/` under the weights cache).
-    pub(super) fn open(&self, store: &StoreArgs) -> anyhow::Result<Device> {
+    pub(super) fn open(&self, cache: &CacheArgs) -> anyhow::Result<Device> {
         let described = self.device.probe().map_err(anyhow::Error::msg)?;
-        runtime::cache_kernels_in(&store.cache_dir().join("kernels"));
+        runtime::cache_kernels_in(&cache.dir().join("kernels"));
         tracing::info!(device = %described, "compute device");
         Ok(self.device)
     }
@@ -382,6 +406,9 @@ pub struct PipelineArgs {
     /// Where models run.
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// Where downloaded weights are kept.
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Most rows in one batch.
     #[arg(long, env = "EMBER_MAX_BATCH_SIZE", default_value_t = DEFAULT_MAX_BATCH_SIZE,
           value_parser = clap::value_parser!(u16).range(1..).map(usize::from))]
@@ -424,10 +451,24 @@ impl PipelineArgs {
     }
 
     pub(super) fn registry(&self) -> anyhow::Result<Arc<Registry>> {
-        let device = self.device.open(&self.repo.store)?;
+        let device = self.device.open(&self.cache)?;
         Ok(Arc::new(
-            Registry::new(self.repo.open()?, self.batch()).on_device(device),
+            Registry::new(self.repo.open_cached(&self.cache)?, self.batch()).on_device(device),
         ))
+    }
+}
+
+/// A broker; `memory` (right for `serve` and `infer`, so often in `EMBER_TRANSPORT`) is refused
+/// saying why.
+fn parse_broker(value: &str) -> Result<Broker, String> {
+    match value {
+        "memory" => Err(
+            "the memory transport lives inside one process, so no worker is reachable \
+                         through it: use amqp or servicebus (check EMBER_TRANSPORT)"
+                .into(),
+        ),
+        _ => Broker::from_str(value, false)
+            .map_err(|_| format!("{value:?} is not amqp or servicebus")),
     }
 }
 

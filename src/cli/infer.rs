@@ -1,7 +1,7 @@
 //! `ember infer`: one request, answered through a broker or in process.
 
 use super::args::{CLIENT_RECEIVE_CONCURRENCY, PipelineArgs, TransportArgs};
-use crate::client::{Client, InferOptions};
+use crate::client::{Client, ClientError, InferOptions};
 use crate::protocol::{ErrorCode, ErrorResponse, InferError, Reply, decode_reply, request_id};
 use crate::store::ModelName;
 use crate::transport::Message;
@@ -70,7 +70,22 @@ pub async fn run(args: InferArgs) -> anyhow::Result<i32> {
                 .connect(broker, CLIENT_RECEIVE_CONCURRENCY)
                 .await?;
             let client = Client::from_arc(transport);
-            client.call(model.as_str(), body.into(), &options).await?
+            let id = request_id(&body);
+            match client.call(model.as_str(), body.into(), &options).await {
+                Ok(reply) => reply,
+                // Answered here as the gateway answers them: no worker, no answer in time.
+                Err(e @ (ClientError::NoQueue { .. } | ClientError::Timeout { .. })) => {
+                    let code = match e {
+                        ClientError::NoQueue { .. } => ErrorCode::NotFound,
+                        _ => ErrorCode::DeadlineExceeded,
+                    };
+                    let error = InferError::new(code, e.to_string());
+                    let error = ErrorResponse::new(id.unwrap_or_else(|| "cli".into()), &error);
+                    println!("{}", serde_json::to_string(&error)?);
+                    return Ok(2);
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         None => infer_in_process(&args.pipeline, model, body.into(), &options).await?,
     };

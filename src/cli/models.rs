@@ -1,7 +1,7 @@
 //! `ember models ...`: the model repository (list, push, promote, import, pull).
 
 use super::NOT_PROMOTED;
-use super::args::{DeviceArgs, RepoArgs, StoreArgs};
+use super::args::{CacheArgs, DeviceArgs, RepoArgs, StoreArgs};
 use crate::batcher::BatchConfig;
 use crate::client::chain::Chain;
 use crate::import::{self, ImportOptions};
@@ -79,6 +79,9 @@ pub enum ModelsCommand {
         /// Where to load it.
         #[command(flatten)]
         device: DeviceArgs,
+        /// Where to keep its weights.
+        #[command(flatten)]
+        cache: CacheArgs,
         /// `<model>[:<version or alias>]` (default alias: production).
         target: String,
         /// Print timings as JSON on the last line.
@@ -131,9 +134,13 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<i32> {
         ModelsCommand::Pull {
             repo,
             device,
+            cache,
             target,
             json,
-        } => pull(&repo.open()?, device.open(&repo.store)?, &target, json).await,
+        } => {
+            let repo = repo.open_cached(&cache)?;
+            pull(&repo, device.open(&cache)?, &target, json).await
+        }
         ModelsCommand::Import {
             model,
             source,
@@ -142,7 +149,7 @@ pub async fn run(command: ModelsCommand) -> anyhow::Result<i32> {
             version,
             promote,
         } => {
-            let repo = store.open(&out)?;
+            let repo = store.open(&out, None)?;
             let options = ImportOptions {
                 name: model,
                 version,

@@ -49,7 +49,7 @@ pub struct TrainArgs {
 /// Trains, publishes, and promotes if asked; exit status [`NOT_PROMOTED`] when the gate kept the
 /// production version.
 pub async fn run(args: TrainArgs) -> anyhow::Result<i32> {
-    let repo = args.store.open(&args.out)?;
+    let repo = args.store.open(&args.out, None)?;
     let options = TrainOptions {
         epochs: args.epochs,
         seed: args.seed,

@@ -178,7 +178,8 @@ struct WireResponse<'a> {
 }
 
 impl WireTensor<'_> {
-    fn into_tensor(self) -> Result<Tensor, String> {
+    /// The tensor, its data parsed; `body` is the message it came in, where errors are placed.
+    fn into_tensor(self, body: &[u8]) -> Result<Tensor, String> {
         let name = self.name.into_owned();
         let shape = self
             .shape
@@ -190,8 +191,9 @@ impl WireTensor<'_> {
         let elements = element_count(&shape)
             .ok_or_else(|| format!("tensor '{name}': shape {shape:?} is too large"))?;
         // The hint only pre-sizes the buffer; cap it so a lying shape cannot reserve much.
-        let data = TensorData::from_json(self.data.get(), self.datatype, elements.min(1 << 20))
-            .map_err(|e| format!("tensor '{name}': {e}"))?;
+        let json = self.data.get();
+        let data = TensorData::from_json(json, self.datatype, elements.min(1 << 20))
+            .map_err(|e| format!("tensor '{name}': {}", placed(&e, json, body)))?;
         Ok(Tensor {
             name,
             shape,
@@ -254,7 +256,7 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
     match wire
         .inputs
         .into_iter()
-        .map(WireTensor::into_tensor)
+        .map(|tensor| tensor.into_tensor(body))
         .collect()
     {
         Ok(inputs) => Ok(InferRequest {
@@ -271,6 +273,31 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
     }
 }
 
+/// `error`, found parsing `part` (a slice of `body`: a tensor's `data`), with its line and column
+/// counted in `body`, as the sender of the body counts them.
+fn placed(error: &serde_json::Error, part: &str, body: &[u8]) -> String {
+    let message = error.to_string();
+    let located = format!(" at line {} column {}", error.line(), error.column());
+    let start = (part.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize);
+    let Some(what) = message
+        .strip_suffix(&located)
+        .filter(|_| start <= body.len())
+    else {
+        return message;
+    };
+    let before = &body[..start];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    let base_line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let (line, column) = match error.line() {
+        1 => (base_line, start - line_start + error.column()),
+        n => (base_line + n - 1, error.column()),
+    };
+    format!("{what} at line {line} column {column}")
+}
+
 /// Decodes a reply body (response or error response), as a client does.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
     if let Ok(error) = serde_json::from_slice::<ErrorResponse>(body) {
@@ -280,7 +307,7 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
     let outputs = wire
         .outputs
         .into_iter()
-        .map(WireTensor::into_tensor)
+        .map(|tensor| tensor.into_tensor(body))
         .collect::<Result<_, _>>()?;
     Ok(Reply::Ok(InferResponse {
         id: wire.id,
@@ -436,6 +463,26 @@ fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_value_is_placed_where_it_is_in_the_body() {
+        for body in [
+            r#"{"id":"p","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1, 2, 1e+39]}]}"#,
+            "{\n  \"id\": \"p\",\n  \"inputs\": [{\"name\": \"x\", \"shape\": [1, 3],\n    \"datatype\": \"FP32\", \"data\": [1,\n 2, 1e+39]}]\n}",
+        ] {
+            let error = decode_request(body.as_bytes(), 1 << 20)
+                .unwrap_err()
+                .error
+                .message;
+            let at = body.find("1e+39").unwrap();
+            let line = body[..at].matches('\n').count() + 1;
+            let column = at - body[..at].rfind('\n').map_or(0, |i| i + 1) + 1;
+            // serde_json places the error at the number's last character.
+            let expected = format!("at line {line} column {}", column + "1e+39".len() - 1);
+            assert!(error.starts_with("tensor 'x': "), "{error}");
+            assert!(error.ends_with(&expected), "{error}: expected {expected}");
+        }
+    }
 
     fn digits_inputs() -> Vec<TensorSpec> {
         vec![TensorSpec {

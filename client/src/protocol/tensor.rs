@@ -168,7 +168,11 @@ impl TensorData {
     ///
     /// Refuses values outside the datatype's range and non-finite floats (JSON has no NaN or
     /// infinity; a number too large for FP32/FP16 would become one).
-    pub fn from_json(json: &str, datatype: DataType, capacity_hint: usize) -> Result<Self, String> {
+    pub fn from_json(
+        json: &str,
+        datatype: DataType,
+        capacity_hint: usize,
+    ) -> Result<Self, serde_json::Error> {
         let mut data = Self::with_capacity(datatype, capacity_hint);
         let mut de = serde_json::Deserializer::from_str(json);
         let seed = Flatten {
@@ -177,8 +181,8 @@ impl TensorData {
             depth: 0,
         };
         // The top level must be an array: `deserialize_seq` refuses a bare scalar.
-        de::Deserializer::deserialize_seq(&mut de, seed).map_err(|e| e.to_string())?;
-        de.end().map_err(|e| e.to_string())?;
+        de::Deserializer::deserialize_seq(&mut de, seed)?;
+        de.end()?;
         Ok(data)
     }
 }
