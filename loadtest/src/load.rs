@@ -131,6 +131,9 @@ pub struct LoadReport {
     pub answered: u64,
     /// Sent but never answered within the drain time, by message id. Must be 0.
     pub lost: u64,
+    /// Requests still waiting in the models' queues at the end (no worker took them: of those
+    /// not answered, these were not lost but never taken).
+    pub still_queued: u64,
     /// Answers received again for a request already answered.
     pub duplicates: u64,
     /// Publishes the broker refused.
@@ -381,8 +384,19 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     sampler.await?;
     progress.finish_and_clear();
     let _ = connection.close(200, "done".into()).await;
+    let mut still_queued = 0;
+    for target in &spec.targets {
+        for lane in [Lane::Realtime, Lane::Batch] {
+            let queue = queues::requests(&target.model, lane);
+            still_queued += u64::from(topology.depth(&queue).await.unwrap_or(0));
+        }
+    }
+    topology.close().await;
     let state = std::mem::take(&mut *ledger.state.lock().unwrap());
-    Ok(report(state, spec, started))
+    Ok(LoadReport {
+        still_queued,
+        ..report(state, spec, started)
+    })
 }
 
 /// A bar on stderr (hidden when stderr is not a terminal) with the live rate and p99.
@@ -564,6 +578,7 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
         sent: spec.requests as u64 - state.publish_failures,
         answered,
         lost: state.pending.len() as u64,
+        still_queued: 0,
         duplicates: state.duplicates,
         publish_failures: state.publish_failures,
         errors: state.codes,
@@ -593,11 +608,17 @@ impl LoadReport {
 
 /// A Markdown summary of `report`: totals, then latency per model and lane.
 pub fn markdown(report: &LoadReport) -> String {
+    let unanswered = match report.still_queued {
+        0 => format!("{}", report.lost),
+        queued => format!(
+            "{} ({queued} still queued: no worker took them)",
+            report.lost
+        ),
+    };
     let mut out = format!(
-        "sent {}, answered {}, lost {}, duplicates {}, publish failures {}, {:.0} req/s{} over {:.1} s\n",
+        "sent {}, answered {}, unanswered {unanswered}, duplicates {}, publish failures {}, {:.0} req/s{} over {:.1} s\n",
         report.sent,
         report.answered,
-        report.lost,
         report.duplicates,
         report.publish_failures,
         report.throughput_rps,

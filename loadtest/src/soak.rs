@@ -186,6 +186,7 @@ mod tests {
             sent: 10,
             answered: 10,
             lost: 0,
+            still_queued: 0,
             duplicates: 0,
             publish_failures: 0,
             errors: Default::default(),

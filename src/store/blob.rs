@@ -85,22 +85,6 @@ impl BlobStore {
         })
     }
 
-    /// Creates the container before the first write, unless it exists (or the credentials may
-    /// not create containers: then the write says what is wrong).
-    async fn create_container(&self) {
-        self.created
-            .get_or_init(|| async {
-                match self.container.create().await {
-                    Ok(_) => tracing::info!(
-                        container = self.container.container_name(),
-                        "created the container"
-                    ),
-                    Err(e) => tracing::debug!(error = %e.kind(), "not creating the container"),
-                }
-            })
-            .await;
-    }
-
     fn blob(&self, key: &str) -> BlobClient {
         self.container.blob_client(format!("{}{key}", self.prefix))
     }
@@ -607,7 +591,7 @@ impl ModelStore for BlobStore {
     }
 
     async fn put(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.create_container().await;
+        self.create_if_missing().await;
         let blob = self.blob(key);
         let what = self.name(&blob);
         if bytes.len() <= BLOCK_SIZE {
@@ -651,6 +635,20 @@ impl ModelStore for BlobStore {
                 .map_err(|e| classify(e, &what))
         })
         .await
+    }
+
+    async fn create_if_missing(&self) {
+        self.created
+            .get_or_init(|| async {
+                match self.container.create().await {
+                    Ok(_) => tracing::info!(
+                        container = self.container.container_name(),
+                        "created the container"
+                    ),
+                    Err(e) => tracing::debug!(error = %e.kind(), "not creating the container"),
+                }
+            })
+            .await;
     }
 
     fn describe(&self) -> String {

@@ -113,6 +113,9 @@ pub trait ModelStore: Send + Sync + 'static {
         let tag = sha256_hex(&bytes);
         Ok((known != Some(tag.as_str())).then_some(Tagged { bytes, tag }))
     }
+    /// Creates the place objects go (a blob container) unless it exists or the credentials may
+    /// not: a first write then says what is wrong. Writes call it; it is cheap after the first.
+    async fn create_if_missing(&self) {}
     /// Where the store is, for logs (never with credentials).
     fn describe(&self) -> String;
 }
@@ -658,6 +661,7 @@ impl Repository {
         weights: Bytes,
         assets: &Assets,
     ) -> Result<Manifest, StoreError> {
+        self.store.create_if_missing().await;
         match self.manifest(&manifest.name, &manifest.version).await {
             Ok(existing)
                 if existing.sha256.eq_ignore_ascii_case(&manifest.sha256)
