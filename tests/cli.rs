@@ -96,43 +96,22 @@ fn infer_exits_2_with_an_error_response_on_bad_input() {
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(stdout_json(&output)["code"], "INVALID_ARGUMENT");
 
-    let output = ember(
-        &[
-            "infer",
-            "--transport",
-            "memory",
-            "--model",
-            "nosuch",
-            "--input",
-            "-",
-        ],
-        &digit_request(),
-    );
-    assert_eq!(output.status.code(), Some(2));
-    let error = stdout_json(&output);
-    assert_eq!(error["code"], "NOT_FOUND");
-    assert_eq!(error["id"], "cli-test", "the request's id comes back");
-    assert_eq!(error["error"], "model nosuch not found");
-
-    let output = ember(
-        &[
-            "infer",
-            "--transport",
-            "memory",
-            "--model",
-            "digits",
-            "--version",
-            "9",
-            "--input",
-            "-",
-        ],
-        &digit_request(),
-    );
-    assert_eq!(output.status.code(), Some(2));
-    let error = stdout_json(&output);
-    assert_eq!(error["code"], "NOT_FOUND");
-    assert_eq!(error["id"], "cli-test");
-    assert_eq!(error["error"], "model digits has no version or alias 9");
+    // Unknown models and versions: NOT_FOUND, with the request's own id.
+    for (model, version, message) in [
+        ("nosuch", "production", "model nosuch not found"),
+        ("digits", "9", "model digits has no version or alias 9"),
+    ] {
+        let args = ["infer", "--transport", "memory", "--model", model];
+        let output = ember(
+            &[&args[..], &["--version", version, "--input", "-"]].concat(),
+            &digit_request(),
+        );
+        assert_eq!(output.status.code(), Some(2), "{model} {version}");
+        let error = stdout_json(&output);
+        assert_eq!(error["code"], "NOT_FOUND");
+        assert_eq!(error["id"], "cli-test", "the request's id comes back");
+        assert_eq!(error["error"], message);
+    }
 
     let output = ember(
         &[
