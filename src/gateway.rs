@@ -10,7 +10,7 @@
 
 use crate::client::chain::Chain;
 use crate::client::{Client, ClientError, InferOptions};
-use crate::protocol::{ErrorCode, InferError, Lane};
+use crate::protocol::{ErrorCode, Lane};
 use crate::store::{DEFAULT_ALIAS, Manifest, ModelName, Repository, StoreError, Version};
 use crate::transport::{TransportError, queues};
 use crate::worker::{RequestLimits, admit};
@@ -236,11 +236,18 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if headers.contains_key(BINARY_HEADER) {
-        let message = "the binary tensor data extension (Inference-Header-Content-Length) is not \
-                       supported: send tensors as JSON (tritonclient: binary_data=False)";
-        return error(ErrorCode::InvalidArgument, message);
-    }
+    // The binary tensor data extension: a JSON header of this many bytes, then the tensors.
+    let header_length = match headers
+        .get(BINARY_HEADER)
+        .map(|v| v.to_str().map(str::parse))
+    {
+        None => None,
+        Some(Ok(Ok(length))) => Some(length),
+        Some(_) => {
+            let message = "Inference-Header-Content-Length is not a number of bytes";
+            return error(ErrorCode::InvalidArgument, message);
+        }
+    };
     let limit = gateway.config.limits.max_request_bytes;
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         let message = format!("the request is over the {limit}-byte limit");
@@ -250,12 +257,13 @@ async fn infer(
         Ok(manifest) => manifest,
         Err(response) => return response,
     };
-    if let Err(e) = check(&body, &manifest, &gateway.config.limits) {
+    if let Err((e, _)) = admit(&body, header_length, &manifest, &gateway.config.limits) {
         return error(e.code, e.message);
     }
     let options = InferOptions {
         version: path.version,
         timeout: gateway.config.timeout,
+        header_length,
         ..InferOptions::default()
     };
     match gateway.client.call(&path.model, body, &options).await {
@@ -283,11 +291,4 @@ async fn infer(
         Err(e @ ClientError::NoQueue { .. }) => error(ErrorCode::NotFound, e.to_string()),
         Err(e) => error(ErrorCode::Internal, Chain(&e).to_string()),
     }
-}
-
-/// Admits `body` as a worker would, so a bad request is answered here.
-fn check(body: &[u8], manifest: &Manifest, limits: &RequestLimits) -> Result<(), InferError> {
-    admit(body, manifest, limits)
-        .map(drop)
-        .map_err(|(error, _)| error)
 }

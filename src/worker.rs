@@ -4,7 +4,7 @@
 
 use crate::batcher::Job;
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_request, request_id,
+    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_framed_request, request_id,
     select_outputs, validate,
 };
 use crate::registry::Registry;
@@ -61,16 +61,18 @@ pub struct Admitted {
     pub selected: Option<Vec<usize>>,
 }
 
-/// The one validation pipeline: decodes `body` within `limits`, checks it against `manifest`
-/// (declared inputs, the outputs asked for, the architecture's own value checks) and its rows
-/// against `limits`. A refusal carries the body's id when it could be read.
+/// The one validation pipeline: decodes `body` (JSON, or with `header_length` binary-framed)
+/// within `limits`, checks it against `manifest` (declared inputs, the outputs asked for, the
+/// architecture's own value checks) and its rows against `limits`. A refusal carries the body's
+/// id when it could be read.
 pub fn admit(
     body: &[u8],
+    header_length: Option<usize>,
     manifest: &Manifest,
     limits: &RequestLimits,
 ) -> Result<Admitted, (InferError, Option<String>)> {
-    let mut request =
-        decode_request(body, limits.max_request_bytes).map_err(|e| (e.error, e.id))?;
+    let mut request = decode_framed_request(body, header_length, limits.max_request_bytes)
+        .map_err(|e| (e.error, e.id))?;
     let id = request.id.take();
     let refuse = |error| (error, id.clone());
     let selected = select_outputs(request.outputs.as_deref(), &manifest.outputs).map_err(refuse)?;
@@ -353,6 +355,9 @@ impl Worker {
         // Errors and id-less requests are answered with the message id; copied only then.
         let fallback_id = || properties.message_id.clone().unwrap_or_default();
         let deadline = properties.deadline();
+        let header_length = properties
+            .header_length
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
         let prepared = async {
             let unread = |e| (e, fallback_id());
             if delivery.redeliveries > publisher.max_redeliveries() {
@@ -369,11 +374,13 @@ impl Worker {
                 .map_err(|e| {
                     let body = &delivery.message.body;
                     let readable = body.len() <= self.config.limits.max_request_bytes;
-                    let id = readable.then(|| request_id(body)).flatten();
+                    let header = body.get(..header_length.unwrap_or(body.len()));
+                    let id = header.filter(|_| readable).and_then(request_id);
                     (e, id.unwrap_or_else(fallback_id))
                 })?;
             let admitted = admit(
                 &delivery.message.body,
+                header_length,
                 &served.manifest,
                 &self.config.limits,
             )

@@ -66,7 +66,7 @@ fn shapes_claiming_huge_tensors_are_refused_before_allocation() {
         let mut refusal = None;
         let peak = peak_while(|| {
             refusal = Some(
-                admit(body.as_bytes(), &manifest, &unlimited)
+                admit(body.as_bytes(), None, &manifest, &unlimited)
                     .map(drop)
                     .map_err(|(error, _)| error)
                     .expect_err("refused"),

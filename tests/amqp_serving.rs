@@ -446,30 +446,34 @@ async fn a_python_pika_client_gets_its_answer() {
         {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data.image(3)}
     ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pika_rpc.py");
-    let mut client = Command::new("python3");
-    client.args([
-        script,
-        &common::amqp_url(),
-        &served.model,
-        &inputs.to_string(),
-    ]);
-    let output = tokio::task::spawn_blocking(move || client.output())
-        .await
-        .unwrap()
-        .expect("python3 (with pika: bash .ci/run installs it)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(printed["correlation_id"], "py-corr");
-    assert_eq!(printed["error_code"], serde_json::Value::Null);
-    let reply = &printed["reply"];
-    assert_eq!(reply["id"], "py-1");
-    assert_eq!(reply["model_name"], served.model.as_str());
-    assert_eq!(reply["outputs"][1]["name"], "label");
-    assert_eq!(reply["outputs"][1]["data"][0], i64::from(data.labels[3]));
+    // The tensor as JSON numbers, then as binary tensor data.
+    for framing in ["json", "binary"] {
+        let mut client = Command::new("python3");
+        client.args([
+            script,
+            &common::amqp_url(),
+            &served.model,
+            &inputs.to_string(),
+            framing,
+        ]);
+        let output = tokio::task::spawn_blocking(move || client.output())
+            .await
+            .unwrap()
+            .expect("python3 (with pika: bash .ci/run installs it)");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(printed["correlation_id"], "py-corr");
+        assert_eq!(printed["error_code"], serde_json::Value::Null, "{framing}");
+        let reply = &printed["reply"];
+        assert_eq!(reply["id"], "py-1");
+        assert_eq!(reply["model_name"], served.model.as_str());
+        assert_eq!(reply["outputs"][1]["name"], "label");
+        assert_eq!(reply["outputs"][1]["data"][0], i64::from(data.labels[3]));
+    }
     served.stop().await;
 }
 

@@ -29,6 +29,11 @@ fn request_corpus_holds() {
 }
 
 #[test]
+fn binary_request_corpus_holds() {
+    replay("binary_request", targets::binary_request);
+}
+
+#[test]
 fn manifest_corpus_holds() {
     replay("manifest", targets::manifest);
 }

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{KillOnDrop, LocalWorker, broker, held_out, image_request, repo_with, unique_model};
+use ember::protocol::{DataType, Tensor, TensorData, encode_framed_request};
 use ember::transport::Transport;
 use serde_json::{Value, json};
 use std::io::BufRead;
@@ -186,20 +187,40 @@ async fn every_route_answers_with_the_v2_status_and_body() {
             "NOT_FOUND",
         ),
     ];
-    let binary = http
-        .post(infer(&model))
-        .header("inference-header-content-length", "10")
-        .body(image_request("b", data.image(0), 1))
-        .send()
+    // Binary tensor data: the digit framed after a JSON header; and a framing that lies.
+    let digit = Tensor {
+        name: "input".into(),
+        shape: vec![1, 64],
+        datatype: DataType::Fp32,
+        data: TensorData::F32(data.image(3).to_vec()),
+    };
+    let (framed, header) = encode_framed_request("bin-1", &[digit]);
+    let send_framed = |body: Vec<u8>, header: usize| {
+        http.post(infer(&model))
+            .header("inference-header-content-length", header.to_string())
+            .body(body)
+            .send()
+    };
+    let answer: Value = send_framed(framed.clone(), header)
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    assert_eq!(binary.status().as_u16(), 400);
-    let refusal: Value = binary.json().await.unwrap();
+    assert_eq!(answer["id"], "bin-1", "{answer}");
+    assert_eq!(answer["outputs"][1]["data"][0], data.labels[3], "{answer}");
+    let lying = send_framed(framed[..framed.len() - 4].to_vec(), header)
+        .await
+        .unwrap();
+    assert_eq!(lying.status().as_u16(), 400);
+    let refusal: Value = lying.json().await.unwrap();
+    assert_eq!(refusal["code"], "INVALID_ARGUMENT");
     assert!(
         refusal["error"]
             .as_str()
             .unwrap()
-            .contains("binary tensor data extension")
+            .contains("tensor 'input': binary_data_size 256 is past the body's end"),
+        "{refusal}"
     );
     for (url, body, expected, code) in cases {
         let (status, answer) = post(&http, url.clone(), body).await;
@@ -234,7 +255,7 @@ async fn nvidias_tritonclient_talks_to_the_gateway() {
     assert!(output.status.success(), "{}", common::output_text(&output));
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["id"], "triton-1");
-    assert_eq!(printed["label"], data.labels[5]);
+    assert_eq!(printed["labels"], json!([data.labels[5], data.labels[5]]));
     assert_eq!(printed["inputs"][0]["shape"], json!([-1, 64]));
     let model = worker.stop().await;
     transport.delete(&model).await.unwrap();

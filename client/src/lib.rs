@@ -174,6 +174,9 @@ pub struct InferOptions {
     pub lane: Lane,
     /// Message id; the same id with the same body is the same request (default: a fresh one).
     pub id: Option<String>,
+    /// The body is binary-framed: a JSON header of this many bytes, then binary tensors
+    /// ([`protocol::encode_framed_request`]); `None`: JSON.
+    pub header_length: Option<usize>,
 }
 
 impl Default for InferOptions {
@@ -183,6 +186,7 @@ impl Default for InferOptions {
             timeout: DEFAULT_TIMEOUT,
             lane: Lane::Realtime,
             id: None,
+            header_length: None,
         }
     }
 }
@@ -267,6 +271,7 @@ impl Client {
                 model: Some(model.to_owned()),
                 version: options.version.clone(),
                 lane: Some(options.lane),
+                header_length: options.header_length.map(|n| n as u64),
                 ..Properties::default()
             }
             .with_deadline_in(options.timeout)

@@ -2,7 +2,10 @@
 //! with generated inputs (`fuzz_targets/`), and `tests/fuzz_corpus.rs` replays the committed
 //! corpus through them on every `cargo test`. Each must never panic but where it asserts.
 
-use ember::protocol::{DEFAULT_MAX_REQUEST_BYTES, decode_request, encode_request};
+use ember::protocol::{
+    DEFAULT_MAX_REQUEST_BYTES, DataType, decode_framed_request, decode_request,
+    encode_framed_request, encode_request,
+};
 use ember::store::{Aliases, Manifest, ModelName, Version};
 use ember::transport::amqp::{from_amqp, to_amqp};
 use ember::worker::{RequestLimits, admit};
@@ -23,7 +26,7 @@ pub fn request(data: &[u8]) {
         "re-encoding changed the tensors"
     );
     for manifest in shipped_manifests() {
-        let Ok(admitted) = admit(data, manifest, &RequestLimits::default()) else {
+        let Ok(admitted) = admit(data, None, manifest, &RequestLimits::default()) else {
             continue;
         };
         let inputs = admitted.inputs;
@@ -37,6 +40,34 @@ pub fn request(data: &[u8]) {
             );
         }
     }
+}
+
+/// Request bodies with binary tensors: the first two bytes (little-endian) are the JSON header's
+/// length, the rest the body. Decoding either refuses with a reason or yields tensors that
+/// re-encode, as JSON and framed again, to the same tensors.
+pub fn binary_request(data: &[u8]) {
+    let Some((length, body)) = data.split_first_chunk::<2>() else {
+        return;
+    };
+    let header = usize::from(u16::from_le_bytes(*length));
+    let Ok(request) = decode_framed_request(body, Some(header), DEFAULT_MAX_REQUEST_BYTES) else {
+        return;
+    };
+    let id = request.id.as_deref().unwrap_or_default();
+    let json = decode_request(&encode_request(id, &request.inputs), usize::MAX)
+        .expect("decoded binary tensors encode as JSON");
+    assert_eq!(json.inputs, request.inputs, "JSON changed the tensors");
+    // FP16 given as JSON is carried unrounded: framing it as half precision rounds it.
+    if request.inputs.iter().any(|t| t.datatype == DataType::Fp16) {
+        return;
+    }
+    let (framed, header) = encode_framed_request(id, &request.inputs);
+    let again = decode_framed_request(&framed, Some(header), usize::MAX)
+        .expect("a decoded request re-encodes framed");
+    assert_eq!(
+        again.inputs, request.inputs,
+        "re-framing changed the tensors"
+    );
 }
 
 /// `manifest.json` and `aliases.json` as a repository may hold them: what reads also writes

@@ -1,6 +1,7 @@
 //! The wire protocol: Open Inference Protocol (KServe V2) JSON requests and responses, decoding
 //! with a size limit, and validation against a model's declared inputs.
 
+pub mod binary;
 mod error;
 mod tensor;
 
@@ -125,14 +126,24 @@ struct WireTensor<'a> {
     name: Cow<'a, str>,
     shape: Vec<i64>,
     datatype: DataType,
-    #[serde(borrow)]
-    data: &'a RawValue,
-    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
-    _parameters: Option<Parameters<'a>>,
+    /// JSON elements; absent when the tensor is binary (`parameters.binary_data_size`).
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, deserialize_with = "present")]
+    parameters: Option<TensorParameters>,
 }
 
 /// `parameters` of the V2 protocol: an object; Ember reads none of them, but checks its type.
 type Parameters<'a> = HashMap<Cow<'a, str>, IgnoredAny>;
+
+/// A tensor's `parameters`: the binary extension's byte length, the rest checked and ignored.
+#[derive(Deserialize)]
+struct TensorParameters {
+    #[serde(default, deserialize_with = "present")]
+    binary_data_size: Option<u64>,
+    #[serde(flatten)]
+    _others: HashMap<String, IgnoredAny>,
+}
 
 #[derive(Deserialize)]
 struct WireRequest<'a> {
@@ -178,8 +189,10 @@ struct WireResponse<'a> {
 }
 
 impl WireTensor<'_> {
-    /// The tensor, its data parsed; `body` is the message it came in, where errors are placed.
-    fn into_tensor(self, body: &[u8]) -> Result<Tensor, String> {
+    /// The tensor, its data parsed: JSON `data`, or its `binary_data_size` bytes taken from the
+    /// front of `binary` (the body's binary part; `None` if it has none). `body` is the message
+    /// it came in, where errors are placed.
+    fn into_tensor(self, body: &[u8], binary: Option<&mut &[u8]>) -> Result<Tensor, String> {
         let name = self.name.into_owned();
         let shape = self
             .shape
@@ -191,9 +204,45 @@ impl WireTensor<'_> {
         let elements = element_count(&shape)
             .ok_or_else(|| format!("tensor '{name}': shape {shape:?} is too large"))?;
         // The hint only pre-sizes the buffer; cap it so a lying shape cannot reserve much.
-        let json = self.data.get();
-        let data = TensorData::from_json(json, self.datatype, elements.min(1 << 20))
-            .map_err(|e| format!("tensor '{name}': {}", placed(&e, json, body)))?;
+        let size = self.parameters.and_then(|p| p.binary_data_size);
+        let data = match (self.data, size) {
+            (Some(json), None) => {
+                let json = json.get();
+                TensorData::from_json(json, self.datatype, elements.min(1 << 20))
+                    .map_err(|e| format!("tensor '{name}': {}", placed(&e, json, body)))?
+            }
+            (None, Some(size)) => {
+                let Some(binary) = binary else {
+                    return Err(format!(
+                        "tensor '{name}': binary_data_size without a binary part \
+                         (Inference-Header-Content-Length)"
+                    ));
+                };
+                let taken = usize::try_from(size)
+                    .ok()
+                    .and_then(|size| binary.split_at_checked(size));
+                let Some((raw, rest)) = taken else {
+                    return Err(format!(
+                        "tensor '{name}': binary_data_size {size} is past the body's end ({} \
+                         binary bytes left)",
+                        binary.len()
+                    ));
+                };
+                *binary = rest;
+                binary::decode(raw, self.datatype, elements)
+                    .map_err(|e| format!("tensor '{name}': {e}"))?
+            }
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "tensor '{name}': both data and parameters.binary_data_size"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "tensor '{name}': no data (nor parameters.binary_data_size)"
+                ));
+            }
+        };
         Ok(Tensor {
             name,
             shape,
@@ -228,8 +277,19 @@ pub fn request_id(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Id>(body).ok()?.id
 }
 
-/// Decodes a request body, refusing one over `max_bytes` before parsing any of it.
+/// Decodes a JSON request body, refusing one over `max_bytes` before parsing any of it.
 pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, DecodeError> {
+    decode_framed_request(body, None, max_bytes)
+}
+
+/// Decodes a request body: JSON, or, with `header_length` (`Inference-Header-Content-Length`),
+/// a JSON header of that many bytes followed by its binary tensors ([`binary`]). Refuses a body
+/// over `max_bytes` before parsing any of it, and binary bytes that no tensor claims.
+pub fn decode_framed_request(
+    body: &[u8],
+    header_length: Option<usize>,
+    max_bytes: usize,
+) -> Result<InferRequest, DecodeError> {
     let unread = |error| DecodeError { error, id: None };
     if body.len() > max_bytes {
         let message = format!("request is {} bytes; the limit is {max_bytes}", body.len());
@@ -238,11 +298,23 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
             message,
         )));
     }
-    if body.iter().all(u8::is_ascii_whitespace) {
+    let (header, mut binary) = match header_length {
+        None => (body, None),
+        Some(length) => match body.split_at_checked(length) {
+            Some((header, binary)) => (header, Some(binary)),
+            None => {
+                return Err(unread(InferError::invalid(format!(
+                    "Inference-Header-Content-Length {length} is past the body's {} bytes",
+                    body.len()
+                ))));
+            }
+        },
+    };
+    if header.iter().all(u8::is_ascii_whitespace) {
         return Err(unread(InferError::invalid("empty request body")));
     }
-    let wire: WireRequest = serde_json::from_slice(body).map_err(|e| {
-        let message = match std::str::from_utf8(body) {
+    let wire: WireRequest = serde_json::from_slice(header).map_err(|e| {
+        let message = match std::str::from_utf8(header) {
             Err(bad) => format!(
                 "malformed request: the body is not UTF-8 (invalid byte at offset {}); JSON \
                  strings, BYTES data included, must be UTF-8",
@@ -253,12 +325,18 @@ pub fn decode_request(body: &[u8], max_bytes: usize) -> Result<InferRequest, Dec
         unread(InferError::invalid(message))
     })?;
     let id = wire.id.map(Cow::into_owned);
-    match wire
+    let inputs = wire
         .inputs
         .into_iter()
-        .map(|tensor| tensor.into_tensor(body))
-        .collect()
-    {
+        .map(|tensor| tensor.into_tensor(header, binary.as_mut()))
+        .collect::<Result<_, _>>()
+        .and_then(|inputs| match binary {
+            Some(left) if !left.is_empty() => {
+                Err(format!("{} bytes after the last binary tensor", left.len()))
+            }
+            _ => Ok(inputs),
+        });
+    match inputs {
         Ok(inputs) => Ok(InferRequest {
             id,
             inputs,
@@ -298,6 +376,43 @@ fn placed(error: &serde_json::Error, part: &str, body: &[u8]) -> String {
     format!("{what} at line {line} column {column}")
 }
 
+/// Encodes a request body with every input binary: the JSON header, then the inputs' bytes.
+/// Returns the body and the header's length (`Inference-Header-Content-Length`).
+pub fn encode_framed_request(id: &str, inputs: &[Tensor]) -> (Vec<u8>, usize) {
+    #[derive(Serialize)]
+    struct Size {
+        binary_data_size: usize,
+    }
+    #[derive(Serialize)]
+    struct Input<'a> {
+        name: &'a str,
+        shape: &'a [usize],
+        datatype: DataType,
+        parameters: Size,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        inputs: Vec<Input<'a>>,
+    }
+    let mut binary = Vec::new();
+    let inputs = inputs
+        .iter()
+        .map(|t| Input {
+            name: &t.name,
+            shape: &t.shape,
+            datatype: t.datatype,
+            parameters: Size {
+                binary_data_size: binary::encode(&t.data, t.datatype, &mut binary),
+            },
+        })
+        .collect();
+    let mut body = serde_json::to_vec(&Body { id, inputs }).expect("tensors serialize");
+    let header_length = body.len();
+    body.extend_from_slice(&binary);
+    (body, header_length)
+}
+
 /// Decodes a reply body (response or error response), as a client does.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
     if let Ok(error) = serde_json::from_slice::<ErrorResponse>(body) {
@@ -307,7 +422,7 @@ pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
     let outputs = wire
         .outputs
         .into_iter()
-        .map(|tensor| tensor.into_tensor(body))
+        .map(|tensor| tensor.into_tensor(body, None))
         .collect::<Result<_, _>>()?;
     Ok(Reply::Ok(InferResponse {
         id: wire.id,
@@ -463,6 +578,91 @@ fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tensor(name: &str, shape: Vec<usize>, datatype: DataType, data: TensorData) -> Tensor {
+        Tensor {
+            name: name.into(),
+            shape,
+            datatype,
+            data,
+        }
+    }
+
+    #[test]
+    fn binary_requests_decode_to_the_tensors_json_ones_do() {
+        let inputs = vec![
+            tensor(
+                "a",
+                vec![1, 3],
+                DataType::Fp32,
+                TensorData::F32(vec![0.5, -1.0, 3.25]),
+            ),
+            tensor("b", vec![2], DataType::Int32, TensorData::I64(vec![-4, 9])),
+            tensor(
+                "c",
+                vec![1],
+                DataType::Bytes,
+                TensorData::Bytes(vec!["x y".into()]),
+            ),
+        ];
+        let (body, header) = encode_framed_request("b-1", &inputs);
+        let framed = decode_framed_request(&body, Some(header), 1 << 20).unwrap();
+        let json = decode_request(&encode_request("b-1", &inputs), 1 << 20).unwrap();
+        assert_eq!(framed, json);
+        assert_eq!(framed.id.as_deref(), Some("b-1"));
+    }
+
+    #[test]
+    fn bad_binary_framing_is_refused_naming_the_tensor() {
+        let inputs = [tensor(
+            "x",
+            vec![1, 2],
+            DataType::Fp32,
+            TensorData::F32(vec![1.0, 2.0]),
+        )];
+        let (body, header) = encode_framed_request("f", &inputs);
+        let refused = |body: &[u8], header: Option<usize>| {
+            decode_framed_request(body, header, 1 << 20)
+                .expect_err("refused")
+                .error
+        };
+        let past = refused(&body, Some(body.len() + 1));
+        assert!(
+            past.message.contains("Inference-Header-Content-Length"),
+            "{past}"
+        );
+        let trailing = refused(&[&body[..], b"!"].concat(), Some(header));
+        assert!(
+            trailing
+                .message
+                .contains("1 bytes after the last binary tensor"),
+            "{trailing}"
+        );
+        let short = refused(&body[..body.len() - 1], Some(header));
+        assert!(
+            short
+                .message
+                .starts_with("tensor 'x': binary_data_size 8 is past"),
+            "{short}"
+        );
+        let unframed = refused(&body[..header], None);
+        assert!(
+            unframed.message.contains("without a binary part"),
+            "{unframed}"
+        );
+        // A size that disagrees with the shape.
+        let text = String::from_utf8(body[..header].to_vec()).unwrap();
+        let lying = text.replace("\"binary_data_size\":8", "\"binary_data_size\":4");
+        let lying = [lying.as_bytes(), &body[header..header + 4]].concat();
+        let mismatch = refused(&lying, Some(header));
+        assert!(
+            mismatch.message.contains("is not 2 elements of 4 bytes"),
+            "{mismatch}"
+        );
+        for error in [past, trailing, short, unframed, mismatch] {
+            assert_eq!(error.code, ErrorCode::InvalidArgument);
+        }
+    }
 
     #[test]
     fn a_bad_value_is_placed_where_it_is_in_the_body() {

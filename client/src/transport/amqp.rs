@@ -11,7 +11,8 @@
 use super::headers::{
     BLOB_THRESHOLD as BLOB_THRESHOLD_HEADER, CLAIM_CHECK as CLAIM_CHECK_HEADER,
     DEADLINE as DEADLINE_HEADER, ERROR as ERROR_HEADER, ERROR_CODE as ERROR_CODE_HEADER,
-    LANE as LANE_HEADER, MODEL as MODEL_HEADER, SENT as SENT_HEADER, VERSION as VERSION_HEADER,
+    HEADER_LENGTH as HEADER_LENGTH_HEADER, LANE as LANE_HEADER, MODEL as MODEL_HEADER,
+    SENT as SENT_HEADER, VERSION as VERSION_HEADER,
 };
 use super::{
     ClientTransport, Delivery, Inbox, InboxSender, Message, Properties, Settle, Subscription,
@@ -969,6 +970,12 @@ pub fn to_amqp(properties: &Properties) -> BasicProperties {
         CLAIM_CHECK_HEADER,
         properties.claim_check.as_deref().map(text),
     );
+    put(
+        HEADER_LENGTH_HEADER,
+        properties
+            .header_length
+            .map(|bytes| AMQPValue::LongLongInt(i64::try_from(bytes).unwrap_or(i64::MAX))),
+    );
     let short = |value: &Option<String>| value.as_deref().map(ShortString::from);
     let mut amqp = BasicProperties::default()
         .with_content_type("application/json".into())
@@ -1012,6 +1019,9 @@ pub fn from_amqp(amqp: &BasicProperties) -> Properties {
             .and_then(integer)
             .and_then(|bytes| u64::try_from(bytes).ok()),
         claim_check: header_text(CLAIM_CHECK_HEADER),
+        header_length: header(HEADER_LENGTH_HEADER)
+            .and_then(integer)
+            .and_then(|bytes| u64::try_from(bytes).ok()),
     }
 }
 
@@ -1055,6 +1065,7 @@ mod tests {
             error: Some("late".into()),
             blob_threshold: Some(1 << 20),
             claim_check: Some("az://results/m/x.json".into()),
+            header_length: Some(120),
         };
         assert_eq!(from_amqp(&to_amqp(&properties)), properties);
     }

@@ -93,6 +93,8 @@ pub mod headers {
     pub const BLOB_THRESHOLD: &str = "ember-blob-threshold";
     /// `ember-claim-check`.
     pub const CLAIM_CHECK: &str = "ember-claim-check";
+    /// `inference-header-content-length`: the binary tensor data extension's framing.
+    pub const HEADER_LENGTH: &str = "inference-header-content-length";
 }
 
 /// Message properties of the wire protocol (AMQP properties and `ember-*` headers).
@@ -124,6 +126,9 @@ pub struct Properties {
     pub blob_threshold: Option<u64>,
     /// `ember-claim-check` on replies: the URL of the answer in blob storage.
     pub claim_check: Option<String>,
+    /// `inference-header-content-length`: the body is a JSON header of this many bytes followed
+    /// by binary tensors ([`crate::protocol::binary`]); absent, the body is JSON.
+    pub header_length: Option<u64>,
 }
 
 impl Properties {

@@ -476,6 +476,10 @@ fn send_options(properties: &Properties) -> SendMessageOptions {
         properties.blob_threshold.map(|b| b.to_string()),
     );
     put(headers::CLAIM_CHECK, properties.claim_check.clone());
+    put(
+        headers::HEADER_LENGTH,
+        properties.header_length.map(|b| b.to_string()),
+    );
     SendMessageOptions {
         content_type: Some("application/json".into()),
         broker_properties: Some(SettableBrokerProperties {
@@ -535,6 +539,7 @@ fn received(locked: &PeekLockResponse) -> (Message, u32) {
         error: text(headers::ERROR),
         blob_threshold: number(headers::BLOB_THRESHOLD),
         claim_check: text(headers::CLAIM_CHECK),
+        header_length: number(headers::HEADER_LENGTH),
     };
     let message = Message {
         body: Bytes::from(locked.body()),
