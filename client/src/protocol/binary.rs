@@ -37,13 +37,15 @@ pub fn decode(raw: &[u8], datatype: DataType, elements: usize) -> Result<TensorD
     let words = |n: usize| raw.chunks_exact(n);
     let data = match datatype {
         DataType::Fp32 => TensorData::F32(finite(
-            words(4).map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes"))),
+            words(4)
+                .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")))
+                .collect(),
         )?),
-        DataType::Fp16 => {
-            TensorData::F32(finite(words(2).map(|w| {
-                f16_to_f32(u16::from_le_bytes(w.try_into().expect("2 bytes")))
-            }))?)
-        }
+        DataType::Fp16 => TensorData::F32(finite(
+            words(2)
+                .map(|w| f16_to_f32(u16::from_le_bytes(w.try_into().expect("2 bytes"))))
+                .collect(),
+        )?),
         DataType::Fp64 => {
             let values: Vec<f64> = words(8)
                 .map(|w| f64::from_le_bytes(w.try_into().expect("8 bytes")))
@@ -105,16 +107,17 @@ pub fn decode(raw: &[u8], datatype: DataType, elements: usize) -> Result<TensorD
     Ok(data)
 }
 
-/// `values`, refused at the first that is not finite (as JSON cannot carry one either).
-fn finite(values: impl Iterator<Item = f32>) -> Result<Vec<f32>, String> {
-    values
-        .enumerate()
-        .map(|(at, v)| {
-            v.is_finite()
-                .then_some(v)
-                .ok_or_else(|| format!("element {at} is not a finite number"))
-        })
-        .collect()
+/// `values`, refused if one is not finite (as JSON cannot carry one either). Converted first and
+/// checked in a second pass: both loops vectorise, where a fallible conversion would not.
+fn finite(values: Vec<f32>) -> Result<Vec<f32>, String> {
+    if values.iter().all(|v| v.is_finite()) {
+        return Ok(values);
+    }
+    let at = values
+        .iter()
+        .position(|v| !v.is_finite())
+        .unwrap_or_default();
+    Err(format!("element {at} is not a finite number"))
 }
 
 /// BYTES elements: each a 4-byte little-endian length, then that many bytes of UTF-8.
