@@ -67,31 +67,11 @@ pub fn decode(raw: &[u8], datatype: DataType, elements: usize) -> Result<TensorD
         ),
         DataType::Uint8 => TensorData::I64(raw.iter().map(|&b| i64::from(b)).collect()),
         DataType::Int8 => TensorData::I64(raw.iter().map(|&b| i64::from(b as i8)).collect()),
-        DataType::Uint16 => TensorData::I64(
-            words(2)
-                .map(|w| i64::from(u16::from_le_bytes(w.try_into().expect("2 bytes"))))
-                .collect(),
-        ),
-        DataType::Int16 => TensorData::I64(
-            words(2)
-                .map(|w| i64::from(i16::from_le_bytes(w.try_into().expect("2 bytes"))))
-                .collect(),
-        ),
-        DataType::Uint32 => TensorData::I64(
-            words(4)
-                .map(|w| i64::from(u32::from_le_bytes(w.try_into().expect("4 bytes"))))
-                .collect(),
-        ),
-        DataType::Int32 => TensorData::I64(
-            words(4)
-                .map(|w| i64::from(i32::from_le_bytes(w.try_into().expect("4 bytes"))))
-                .collect(),
-        ),
-        DataType::Int64 => TensorData::I64(
-            words(8)
-                .map(|w| i64::from_le_bytes(w.try_into().expect("8 bytes")))
-                .collect(),
-        ),
+        DataType::Uint16 => integers::<2>(raw, |w| i64::from(u16::from_le_bytes(w))),
+        DataType::Int16 => integers::<2>(raw, |w| i64::from(i16::from_le_bytes(w))),
+        DataType::Uint32 => integers::<4>(raw, |w| i64::from(u32::from_le_bytes(w))),
+        DataType::Int32 => integers::<4>(raw, |w| i64::from(i32::from_le_bytes(w))),
+        DataType::Int64 => integers::<8>(raw, i64::from_le_bytes),
         DataType::Uint64 => TensorData::I64(
             words(8)
                 .enumerate()
@@ -105,6 +85,16 @@ pub fn decode(raw: &[u8], datatype: DataType, elements: usize) -> Result<TensorD
         DataType::Bytes => unreachable!("BYTES has no element size"),
     };
     Ok(data)
+}
+
+/// The `N`-byte integers of `raw`, each read by `read`.
+fn integers<const N: usize>(raw: &[u8], read: impl Fn([u8; N]) -> i64) -> TensorData {
+    let words = raw.chunks_exact(N);
+    TensorData::I64(
+        words
+            .map(|w| read(w.try_into().expect("N bytes")))
+            .collect(),
+    )
 }
 
 /// `values`, refused if one is not finite (as JSON cannot carry one either). Converted first and
