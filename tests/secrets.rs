@@ -283,6 +283,15 @@ async fn a_serving_worker_keeps_its_broker_password_out_of_logs_and_metrics() {
         .stderr(Stdio::piped());
     let mut child = common::KillOnDrop(serve.spawn().unwrap());
     let (telemetry, logs) = common::follow_logs(&mut child.0);
+    // Ready once the model's queues are subscribed: before that `infer` finds no queue.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{telemetry}/readyz"))
+        .await
+        .is_ok_and(|response| response.status().is_success())
+    {
+        assert!(Instant::now() < deadline, "not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let request = dir.path().join("request.json");
