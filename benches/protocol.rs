@@ -38,7 +38,7 @@ fn decode_and_validate(c: &mut Criterion) {
                 .collect(),
         }];
         let json = encode_request("42", std::slice::from_ref(&input));
-        let (framed, header) = encode_framed_request("42", std::slice::from_ref(&input));
+        let (framed, header) = encode_framed_request("42", std::slice::from_ref(&input), false);
         group.bench_function(format!("json_{label}_fp32"), |b| {
             b.iter(|| {
                 let request = decode_request(black_box(&json), 64 << 20).unwrap();

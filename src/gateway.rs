@@ -157,7 +157,7 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "ember",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
 }
 
@@ -249,9 +249,19 @@ async fn infer(
         }
     };
     let limit = gateway.config.limits.max_request_bytes;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+    let too_large = || {
         let message = format!("the request is over the {limit}-byte limit");
-        return error(ErrorCode::ResourceExhausted, message);
+        error(ErrorCode::ResourceExhausted, message)
+    };
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return too_large();
+    };
+    let body = match encoding::decode(headers.get(header::CONTENT_ENCODING), body, limit) {
+        Ok(body) => body,
+        Err(encoding::Refused::TooLarge) => return too_large(),
+        Err(encoding::Refused::Bad(message)) => {
+            return error(ErrorCode::InvalidArgument, message);
+        }
     };
     let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
         Ok(manifest) => manifest,
@@ -272,12 +282,22 @@ async fn infer(
                 .properties
                 .error_code
                 .map_or(StatusCode::OK, status_of);
-            let mut response = Response::new(Body::from(reply.body));
+            let accepted = encoding::accepted(headers.get(header::ACCEPT_ENCODING));
+            let (body, content_encoding) = encoding::encode(accepted, reply.body);
+            let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+            let headers = response.headers_mut();
+            let content_type = match reply.properties.header_length {
+                Some(length) => {
+                    headers.insert(BINARY_HEADER, HeaderValue::from(length));
+                    "application/octet-stream"
+                }
+                None => "application/json",
+            };
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if let Some(content_encoding) = content_encoding {
+                headers.insert(header::CONTENT_ENCODING, content_encoding);
+            }
             response
         }
         Err(ClientError::Timeout { waited, .. }) => error(
@@ -290,5 +310,107 @@ async fn infer(
         ),
         Err(e @ ClientError::NoQueue { .. }) => error(ErrorCode::NotFound, e.to_string()),
         Err(e) => error(ErrorCode::Internal, Chain(&e).to_string()),
+    }
+}
+
+/// `Content-Encoding` of requests and `Accept-Encoding` of responses: gzip and deflate (zlib), as
+/// Triton takes and gives them.
+mod encoding {
+    use axum::http::HeaderValue;
+    use bytes::Bytes;
+    use flate2::Compression;
+    use std::io::{Read, Write};
+
+    /// A compressed body that cannot be taken.
+    pub enum Refused {
+        /// It inflates past the request limit.
+        TooLarge,
+        /// Its encoding is unknown or its data corrupt.
+        Bad(String),
+    }
+
+    /// A response compression.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Coding {
+        Gzip,
+        Deflate,
+    }
+
+    /// `body` inflated as `content_encoding` says, refused once past `limit` bytes.
+    pub fn decode(
+        content_encoding: Option<&HeaderValue>,
+        body: Bytes,
+        limit: usize,
+    ) -> Result<Bytes, Refused> {
+        let Some(value) = content_encoding else {
+            return Ok(body);
+        };
+        let coding = value
+            .to_str()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        let reader: Box<dyn Read> = match coding.as_str() {
+            "" | "identity" => return Ok(body),
+            "gzip" | "x-gzip" => Box::new(flate2::read::GzDecoder::new(&body[..])),
+            "deflate" => Box::new(flate2::read::ZlibDecoder::new(&body[..])),
+            other => {
+                return Err(Refused::Bad(format!(
+                    "Content-Encoding {other:?}: use gzip, deflate or identity"
+                )));
+            }
+        };
+        let mut inflated = Vec::new();
+        reader
+            .take(limit as u64 + 1)
+            .read_to_end(&mut inflated)
+            .map_err(|e| Refused::Bad(format!("the {coding} body does not inflate: {e}")))?;
+        if inflated.len() > limit {
+            return Err(Refused::TooLarge);
+        }
+        Ok(inflated.into())
+    }
+
+    /// The compression `accept_encoding` asks for: gzip or deflate, the first listed that it
+    /// does not refuse with `q=0`.
+    pub fn accepted(accept_encoding: Option<&HeaderValue>) -> Option<Coding> {
+        let value = accept_encoding?.to_str().ok()?;
+        value.split(',').find_map(|entry| {
+            let mut parts = entry.split(';');
+            let coding = match parts.next()?.trim().to_ascii_lowercase().as_str() {
+                "gzip" | "x-gzip" => Coding::Gzip,
+                "deflate" => Coding::Deflate,
+                _ => return None,
+            };
+            let refused = parts.any(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    == Some(0.0)
+            });
+            (!refused).then_some(coding)
+        })
+    }
+
+    /// `body` compressed with `coding`, and its `Content-Encoding`.
+    pub fn encode(coding: Option<Coding>, body: Bytes) -> (Bytes, Option<HeaderValue>) {
+        let Some(coding) = coding else {
+            return (body, None);
+        };
+        let out = Vec::with_capacity(body.len() / 2);
+        let (out, name) = match coding {
+            Coding::Gzip => {
+                let mut encoder = flate2::write::GzEncoder::new(out, Compression::fast());
+                encoder.write_all(&body).expect("writes to memory");
+                (encoder.finish(), "gzip")
+            }
+            Coding::Deflate => {
+                let mut encoder = flate2::write::ZlibEncoder::new(out, Compression::fast());
+                encoder.write_all(&body).expect("writes to memory");
+                (encoder.finish(), "deflate")
+            }
+        };
+        let out = out.expect("writes to memory");
+        (out.into(), Some(HeaderValue::from_static(name)))
     }
 }

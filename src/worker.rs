@@ -4,8 +4,8 @@
 
 use crate::batcher::Job;
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, Lane, ValidatedInputs, decode_framed_request, request_id,
-    select_outputs, validate,
+    ErrorCode, ErrorResponse, InferError, Lane, SelectedOutput, ValidatedInputs,
+    decode_framed_request, request_id, select_outputs, validate,
 };
 use crate::registry::Registry;
 use crate::results::{self, Publisher};
@@ -50,15 +50,15 @@ impl Default for RequestLimits {
 }
 
 /// A request that passed every check: its id (if the body had one), its validated inputs and
-/// the outputs it asks for (their positions; `None`: all).
+/// the outputs it asks for.
 #[derive(Debug)]
 pub struct Admitted {
     /// The body's `id`.
     pub id: Option<String>,
     /// The inputs, validated against the manifest.
     pub inputs: ValidatedInputs,
-    /// The outputs asked for.
-    pub selected: Option<Vec<usize>>,
+    /// The outputs asked for, each JSON or binary.
+    pub selected: Vec<SelectedOutput>,
 }
 
 /// The one validation pipeline: decodes `body` (JSON, or with `header_length` binary-framed)
@@ -75,7 +75,7 @@ pub fn admit(
         .map_err(|e| (e.error, e.id))?;
     let id = request.id.take();
     let refuse = |error| (error, id.clone());
-    let selected = select_outputs(request.outputs.as_deref(), &manifest.outputs).map_err(refuse)?;
+    let selected = select_outputs(&request, &manifest.outputs).map_err(refuse)?;
     let inputs = validate(request, &manifest.inputs).map_err(refuse)?;
     manifest.architecture.check(&inputs).map_err(refuse)?;
     let limit = limits.max_request_rows;
@@ -414,7 +414,7 @@ impl Worker {
                     id,
                     outputs,
                     rows,
-                    selected.as_deref(),
+                    &selected,
                 )),
                 Err(error) => Err(ErrorResponse::new(id, &error)),
             };

@@ -194,7 +194,7 @@ async fn every_route_answers_with_the_v2_status_and_body() {
         datatype: DataType::Fp32,
         data: TensorData::F32(data.image(3).to_vec()),
     };
-    let (framed, header) = encode_framed_request("bin-1", &[digit]);
+    let (framed, header) = encode_framed_request("bin-1", &[digit], false);
     let send_framed = |body: Vec<u8>, header: usize| {
         http.post(infer(&model))
             .header("inference-header-content-length", header.to_string())
@@ -222,6 +222,30 @@ async fn every_route_answers_with_the_v2_status_and_body() {
             .contains("tensor 'input': binary_data_size 256 is past the body's end"),
         "{refusal}"
     );
+    // Compressed bodies: an unknown coding, corrupt data and a bomb past the limit.
+    let zeros = {
+        use std::io::Write;
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gzip.write_all(&vec![b' '; 10 << 20]).unwrap();
+        gzip.finish().unwrap()
+    };
+    for (coding, body, expected, says) in [
+        ("br", b"{}".to_vec(), 400, "Content-Encoding \"br\""),
+        ("gzip", b"not gzip".to_vec(), 400, "does not inflate"),
+        ("gzip", zeros, 413, "65536-byte limit"),
+    ] {
+        let refused = http
+            .post(infer(&model))
+            .header("content-encoding", coding)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status().as_u16(), expected, "{coding}");
+        let refusal: Value = refused.json().await.unwrap();
+        let error = refusal["error"].as_str().unwrap();
+        assert!(error.contains(says), "{coding}: {refusal}");
+    }
     for (url, body, expected, code) in cases {
         let (status, answer) = post(&http, url.clone(), body).await;
         assert_eq!(status, expected, "{url}: {answer}");
@@ -255,7 +279,8 @@ async fn nvidias_tritonclient_talks_to_the_gateway() {
     assert!(output.status.success(), "{}", common::output_text(&output));
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(printed["id"], "triton-1");
-    assert_eq!(printed["labels"], json!([data.labels[5], data.labels[5]]));
+    assert_eq!(printed["labels"], json!(vec![data.labels[5]; 7]));
+    assert_eq!(printed["extensions"], json!(["binary_tensor_data"]));
     assert_eq!(printed["inputs"][0]["shape"], json!([-1, 64]));
     let model = worker.stop().await;
     transport.delete(&model).await.unwrap();

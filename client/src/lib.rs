@@ -48,7 +48,8 @@
 
 use crate::chain::Chain;
 use crate::protocol::{
-    ErrorResponse, InferResponse, Lane, Reply, Tensor, decode_reply, encode_request,
+    ErrorResponse, InferResponse, Lane, Reply, Tensor, decode_framed_reply, encode_framed_request,
+    encode_request,
 };
 use crate::transport::{ClientTransport, InboxSender, Message, Properties, TransportError, queues};
 use bytes::Bytes;
@@ -133,12 +134,14 @@ pub trait ClaimStore: Send + Sync + std::fmt::Debug {
 }
 
 /// Fetches the answer a claim-check reply (`properties.claim_check` set) names from `store`,
-/// and checks it against the reply's sha256.
-pub async fn redeem(reply: &Message, store: &dyn ClaimStore) -> Result<Bytes, ClientError> {
+/// checks it against the reply's sha256, and returns it as the reply it stands for: its body
+/// and framing, the reply's other properties.
+pub async fn redeem(reply: &Message, store: &dyn ClaimStore) -> Result<Message, ClientError> {
     #[derive(serde::Deserialize)]
     struct Claim {
         claim_check: String,
         sha256: String,
+        inference_header_content_length: Option<u64>,
     }
     let claim: Claim =
         serde_json::from_slice(&reply.body).map_err(|e| ClientError::ClaimCheck {
@@ -160,7 +163,14 @@ pub async fn redeem(reply: &Message, store: &dyn ClaimStore) -> Result<Bytes, Cl
             claim.sha256
         )));
     }
-    Ok(answer)
+    Ok(Message {
+        body: answer,
+        properties: Properties {
+            claim_check: None,
+            header_length: claim.inference_header_content_length,
+            ..reply.properties.clone()
+        },
+    })
 }
 
 /// Options of one realtime call.
@@ -175,8 +185,12 @@ pub struct InferOptions {
     /// Message id; the same id with the same body is the same request (default: a fresh one).
     pub id: Option<String>,
     /// The body is binary-framed: a JSON header of this many bytes, then binary tensors
-    /// ([`protocol::encode_framed_request`]); `None`: JSON.
+    /// ([`protocol::encode_framed_request`]); `None`: JSON. [`Client::call`] only: `infer`
+    /// encodes its own body.
     pub header_length: Option<usize>,
+    /// [`Client::infer_with`] sends the inputs and asks for the outputs as binary data (the
+    /// binary tensor extension) instead of JSON numbers.
+    pub binary: bool,
 }
 
 impl Default for InferOptions {
@@ -187,6 +201,7 @@ impl Default for InferOptions {
             lane: Lane::Realtime,
             id: None,
             header_length: None,
+            binary: false,
         }
     }
 }
@@ -237,13 +252,20 @@ impl Client {
         options: &InferOptions,
     ) -> Result<InferResponse, ClientError> {
         let id = options.id.clone().unwrap_or_else(|| self.ids.next());
-        let body = encode_request(&id, inputs);
+        let (body, header_length) = if options.binary {
+            let (body, length) = encode_framed_request(&id, inputs, true);
+            (body, Some(length))
+        } else {
+            (encode_request(&id, inputs), None)
+        };
         let options = InferOptions {
             id: Some(id),
+            header_length,
             ..options.clone()
         };
         let reply = self.call(model, body.into(), &options).await?;
-        match decode_reply(&reply.body) {
+        let header_length = reply.properties.header_length.map(|n| n as usize);
+        match decode_framed_reply(&reply.body, header_length) {
             Ok(Reply::Ok(response)) => Ok(response),
             Ok(Reply::Err(error)) => Err(ClientError::Inference(error)),
             Err(e) => Err(ClientError::BadReply(e)),

@@ -3,8 +3,8 @@
 //! corpus through them on every `cargo test`. Each must never panic but where it asserts.
 
 use ember::protocol::{
-    DEFAULT_MAX_REQUEST_BYTES, DataType, decode_framed_request, decode_request,
-    encode_framed_request, encode_request,
+    DEFAULT_MAX_REQUEST_BYTES, DataType, decode_framed_reply, decode_framed_request,
+    decode_request, encode_framed_request, encode_request,
 };
 use ember::store::{Aliases, Manifest, ModelName, Version};
 use ember::transport::amqp::{from_amqp, to_amqp};
@@ -50,6 +50,8 @@ pub fn binary_request(data: &[u8]) {
         return;
     };
     let header = usize::from(u16::from_le_bytes(*length));
+    // The same bytes as a framed reply: a client reads them without panicking either.
+    let _ = decode_framed_reply(body, Some(header));
     let Ok(request) = decode_framed_request(body, Some(header), DEFAULT_MAX_REQUEST_BYTES) else {
         return;
     };
@@ -61,13 +63,14 @@ pub fn binary_request(data: &[u8]) {
     if request.inputs.iter().any(|t| t.datatype == DataType::Fp16) {
         return;
     }
-    let (framed, header) = encode_framed_request(id, &request.inputs);
+    let (framed, header) = encode_framed_request(id, &request.inputs, request.binary_output);
     let again = decode_framed_request(&framed, Some(header), usize::MAX)
         .expect("a decoded request re-encodes framed");
     assert_eq!(
         again.inputs, request.inputs,
         "re-framing changed the tensors"
     );
+    assert_eq!(again.binary_output, request.binary_output);
 }
 
 /// `manifest.json` and `aliases.json` as a repository may hold them: what reads also writes

@@ -3,7 +3,8 @@
 
 use crate::client::chain::Chain;
 use crate::protocol::{
-    ErrorCode, ErrorResponse, InferError, InferResponse, Lane, Tensor, TensorData, encode_reply,
+    ErrorCode, ErrorResponse, InferError, InferResponse, Lane, SelectedOutput, Tensor, TensorData,
+    encode_reply,
 };
 use crate::store::{Manifest, ModelStore, StoreError, sha256_hex};
 use crate::telemetry::metrics::ModelMetrics;
@@ -18,37 +19,40 @@ pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
 /// The outcome of one request.
 pub type Outcome = Result<Vec<TensorData>, InferError>;
 
-/// Builds the response for `outputs` (manifest order, `rows` rows each), keeping only the
-/// `selected` ones (positions in the manifest; `None`: all).
+/// Builds the response for `outputs` (manifest order, `rows` rows each): the `selected` ones,
+/// each JSON or binary as selected.
 pub fn response(
     manifest: &Manifest,
     id: String,
     outputs: Vec<TensorData>,
     rows: usize,
-    selected: Option<&[usize]>,
+    selected: &[SelectedOutput],
 ) -> InferResponse {
-    let outputs = manifest
-        .outputs
+    let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
+    let (outputs, binary) = selected
         .iter()
-        .zip(outputs)
-        .enumerate()
-        .filter(|(i, _)| selected.is_none_or(|selected| selected.contains(i)))
-        .map(|(_, (spec, data))| Tensor {
-            name: spec.name.clone(),
-            shape: spec
-                .shape
-                .iter()
-                .map(|&d| if d < 0 { rows } else { d as usize })
-                .collect(),
-            datatype: spec.datatype,
-            data,
+        .filter_map(|wanted| {
+            let spec = manifest.outputs.get(wanted.index)?;
+            let data = outputs.get_mut(wanted.index)?.take()?;
+            let tensor = Tensor {
+                name: spec.name.clone(),
+                shape: spec
+                    .shape
+                    .iter()
+                    .map(|&d| if d < 0 { rows } else { d as usize })
+                    .collect(),
+                datatype: spec.datatype,
+                data,
+            };
+            Some((tensor, wanted.binary))
         })
-        .collect();
+        .unzip();
     InferResponse {
         id,
         model_name: manifest.name.to_string(),
         model_version: manifest.version.to_string(),
         outputs,
+        binary,
     }
 }
 
@@ -78,18 +82,26 @@ impl ClaimChecks {
         Self { store, address }
     }
 
-    /// Stores `body`, `response`'s encoding, under its sha256; returns the claim-check body
-    /// (`id`, `model_name`, `model_version`, `claim_check` URL, `bytes`, `sha256`) and the URL.
+    /// Stores `body`, `response`'s encoding (framed when `header_length` is given), under its
+    /// sha256; returns the claim-check body (`id`, `model_name`, `model_version`, `claim_check`
+    /// URL, `bytes`, `sha256`, and for a framed body `inference_header_content_length`) and the
+    /// URL.
     async fn check_in(
         &self,
         response: &InferResponse,
         body: Vec<u8>,
+        header_length: Option<usize>,
     ) -> Result<(Vec<u8>, String), StoreError> {
         let (bytes, sha256) = (body.len(), sha256_hex(&body));
-        let key = format!("results/{}/{sha256}.json", response.model_name);
+        let extension = if header_length.is_some() {
+            "bin"
+        } else {
+            "json"
+        };
+        let key = format!("results/{}/{sha256}.{extension}", response.model_name);
         self.store.put(&key, body.into()).await?;
         let url = format!("{}/{key}", self.address);
-        let claim = serde_json::json!({
+        let mut claim = serde_json::json!({
             "id": response.id,
             "model_name": response.model_name,
             "model_version": response.model_version,
@@ -97,6 +109,9 @@ impl ClaimChecks {
             "bytes": bytes,
             "sha256": sha256,
         });
+        if let Some(length) = header_length {
+            claim["inference_header_content_length"] = length.into();
+        }
         Ok((claim.to_string().into_bytes(), url))
     }
 }
@@ -197,14 +212,14 @@ impl Publisher {
             Ok(response) => (Some(response.model_version.clone()), None),
             Err(error) => (None, Some(error.error.clone())),
         };
-        let mut body = encode_reply(&reply);
+        let (mut body, mut header_length) = encode_reply(&reply);
         let mut claim_check = None;
         if let (Some(threshold), Some(claims), Ok(response)) =
             (request.blob_threshold, &self.claim_checks, &reply)
             && body.len() as u64 > threshold
         {
-            match claims.check_in(response, body).await {
-                Ok((claim, url)) => (body, claim_check) = (claim, Some(url)),
+            match claims.check_in(response, body, header_length).await {
+                Ok((claim, url)) => (body, header_length, claim_check) = (claim, None, Some(url)),
                 Err(e) => {
                     tracing::warn!(request_id, error = %Chain(&e), "storing a large answer failed; requeueing the request");
                     if let Err(e) = settle.requeue().await {
@@ -227,6 +242,7 @@ impl Publisher {
                 lane: request.lane,
                 error_code,
                 claim_check,
+                header_length: header_length.map(|n| n as u64),
                 ..Properties::default()
             },
         };

@@ -73,12 +73,25 @@ pub struct InferRequest {
     pub id: Option<String>,
     /// Its input tensors.
     pub inputs: Vec<Tensor>,
-    /// Names of the outputs wanted (`outputs` of the request); `None`: all of them.
-    pub outputs: Option<Vec<String>>,
+    /// The outputs wanted (`outputs` of the request); `None`: all of them.
+    pub outputs: Option<Vec<RequestedOutput>>,
+    /// `parameters.binary_data_output`: outputs come as binary data unless an output's own
+    /// `binary_data` says otherwise.
+    pub binary_output: bool,
+}
+
+/// An output a request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestedOutput {
+    /// Its name.
+    pub name: String,
+    /// `parameters.binary_data`: as binary data (`true`) or JSON; `None`: the request's
+    /// `binary_data_output`.
+    pub binary: Option<bool>,
 }
 
 /// A successful inference response.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InferResponse {
     /// The id of the request this answers.
     pub id: String,
@@ -88,6 +101,8 @@ pub struct InferResponse {
     pub model_version: String,
     /// Output tensors, in the order of the model's manifest.
     pub outputs: Vec<Tensor>,
+    /// Which outputs travel as binary data (by position in `outputs`; past its end: JSON).
+    pub binary: Vec<bool>,
 }
 
 /// A reply body as a client reads it: a response or an error.
@@ -133,14 +148,29 @@ struct WireTensor<'a> {
     parameters: Option<TensorParameters>,
 }
 
-/// `parameters` of the V2 protocol: an object; Ember reads none of them, but checks its type.
-type Parameters<'a> = HashMap<Cow<'a, str>, IgnoredAny>;
-
 /// A tensor's `parameters`: the binary extension's byte length, the rest checked and ignored.
 #[derive(Deserialize)]
 struct TensorParameters {
     #[serde(default, deserialize_with = "present")]
     binary_data_size: Option<u64>,
+    #[serde(flatten)]
+    _others: HashMap<String, IgnoredAny>,
+}
+
+/// A request's `parameters`: whether outputs are wanted as binary data, the rest ignored.
+#[derive(Deserialize)]
+struct RequestParameters {
+    #[serde(default, deserialize_with = "present")]
+    binary_data_output: Option<bool>,
+    #[serde(flatten)]
+    _others: HashMap<String, IgnoredAny>,
+}
+
+/// A requested output's `parameters`: whether it is wanted as binary data, the rest ignored.
+#[derive(Deserialize)]
+struct OutputParameters {
+    #[serde(default, deserialize_with = "present")]
+    binary_data: Option<bool>,
     #[serde(flatten)]
     _others: HashMap<String, IgnoredAny>,
 }
@@ -153,8 +183,8 @@ struct WireRequest<'a> {
     inputs: Vec<WireTensor<'a>>,
     #[serde(default, borrow, deserialize_with = "present")]
     outputs: Option<Vec<WireOutput<'a>>>,
-    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
-    _parameters: Option<Parameters<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    parameters: Option<RequestParameters>,
 }
 
 /// An optional field that, when present, has its type: `null` is not a string, array or
@@ -172,8 +202,8 @@ where
 struct WireOutput<'a> {
     #[serde(borrow)]
     name: Cow<'a, str>,
-    #[serde(default, borrow, rename = "parameters", deserialize_with = "present")]
-    _parameters: Option<Parameters<'a>>,
+    #[serde(default, deserialize_with = "present")]
+    parameters: Option<OutputParameters>,
 }
 
 #[derive(Deserialize)]
@@ -298,18 +328,8 @@ pub fn decode_framed_request(
             message,
         )));
     }
-    let (header, mut binary) = match header_length {
-        None => (body, None),
-        Some(length) => match body.split_at_checked(length) {
-            Some((header, binary)) => (header, Some(binary)),
-            None => {
-                return Err(unread(InferError::invalid(format!(
-                    "Inference-Header-Content-Length {length} is past the body's {} bytes",
-                    body.len()
-                ))));
-            }
-        },
-    };
+    let (header, mut binary) =
+        split_framing(body, header_length).map_err(|e| unread(InferError::invalid(e)))?;
     if header.iter().all(u8::is_ascii_whitespace) {
         return Err(unread(InferError::invalid("empty request body")));
     }
@@ -330,24 +350,58 @@ pub fn decode_framed_request(
         .into_iter()
         .map(|tensor| tensor.into_tensor(header, binary.as_mut()))
         .collect::<Result<_, _>>()
-        .and_then(|inputs| match binary {
-            Some(left) if !left.is_empty() => {
-                Err(format!("{} bytes after the last binary tensor", left.len()))
-            }
-            _ => Ok(inputs),
-        });
+        .and_then(|inputs| all_read(binary).map(|()| inputs));
     match inputs {
         Ok(inputs) => Ok(InferRequest {
             id,
             inputs,
-            outputs: wire
-                .outputs
-                .map(|outputs| outputs.into_iter().map(|o| o.name.into_owned()).collect()),
+            outputs: wire.outputs.map(|outputs| {
+                outputs
+                    .into_iter()
+                    .map(|o| RequestedOutput {
+                        name: o.name.into_owned(),
+                        binary: o.parameters.and_then(|p| p.binary_data),
+                    })
+                    .collect()
+            }),
+            binary_output: wire
+                .parameters
+                .and_then(|p| p.binary_data_output)
+                .unwrap_or(false),
         }),
         Err(message) => Err(DecodeError {
             error: InferError::invalid(message),
             id,
         }),
+    }
+}
+
+/// A framed body's JSON header and binary part (`None` when unframed).
+fn split_framing(
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<(&[u8], Option<&[u8]>), String> {
+    match header_length {
+        None => Ok((body, None)),
+        Some(length) => body
+            .split_at_checked(length)
+            .map(|(header, binary)| (header, Some(binary)))
+            .ok_or_else(|| {
+                format!(
+                    "Inference-Header-Content-Length {length} is past the body's {} bytes",
+                    body.len()
+                )
+            }),
+    }
+}
+
+/// Refuses binary bytes that no tensor claimed.
+fn all_read(binary: Option<&[u8]>) -> Result<(), String> {
+    match binary {
+        Some(left) if !left.is_empty() => {
+            Err(format!("{} bytes after the last binary tensor", left.len()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -376,59 +430,109 @@ fn placed(error: &serde_json::Error, part: &str, body: &[u8]) -> String {
     format!("{what} at line {line} column {column}")
 }
 
+/// A tensor as the JSON part of a body writes it: its `data`, or the size of its binary data.
+#[derive(Serialize)]
+struct TensorHeader<'a> {
+    name: &'a str,
+    shape: &'a [usize],
+    datatype: DataType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a TensorData>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// The headers of `tensors`, those `binary` marks written to `out` as binary data.
+fn tensor_headers<'a>(
+    tensors: &'a [Tensor],
+    binary: impl Fn(usize) -> bool,
+    out: &mut Vec<u8>,
+) -> Vec<TensorHeader<'a>> {
+    tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let binary = binary(i);
+            TensorHeader {
+                name: &t.name,
+                shape: &t.shape,
+                datatype: t.datatype,
+                data: (!binary).then_some(&t.data),
+                parameters: binary.then(|| BinarySize {
+                    binary_data_size: binary::encode(&t.data, t.datatype, out),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// `header` serialized, then `binary`; with the header's length.
+fn framed(header: &impl Serialize, binary: &[u8]) -> (Vec<u8>, usize) {
+    let mut body = serde_json::to_vec(header).expect("tensors serialize");
+    let header_length = body.len();
+    body.extend_from_slice(binary);
+    (body, header_length)
+}
+
 /// Encodes a request body with every input binary: the JSON header, then the inputs' bytes.
-/// Returns the body and the header's length (`Inference-Header-Content-Length`).
-pub fn encode_framed_request(id: &str, inputs: &[Tensor]) -> (Vec<u8>, usize) {
+/// Returns the body and the header's length (`Inference-Header-Content-Length`). With
+/// `binary_output` it asks for every output as binary data too.
+pub fn encode_framed_request(id: &str, inputs: &[Tensor], binary_output: bool) -> (Vec<u8>, usize) {
     #[derive(Serialize)]
-    struct Size {
-        binary_data_size: usize,
-    }
-    #[derive(Serialize)]
-    struct Input<'a> {
-        name: &'a str,
-        shape: &'a [usize],
-        datatype: DataType,
-        parameters: Size,
+    struct Parameters {
+        binary_data_output: bool,
     }
     #[derive(Serialize)]
     struct Body<'a> {
         id: &'a str,
-        inputs: Vec<Input<'a>>,
+        inputs: Vec<TensorHeader<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<Parameters>,
     }
     let mut binary = Vec::new();
-    let inputs = inputs
-        .iter()
-        .map(|t| Input {
-            name: &t.name,
-            shape: &t.shape,
-            datatype: t.datatype,
-            parameters: Size {
-                binary_data_size: binary::encode(&t.data, t.datatype, &mut binary),
-            },
-        })
-        .collect();
-    let mut body = serde_json::to_vec(&Body { id, inputs }).expect("tensors serialize");
-    let header_length = body.len();
-    body.extend_from_slice(&binary);
-    (body, header_length)
+    let inputs = tensor_headers(inputs, |_| true, &mut binary);
+    let parameters = binary_output.then_some(Parameters {
+        binary_data_output: true,
+    });
+    let body = Body {
+        id,
+        inputs,
+        parameters,
+    };
+    framed(&body, &binary)
 }
 
-/// Decodes a reply body (response or error response), as a client does.
+/// Decodes a JSON reply body (response or error response), as a client does.
 pub fn decode_reply(body: &[u8]) -> Result<Reply, String> {
-    if let Ok(error) = serde_json::from_slice::<ErrorResponse>(body) {
+    decode_framed_reply(body, None)
+}
+
+/// Decodes a reply body: JSON, or, with `header_length` (the reply's
+/// `inference-header-content-length`), a JSON header followed by the binary outputs.
+pub fn decode_framed_reply(body: &[u8], header_length: Option<usize>) -> Result<Reply, String> {
+    let (header, mut binary) = split_framing(body, header_length)?;
+    if let Ok(error) = serde_json::from_slice::<ErrorResponse>(header) {
         return Ok(Reply::Err(error));
     }
-    let wire: WireResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let wire: WireResponse = serde_json::from_slice(header).map_err(|e| e.to_string())?;
+    let binary_outputs = wire.outputs.iter().map(|t| t.data.is_none()).collect();
     let outputs = wire
         .outputs
         .into_iter()
-        .map(|tensor| tensor.into_tensor(body, None))
+        .map(|tensor| tensor.into_tensor(header, binary.as_mut()))
         .collect::<Result<_, _>>()?;
+    all_read(binary)?;
     Ok(Reply::Ok(InferResponse {
         id: wire.id,
         model_name: wire.model_name,
         model_version: wire.model_version,
         outputs,
+        binary: binary_outputs,
     }))
 }
 
@@ -442,13 +546,33 @@ pub fn encode_request(id: &str, inputs: &[Tensor]) -> Vec<u8> {
     serde_json::to_vec(&Body { id, inputs }).expect("tensors serialize")
 }
 
-/// Encodes a response or error body.
-pub fn encode_reply(reply: &Result<InferResponse, ErrorResponse>) -> Vec<u8> {
-    match reply {
-        Ok(response) => serde_json::to_vec(response),
-        Err(error) => serde_json::to_vec(error),
+/// Encodes a response or error body: JSON, or, when the response has binary outputs, its JSON
+/// header followed by their bytes, with the header's length (`Inference-Header-Content-Length`).
+pub fn encode_reply(reply: &Result<InferResponse, ErrorResponse>) -> (Vec<u8>, Option<usize>) {
+    #[derive(Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        model_name: &'a str,
+        model_version: &'a str,
+        outputs: Vec<TensorHeader<'a>>,
     }
-    .expect("replies serialize")
+    let response = match reply {
+        Ok(response) => response,
+        Err(error) => return (serde_json::to_vec(error).expect("errors serialize"), None),
+    };
+    let mut binary = Vec::new();
+    let is_binary = |i| response.binary.get(i).copied().unwrap_or(false);
+    let body = Body {
+        id: &response.id,
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        outputs: tensor_headers(&response.outputs, is_binary, &mut binary),
+    };
+    let (body, header_length) = framed(&body, &binary);
+    (
+        body,
+        response.binary.contains(&true).then_some(header_length),
+    )
 }
 
 /// Checks `request` against the model's declared `inputs`: every declared input present once,
@@ -514,29 +638,51 @@ pub fn validate(
     Ok(ValidatedInputs { rows, tensors })
 }
 
-/// The positions, in `outputs` (a manifest's), of the outputs `requested` names, in manifest
-/// order; `None` (all) when none are requested.
+/// An output a response carries: its position in the manifest's outputs, and whether it
+/// travels as binary data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SelectedOutput {
+    /// Position in the manifest's outputs.
+    pub index: usize,
+    /// As binary data (the binary tensor extension), else as JSON.
+    pub binary: bool,
+}
+
+/// The outputs `request` asks for among `outputs` (a manifest's), in manifest order: those it
+/// names, else all; each binary as its `binary_data` or the request's `binary_data_output` say.
 pub fn select_outputs(
-    requested: Option<&[String]>,
+    request: &InferRequest,
     outputs: &[TensorSpec],
-) -> Result<Option<Vec<usize>>, InferError> {
-    let Some(requested) = requested else {
-        return Ok(None);
+) -> Result<Vec<SelectedOutput>, InferError> {
+    let Some(requested) = &request.outputs else {
+        return Ok((0..outputs.len())
+            .map(|index| SelectedOutput {
+                index,
+                binary: request.binary_output,
+            })
+            .collect());
     };
     if let Some(unknown) = requested
         .iter()
-        .find(|name| !outputs.iter().any(|spec| &spec.name == *name))
+        .find(|r| !outputs.iter().any(|spec| spec.name == r.name))
     {
         let known: Vec<_> = outputs.iter().map(|s| s.name.as_str()).collect();
         return Err(InferError::invalid(format!(
-            "unknown output '{unknown}'; the model gives {known:?}"
+            "unknown output '{}'; the model gives {known:?}",
+            unknown.name
         )));
     }
-    Ok(Some(
-        (0..outputs.len())
-            .filter(|&i| requested.contains(&outputs[i].name))
-            .collect(),
-    ))
+    Ok(outputs
+        .iter()
+        .enumerate()
+        .filter_map(|(index, spec)| {
+            let wanted = requested.iter().find(|r| r.name == spec.name)?;
+            Some(SelectedOutput {
+                index,
+                binary: wanted.binary.unwrap_or(request.binary_output),
+            })
+        })
+        .collect())
 }
 
 /// Checks one tensor against its spec; returns its batch size.
@@ -605,11 +751,15 @@ mod tests {
                 TensorData::Bytes(vec!["x y".into()]),
             ),
         ];
-        let (body, header) = encode_framed_request("b-1", &inputs);
+        let (body, header) = encode_framed_request("b-1", &inputs, false);
         let framed = decode_framed_request(&body, Some(header), 1 << 20).unwrap();
         let json = decode_request(&encode_request("b-1", &inputs), 1 << 20).unwrap();
         assert_eq!(framed, json);
         assert_eq!(framed.id.as_deref(), Some("b-1"));
+        let (body, header) = encode_framed_request("b-1", &inputs, true);
+        let asking = decode_framed_request(&body, Some(header), 1 << 20).unwrap();
+        assert!(asking.binary_output);
+        assert_eq!(asking.inputs, json.inputs);
     }
 
     #[test]
@@ -620,7 +770,7 @@ mod tests {
             DataType::Fp32,
             TensorData::F32(vec![1.0, 2.0]),
         )];
-        let (body, header) = encode_framed_request("f", &inputs);
+        let (body, header) = encode_framed_request("f", &inputs, false);
         let refused = |body: &[u8], header: Option<usize>| {
             decode_framed_request(body, header, 1 << 20)
                 .expect_err("refused")
@@ -697,10 +847,17 @@ mod tests {
         let ok = r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],
             "parameters":{"a":1}}],"parameters":{"b":[2]},"outputs":[{"name":"label"}]}"#;
         let decoded = decode_request(ok.as_bytes(), 1 << 20).unwrap();
-        assert_eq!(decoded.outputs, Some(vec!["label".to_owned()]));
+        let label = RequestedOutput {
+            name: "label".into(),
+            binary: None,
+        };
+        assert_eq!(decoded.outputs, Some(vec![label]));
+        assert!(!decoded.binary_output);
         for bad in [
             r#"{"inputs":[],"parameters":[1]}"#,
             r#"{"inputs":[],"outputs":[{"name":"a","parameters":"x"}]}"#,
+            r#"{"inputs":[],"outputs":[{"name":"a","parameters":{"binary_data":1}}]}"#,
+            r#"{"inputs":[],"parameters":{"binary_data_output":"yes"}}"#,
             r#"{"inputs":[],"outputs":[{"parameters":{}}]}"#,
             r#"{"inputs":[],"outputs":null}"#,
             r#"{"id":null,"inputs":[]}"#,
@@ -712,22 +869,37 @@ mod tests {
     }
 
     #[test]
-    fn outputs_are_selected_by_name_in_manifest_order() {
+    fn outputs_are_selected_by_name_in_manifest_order_each_binary_as_asked() {
         let spec = |name: &str| TensorSpec {
             name: name.into(),
             datatype: DataType::Fp32,
             shape: vec![-1],
         };
         let outputs = [spec("probabilities"), spec("label")];
-        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(select_outputs(None, &outputs), Ok(None));
-        let both = names(&["label", "probabilities", "label"]);
-        assert_eq!(select_outputs(Some(&both), &outputs), Ok(Some(vec![0, 1])));
+        let select = |body: &str| {
+            let request = decode_request(body.as_bytes(), 1 << 20).unwrap();
+            select_outputs(&request, &outputs)
+        };
+        let selected = |pairs: &[(usize, bool)]| {
+            Ok(pairs
+                .iter()
+                .map(|&(index, binary)| SelectedOutput { index, binary })
+                .collect::<Vec<_>>())
+        };
         assert_eq!(
-            select_outputs(Some(&names(&["label"])), &outputs),
-            Ok(Some(vec![1]))
+            select(r#"{"inputs":[]}"#),
+            selected(&[(0, false), (1, false)])
         );
-        let error = select_outputs(Some(&names(&["logits"])), &outputs).unwrap_err();
+        let all_binary = r#"{"inputs":[],"parameters":{"binary_data_output":true}}"#;
+        assert_eq!(select(all_binary), selected(&[(0, true), (1, true)]));
+        let both = r#"{"inputs":[],"outputs":[{"name":"label","parameters":{"binary_data":true}},
+            {"name":"probabilities"},{"name":"label"}]}"#;
+        assert_eq!(select(both), selected(&[(0, false), (1, true)]));
+        // An output's own binary_data overrides binary_data_output.
+        let json_label = r#"{"inputs":[],"parameters":{"binary_data_output":true},
+            "outputs":[{"name":"label","parameters":{"binary_data":false}}]}"#;
+        assert_eq!(select(json_label), selected(&[(1, false)]));
+        let error = select(r#"{"inputs":[],"outputs":[{"name":"logits"}]}"#).unwrap_err();
         assert!(error.message.contains("unknown output 'logits'"), "{error}");
     }
 
@@ -856,17 +1028,52 @@ mod tests {
             id: "9".into(),
             model_name: "digits".into(),
             model_version: "1".into(),
-            outputs: vec![Tensor {
-                name: "label".into(),
-                shape: vec![2],
-                datatype: DataType::Int64,
-                data: TensorData::I64(vec![3, 4]),
-            }],
+            outputs: vec![
+                tensor(
+                    "probabilities",
+                    vec![1, 2],
+                    DataType::Fp32,
+                    TensorData::F32(vec![0.25, 0.75]),
+                ),
+                tensor(
+                    "label",
+                    vec![2],
+                    DataType::Int64,
+                    TensorData::I64(vec![3, 4]),
+                ),
+            ],
+            binary: vec![false, false],
         };
-        let body = encode_reply(&Ok(response.clone()));
-        assert_eq!(decode_reply(&body).unwrap(), Reply::Ok(response));
+        let (body, header_length) = encode_reply(&Ok(response.clone()));
+        assert_eq!(header_length, None);
+        assert_eq!(decode_reply(&body).unwrap(), Reply::Ok(response.clone()));
+        // The second output binary: the header names its size, its 16 bytes follow.
+        let mixed = InferResponse {
+            binary: vec![false, true],
+            ..response
+        };
+        let (body, header_length) = encode_reply(&Ok(mixed.clone()));
+        let header_length = header_length.expect("framed");
+        assert_eq!(body.len(), header_length + 16);
+        let header = std::str::from_utf8(&body[..header_length]).unwrap();
+        assert!(
+            header.ends_with(
+                r#"{"name":"label","shape":[2],"datatype":"INT64","parameters":{"binary_data_size":16}}]}"#
+            ),
+            "{header}"
+        );
+        assert_eq!(body[header_length..][..8], 3i64.to_le_bytes());
+        let decoded = decode_framed_reply(&body, Some(header_length)).unwrap();
+        assert_eq!(decoded, Reply::Ok(mixed));
+        let trailing = [&body[..], b"!"].concat();
+        let error = decode_framed_reply(&trailing, Some(header_length)).unwrap_err();
+        assert!(
+            error.contains("1 bytes after the last binary tensor"),
+            "{error}"
+        );
         let error = ErrorResponse::new("9", &InferError::not_found("no model 'x'"));
-        let body = encode_reply(&Err(error.clone()));
+        let (body, header_length) = encode_reply(&Err(error.clone()));
+        assert_eq!(header_length, None);
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
             r#"{"id":"9","error":"no model 'x'","code":"NOT_FOUND"}"#
