@@ -446,8 +446,13 @@ async fn a_python_pika_client_gets_its_answer() {
         {"name": "input", "shape": [1, 64], "datatype": "FP32", "data": data.image(3)}
     ]);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/pika_rpc.py");
-    // The tensor as JSON numbers, then as binary tensor data.
-    for framing in ["json", "binary"] {
+    // The tensor as JSON numbers or binary tensor data; the outputs asked for either way.
+    for (framing, outputs) in [
+        ("json", "json-out"),
+        ("binary", "json-out"),
+        ("json", "binary-out"),
+        ("binary", "binary-out"),
+    ] {
         let mut client = Command::new("python3");
         client.args([
             script,
@@ -455,6 +460,7 @@ async fn a_python_pika_client_gets_its_answer() {
             &served.model,
             &inputs.to_string(),
             framing,
+            outputs,
         ]);
         let output = tokio::task::spawn_blocking(move || client.output())
             .await
@@ -468,6 +474,11 @@ async fn a_python_pika_client_gets_its_answer() {
         let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(printed["correlation_id"], "py-corr");
         assert_eq!(printed["error_code"], serde_json::Value::Null, "{framing}");
+        assert_eq!(
+            printed["framed"],
+            outputs == "binary-out",
+            "{framing} {outputs}"
+        );
         let reply = &printed["reply"];
         assert_eq!(reply["id"], "py-1");
         assert_eq!(reply["model_name"], served.model.as_str());
@@ -505,6 +516,7 @@ async fn cli_declares_sends_and_asks_through_the_broker() {
     std::fs::write(&jsonl, lines.join("\n") + "\n").unwrap();
     let sent = ember(&[
         "send",
+        "--binary",
         "--model",
         &model,
         "--input",
@@ -512,6 +524,25 @@ async fn cli_declares_sends_and_asks_through_the_broker() {
     ]);
     assert!(sent.status.success(), "{sent:?}");
     assert_eq!(transport.depth(&batch).await.unwrap(), 3);
+    // Queued as binary tensor data: a JSON header, then the image's 256 bytes.
+    let mut queued = transport
+        .subscribe(std::slice::from_ref(&batch), 3)
+        .await
+        .unwrap();
+    let mut peeked = Vec::new();
+    for _ in 0..3 {
+        let delivery = queued.next().await.unwrap();
+        let message = &delivery.message;
+        let header = message.properties.header_length.expect("framed") as usize;
+        assert_eq!(message.body.len(), header + 64 * 4);
+        peeked.push(delivery);
+    }
+    // Put back once nothing here consumes, so the broker hands them to the worker.
+    queued.stop().await;
+    for delivery in peeked {
+        delivery.settle.requeue().await.unwrap();
+    }
+    queued.close().await;
 
     let served = Served::start_on(model.clone(), transport.clone()).await;
     let mut answers = Answers::open(&transport, &model).await;

@@ -268,9 +268,26 @@ async fn answers_over_the_blob_threshold_come_back_as_claim_checks_and_are_fetch
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in.jsonl"), dir.path().join("out.jsonl"));
     write_requests(&input, 50, &[]);
+    // Every other request asks for its outputs as binary data: framed answers, claim-checked
+    // with their framing, still written as JSON lines.
+    let lines: Vec<String> = std::fs::read_to_string(&input)
+        .unwrap()
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .map(|(k, line)| {
+            let mut request: serde_json::Value = serde_json::from_str(line).unwrap();
+            if k % 2 == 1 {
+                request["parameters"] = serde_json::json!({"binary_data_output": true});
+            }
+            request.to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n")).unwrap();
 
+    // Sent as binary tensor data.
     let run = submit(&worker.model, &input, &output)
-        .args(["--blob-threshold", "200"])
+        .args(["--blob-threshold", "200", "--binary"])
         .env(
             "AZURE_STORAGE_CONNECTION_STRING",
             common::azurite_connection_string(),

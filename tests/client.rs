@@ -34,8 +34,10 @@ async fn concurrent_calls_share_one_inbox_and_each_gets_its_own_answer() {
     let calls = (0..64).map(|i| {
         let (client, model, data) = (&client, &worker.model, &data);
         async move {
+            // Every other call with binary tensor data both ways.
             let options = InferOptions {
                 id: Some(format!("img-{i}")),
+                binary: i % 2 == 1,
                 ..InferOptions::default()
             };
             let response = client
@@ -43,6 +45,7 @@ async fn concurrent_calls_share_one_inbox_and_each_gets_its_own_answer() {
                 .await
                 .unwrap();
             assert_eq!(response.id, format!("img-{i}"), "answer routed to its call");
+            assert_eq!(response.binary, [options.binary; 2]);
             response.outputs[1].data == TensorData::I64(vec![data.labels[i].into()])
         }
     });
@@ -52,6 +55,17 @@ async fn concurrent_calls_share_one_inbox_and_each_gets_its_own_answer() {
         .filter(|&ok| ok)
         .count();
     assert!(correct >= 61, "{correct} of 64 digits right");
+    // Binary or JSON, the same numbers.
+    let asked = |binary| {
+        let options = InferOptions {
+            binary,
+            ..InferOptions::default()
+        };
+        let (client, model) = (&client, &worker.model);
+        let inputs = [digit(data.image(7))];
+        async move { client.infer_with(model, &inputs, &options).await.unwrap() }
+    };
+    assert_eq!(asked(true).await.outputs, asked(false).await.outputs);
     let error = client
         .infer(
             &worker.model,

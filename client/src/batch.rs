@@ -273,6 +273,17 @@ impl BatchSender {
     /// Sends request `index` with `body`, waiting while the window is full; returns once the
     /// broker has it. Sending an index again sends the same request (same message id).
     pub async fn send(&self, index: u64, body: Bytes) -> Result<(), ClientError> {
+        self.send_framed(index, body, None).await
+    }
+
+    /// [`send`](Self::send) a body that is binary-framed with a JSON header of `header_length`
+    /// bytes ([`crate::protocol::encode_framed_request`]), or JSON (`None`).
+    pub async fn send_framed(
+        &self,
+        index: u64,
+        body: Bytes,
+        header_length: Option<usize>,
+    ) -> Result<(), ClientError> {
         let id = format!("{}-{index}", self.job);
         let mut properties = Properties {
             message_id: Some(id.clone()),
@@ -282,6 +293,7 @@ impl BatchSender {
             version: self.version.clone(),
             lane: Some(Lane::Batch),
             blob_threshold: self.blob_threshold,
+            header_length: header_length.map(|n| n as u64),
             ..Properties::default()
         };
         if let Some(deadline) = self.deadline {

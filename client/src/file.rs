@@ -56,6 +56,9 @@ pub struct FileJob {
     pub blob_threshold: Option<u64>,
     /// Where claim-checked answers are fetched from.
     pub storage: Arc<dyn ClaimStore>,
+    /// Send the inputs as binary tensor data ([`protocol::to_binary`]); answers are written as
+    /// JSON whichever way they come.
+    pub binary: bool,
 }
 
 /// How a run went.
@@ -205,6 +208,7 @@ pub async fn submit(
         batch.sender().clone(),
         job.input.clone(),
         state.sent,
+        job.binary,
         confirmed.clone(),
     ));
     let mut sending_done = state.sent == state.requests;
@@ -459,12 +463,13 @@ fn as_json(body: &[u8], header_length: usize) -> Vec<u8> {
     }
 }
 
-/// Sends the requests of `input` from index `first` on; `confirmed` counts the leading
-/// requests the broker has.
+/// Sends the requests of `input` from index `first` on (inputs as binary data with `binary`);
+/// `confirmed` counts the leading requests the broker has.
 async fn send_lines(
     sender: super::BatchSender,
     input: PathBuf,
     first: u64,
+    binary: bool,
     confirmed: Arc<AtomicU64>,
 ) -> Result<(), FileJobError> {
     let lines = requests(&input).await.map_err(io(&input))?;
@@ -475,7 +480,14 @@ async fn send_lines(
             let (sender, input) = (sender.clone(), &input);
             async move {
                 let body = body.map_err(io(input))?;
-                Ok::<_, FileJobError>(sender.send(first + k as u64, body).await?)
+                let index = first + k as u64;
+                let sent = match binary.then(|| protocol::to_binary(&body)).flatten() {
+                    Some((framed, length)) => {
+                        sender.send_framed(index, framed.into(), Some(length))
+                    }
+                    None => sender.send_framed(index, body, None),
+                };
+                Ok::<_, FileJobError>(sent.await?)
             }
         })
         .buffered(SEND_AHEAD);

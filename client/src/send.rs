@@ -2,7 +2,7 @@
 //! queue with a stable message id (the request's own `id`, else one per run and position), a
 //! window of publishes awaiting their broker confirms at once.
 
-use crate::protocol::{Lane, request_id};
+use crate::protocol::{Lane, request_id, to_binary};
 use crate::transport::{Message, Properties, Transport, TransportError, queues};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -26,6 +26,8 @@ pub struct SendOptions {
     pub reply_to: Option<String>,
     /// Requests not computed within this long (from now) are answered `DEADLINE_EXCEEDED`.
     pub deadline: Option<Duration>,
+    /// Send the inputs as binary tensor data ([`to_binary`]).
+    pub binary: bool,
 }
 
 /// What became of the requests.
@@ -89,6 +91,14 @@ pub async fn send(
             ..Properties::default()
         }
         .sent_now();
+        let framed = options.binary.then(|| to_binary(&body)).flatten();
+        let body = match framed {
+            Some((framed, header_length)) => {
+                properties.header_length = Some(header_length as u64);
+                Bytes::from(framed)
+            }
+            None => body,
+        };
         if let Some(deadline) = options.deadline {
             properties = properties.with_deadline_in(deadline);
         }

@@ -50,6 +50,10 @@ pub struct BatchSubmitArgs {
     /// Credentials to fetch claim-checked answers.
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Send the inputs as binary tensor data (the Open Inference Protocol's binary extension);
+    /// the output stays JSON Lines.
+    #[arg(long)]
+    pub binary: bool,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -73,6 +77,7 @@ pub async fn submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
         progress: !args.quiet,
         blob_threshold: args.blob_threshold,
         storage: std::sync::Arc::new(args.store.auth()),
+        binary: args.binary,
     };
     let stop = CancellationToken::new();
     tokio::spawn({

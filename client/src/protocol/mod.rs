@@ -483,26 +483,74 @@ fn framed(header: &impl Serialize, binary: &[u8]) -> (Vec<u8>, usize) {
 /// Returns the body and the header's length (`Inference-Header-Content-Length`). With
 /// `binary_output` it asks for every output as binary data too.
 pub fn encode_framed_request(id: &str, inputs: &[Tensor], binary_output: bool) -> (Vec<u8>, usize) {
+    framed_request(Some(id), inputs, None, binary_output)
+}
+
+/// `request` encoded again with every input binary (e.g. a JSON line sent framed): its id, the
+/// outputs it names and whether it wants them binary are kept.
+pub fn reframe_request(request: &InferRequest) -> (Vec<u8>, usize) {
+    framed_request(
+        request.id.as_deref(),
+        &request.inputs,
+        request.outputs.as_deref(),
+        request.binary_output,
+    )
+}
+
+/// `body`, a JSON request, with its inputs as binary data ([`reframe_request`]): the body and
+/// its header's length. `None` when it does not decode: sent as it is, the worker refuses it
+/// with the reason.
+pub fn to_binary(body: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let request = decode_request(body, usize::MAX).ok()?;
+    Some(reframe_request(&request))
+}
+
+fn framed_request(
+    id: Option<&str>,
+    inputs: &[Tensor],
+    outputs: Option<&[RequestedOutput]>,
+    binary_output: bool,
+) -> (Vec<u8>, usize) {
     #[derive(Serialize)]
     struct Parameters {
         binary_data_output: bool,
     }
     #[derive(Serialize)]
+    struct OutputParameters {
+        binary_data: bool,
+    }
+    #[derive(Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        parameters: Option<OutputParameters>,
+    }
+    #[derive(Serialize)]
     struct Body<'a> {
-        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a str>,
         inputs: Vec<TensorHeader<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        outputs: Option<Vec<Output<'a>>>,
         #[serde(skip_serializing_if = "Option::is_none")]
         parameters: Option<Parameters>,
     }
     let mut binary = Vec::new();
-    let inputs = tensor_headers(inputs, |_| true, &mut binary);
-    let parameters = binary_output.then_some(Parameters {
-        binary_data_output: true,
-    });
     let body = Body {
         id,
-        inputs,
-        parameters,
+        inputs: tensor_headers(inputs, |_| true, &mut binary),
+        outputs: outputs.map(|outputs| {
+            outputs
+                .iter()
+                .map(|o| Output {
+                    name: &o.name,
+                    parameters: o.binary.map(|binary_data| OutputParameters { binary_data }),
+                })
+                .collect()
+        }),
+        parameters: binary_output.then_some(Parameters {
+            binary_data_output: true,
+        }),
     };
     framed(&body, &binary)
 }
@@ -760,6 +808,19 @@ mod tests {
         let asking = decode_framed_request(&body, Some(header), 1 << 20).unwrap();
         assert!(asking.binary_output);
         assert_eq!(asking.inputs, json.inputs);
+        // Re-framed, a request keeps everything it asks.
+        let named = InferRequest {
+            outputs: Some(vec![RequestedOutput {
+                name: "label".into(),
+                binary: Some(false),
+            }]),
+            ..asking
+        };
+        let (body, header) = reframe_request(&named);
+        assert_eq!(
+            decode_framed_request(&body, Some(header), 1 << 20).unwrap(),
+            named
+        );
     }
 
     #[test]
