@@ -9,7 +9,7 @@
 //!   either queue: this is the submission rate alone.
 
 use crate::baseline;
-use crate::payloads::{self, Payloads};
+use crate::payloads::{self, Payload, Payloads};
 use crate::ratios::{median, scratch_repo};
 use crate::worker::Worker;
 use anyhow::Context;
@@ -45,6 +45,8 @@ pub struct ClientsOptions {
     pub requests: usize,
     /// Requests in flight in the RPC and gateway runs.
     pub in_flight: usize,
+    /// Binary tensor data both ways instead of JSON.
+    pub binary: bool,
 }
 
 /// The figures.
@@ -82,8 +84,8 @@ pub async fn run(options: &ClientsOptions) -> anyhow::Result<ClientsReport> {
     let (model, echo) = (format!("lt-cd-{run}"), format!("lt-ce-{run}"));
     scratch_repo(scratch.path(), &options.model_repo, &model, &echo).await?;
     let repo = scratch.path().to_str().unwrap_or_default().to_owned();
-    let payloads = payloads::digits(options.requests);
-    let body_bytes = payloads[0].len();
+    let payloads = payloads::digits(options.requests, options.binary);
+    let body_bytes = payloads[0].body.len();
 
     let worker = Worker::start(
         &options.ember,
@@ -103,24 +105,30 @@ pub async fn run(options: &ClientsOptions) -> anyhow::Result<ClientsReport> {
     let (mut rpc_rps, mut gateway_rps) = (Vec::new(), Vec::new());
     // A first turn of each, not counted: connections, the gateway's manifest cache.
     for turn in 0..=ROUNDS {
-        let rpc = closed_loop(&payloads, options.in_flight, |body| {
+        let rpc = closed_loop(&payloads, options.in_flight, |payload| {
             let (client, echo) = (client.clone(), echo.clone());
             async move {
-                let reply = client.call(&echo, body, &InferOptions::default()).await?;
+                let options = InferOptions {
+                    header_length: payload.header_length,
+                    ..InferOptions::default()
+                };
+                let reply = client.call(&echo, payload.body, &options).await?;
                 anyhow::ensure!(reply.properties.error_code.is_none(), "an error reply");
                 Ok(())
             }
         })
         .await?;
-        let through_gateway = closed_loop(&payloads, options.in_flight, |body| {
+        let through_gateway = closed_loop(&payloads, options.in_flight, |payload| {
             let (http, infer) = (http.clone(), infer.clone());
             async move {
-                let response = http
-                    .post(infer)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
+                let request = match payload.header_length {
+                    Some(length) => http
+                        .post(infer)
+                        .header("content-type", "application/octet-stream")
+                        .header(ember::transport::headers::HEADER_LENGTH, length),
+                    None => http.post(infer).header("content-type", "application/json"),
+                };
+                let response = request.body(payload.body).send().await?;
                 anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
                 response.bytes().await?;
                 Ok(())
@@ -140,7 +148,8 @@ pub async fn run(options: &ClientsOptions) -> anyhow::Result<ClientsReport> {
     transport.declare(&quiet).await?;
     let (mut raw_publish_rps, mut batch_submit_rps) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        raw_publish_rps.push(baseline::raw_publish(&options.url, payloads.clone()).await?);
+        raw_publish_rps
+            .push(baseline::raw_publish(&options.url, payloads::bodies(&payloads)).await?);
         batch_submit_rps.push(batch_submit(&client, &quiet, &payloads).await?);
         transport.delete(&quiet).await?;
         transport.declare(&quiet).await?;
@@ -163,7 +172,7 @@ pub async fn run(options: &ClientsOptions) -> anyhow::Result<ClientsReport> {
 /// Requests per second of sending every payload through `call`, `in_flight` at a time.
 async fn closed_loop<F, Fut>(payloads: &Payloads, in_flight: usize, call: F) -> anyhow::Result<f64>
 where
-    F: Fn(bytes::Bytes) -> Fut,
+    F: Fn(Payload) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let next = AtomicUsize::new(0);
@@ -195,7 +204,11 @@ async fn batch_submit(client: &Client, model: &str, payloads: &Payloads) -> anyh
     let mut sends = futures::stream::iter(payloads.iter().cloned().enumerate())
         .map(|(i, body)| {
             let sender = sender.clone();
-            async move { sender.send(i as u64, body).await }
+            async move {
+                sender
+                    .send_framed(i as u64, body.body, body.header_length)
+                    .await
+            }
         })
         .buffered(SEND_AHEAD);
     while let Some(sent) = sends.next().await {

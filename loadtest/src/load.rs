@@ -6,12 +6,12 @@
 //! is measured from it, so a generator held up by a slow server still charges the wait to the
 //! server (no coordinated omission). Closed loop: a fixed number in flight, for max throughput.
 
+use crate::payloads::Payloads;
 use crate::worker::Probe;
 use anyhow::Context;
-use bytes::Bytes;
 use ember::protocol::Lane;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
-use ember::transport::{Transport, queues};
+use ember::transport::{Transport, headers, queues};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,7 +52,7 @@ pub struct Target {
     /// Model name.
     pub model: String,
     /// OIP V2 request bodies.
-    pub payloads: Arc<Vec<Bytes>>,
+    pub payloads: Payloads,
 }
 
 /// What load to offer.
@@ -332,7 +332,7 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             Lane::Batch
         };
         let t = &spec.targets[target];
-        let body = &t.payloads[(seq as usize / spec.targets.len()) % t.payloads.len()];
+        let payload = &t.payloads[(seq as usize / spec.targets.len()) % t.payloads.len()];
         let id: ShortString = format!("{run_id}-{seq}").into();
         let mut properties = BasicProperties::default()
             .with_message_id(id.clone())
@@ -341,11 +341,17 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         if lane == Lane::Realtime {
             properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
         }
+        let mut headers = FieldTable::default();
         if let Some(deadline) = spec.deadline {
             let at = SystemTime::now() + deadline - intended.elapsed().min(deadline);
             let ms = at.duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
-            let mut headers = FieldTable::default();
-            headers.insert("ember-deadline-ms".into(), AMQPValue::LongLongInt(ms));
+            headers.insert(headers::DEADLINE.into(), AMQPValue::LongLongInt(ms));
+        }
+        if let Some(length) = payload.header_length {
+            let length = AMQPValue::LongLongInt(length as i64);
+            headers.insert(headers::HEADER_LENGTH.into(), length);
+        }
+        if !headers.inner().is_empty() {
             properties = properties.with_headers(headers);
         }
         let pending = Pending {
@@ -359,7 +365,7 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                 "".into(),
                 queues::requests(&t.model, lane).as_str().into(),
                 BasicPublishOptions::default(),
-                body,
+                &payload.body,
                 properties,
             )
             .await?;

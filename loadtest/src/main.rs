@@ -35,6 +35,10 @@ struct Cli {
         global = true
     )]
     amqp_url: String,
+    /// Send binary tensor data both ways (the Open Inference Protocol's binary extension: inputs
+    /// framed after the JSON header, every output asked for as binary) instead of JSON numbers.
+    #[arg(long, global = true)]
+    binary: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -239,7 +243,7 @@ async fn main() {
 
 /// Runs the command; false when it measured a failure (lost requests, a missed target).
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let url = cli.amqp_url;
+    let (url, binary) = (cli.amqp_url, cli.binary);
     match cli.command {
         Command::Ratios {
             requests,
@@ -255,6 +259,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 requests,
                 in_flight,
                 max_batch: workers.max_batch,
+                binary,
             };
             let report = ratios::run(&options).await?;
             println!("{}", ratios::markdown(&report));
@@ -279,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 model_repo: workers.model_repo,
                 requests,
                 in_flight,
+                binary,
             };
             let report = clients::run(&options).await?;
             println!("{}", clients::markdown(&report));
@@ -300,6 +306,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 steps,
                 step_duration,
                 p99_target,
+                binary,
             };
             let report = sweep::run(&options).await?;
             println!("{}", sweep::markdown(&report));
@@ -313,7 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             workers,
             report: out,
         } => {
-            let (workers, spec) = traffic_spec(traffic, workers, requests, "run").await?;
+            let (workers, spec) = traffic_spec(traffic, workers, requests, binary, "run").await?;
             let report = traffic::run(&url, &workers, spec).await?;
             println!("{}", load::markdown(&report));
             out.write_json(&report)?;
@@ -337,7 +344,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             };
             let requests = (rate * duration.as_secs_f64()).ceil() as usize;
             let warm_up = soak::warm_up(duration, rate)?;
-            let (workers, spec) = traffic_spec(traffic, workers, requests, "soak").await?;
+            let (workers, spec) = traffic_spec(traffic, workers, requests, binary, "soak").await?;
             let report = soak::SoakReport::new(traffic::run(&url, &workers, spec).await?, warm_up);
             println!("{}", soak::markdown(&report));
             out.write_json(&report)?;
@@ -354,6 +361,7 @@ async fn traffic_spec(
     traffic: TrafficArgs,
     workers: WorkerArgs,
     requests: usize,
+    binary: bool,
     label: &str,
 ) -> anyhow::Result<(Workers, LoadSpec)> {
     anyhow::ensure!(
@@ -364,7 +372,7 @@ async fn traffic_spec(
     let given = traffic
         .input
         .as_deref()
-        .map(payloads::from_jsonl)
+        .map(|path| payloads::from_jsonl(path, binary))
         .transpose()?;
     let mut targets = Vec::new();
     for (i, model) in traffic.models.into_iter().enumerate() {
@@ -372,7 +380,7 @@ async fn traffic_spec(
             Some(payloads) => payloads.clone(),
             None => {
                 let manifest = production_manifest(&workers.model_repo, &model).await?;
-                payloads::for_manifest(&manifest, i as u64 + 1)
+                payloads::for_manifest(&manifest, i as u64 + 1, binary)
             }
         };
         targets.push(Target { model, payloads });

@@ -49,6 +49,8 @@ pub struct RatiosOptions {
     pub in_flight: usize,
     /// Largest batch of the batched runs.
     pub max_batch: usize,
+    /// Binary tensor data both ways instead of JSON.
+    pub binary: bool,
 }
 
 /// The scenario's figures.
@@ -131,8 +133,8 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
     let (model, echo) = (format!("lt-digits-{run}"), format!("lt-echo-{run}"));
     scratch_repo(scratch.path(), &options.model_repo, &model, &echo).await?;
     let repo_arg = scratch.path().to_str().unwrap_or_default().to_owned();
-    let payloads = payloads::digits(options.requests);
-    let body_bytes = payloads[0].len();
+    let payloads = payloads::digits(options.requests, options.binary);
+    let body_bytes = payloads[0].body.len();
     let n = options.requests;
     let batch = options.max_batch.to_string();
     let prefetch = 2 * options.max_batch as u16;
@@ -183,7 +185,7 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
     };
 
     eprintln!("raw broker loop ({n} requests of {body_bytes} B, prefetch {prefetch})");
-    let raw = baseline::raw_broker(&options.url, payloads.clone(), prefetch).await?;
+    let raw = baseline::raw_broker(&options.url, payloads::bodies(&payloads), prefetch).await?;
 
     // The broker's throughput swings by half from one short run to the next on a shared
     // machine: the raw loop and Ember take turns, and each ratio side is the median of its turns.
@@ -195,7 +197,8 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
     let worker = serve(&echo, &batch).await?;
     let (mut raw_rpcs, mut echo_runs) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        raw_rpcs.push(baseline::raw_rpc(&options.url, payloads.clone(), prefetch).await?);
+        raw_rpcs
+            .push(baseline::raw_rpc(&options.url, payloads::bodies(&payloads), prefetch).await?);
         echo_runs.push(load_on(&worker, spec(&echo, closed, n, 0.0)).await?);
     }
     worker.stop().await?;

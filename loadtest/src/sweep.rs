@@ -27,6 +27,8 @@ pub struct SweepOptions {
     pub step_duration: Duration,
     /// Latency objective: p99 of realtime requests.
     pub p99_target: Duration,
+    /// Binary tensor data both ways instead of JSON.
+    pub binary: bool,
 }
 
 /// One rate step.
@@ -87,7 +89,7 @@ pub async fn run(options: &SweepOptions) -> anyhow::Result<SweepReport> {
         ],
     )
     .await?;
-    let payloads = payloads::digits(10_000);
+    let payloads = payloads::digits(10_000, options.binary);
     let spec = |arrival: Arrival, requests: usize, realtime_share: f64| LoadSpec {
         label: match arrival {
             Arrival::Poisson { rate } => format!("sweep {rate:.0}/s"),
