@@ -59,8 +59,12 @@ pub fn binary_request(data: &[u8]) {
     let json = decode_request(&encode_request(id, &request.inputs), usize::MAX)
         .expect("decoded binary tensors encode as JSON");
     assert_eq!(json.inputs, request.inputs, "JSON changed the tensors");
-    // FP16 given as JSON is carried unrounded: framing it as half precision rounds it.
-    if request.inputs.iter().any(|t| t.datatype == DataType::Fp16) {
+    // Half precision given as JSON is carried unrounded: framing it rounds it.
+    if request
+        .inputs
+        .iter()
+        .any(|t| matches!(t.datatype, DataType::Fp16 | DataType::Bf16))
+    {
         return;
     }
     let (framed, header) = encode_framed_request(id, &request.inputs, request.binary_output);

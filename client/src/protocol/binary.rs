@@ -12,7 +12,7 @@ use super::{DataType, TensorData};
 pub fn element_size(datatype: DataType) -> Option<usize> {
     Some(match datatype {
         DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
-        DataType::Uint16 | DataType::Int16 | DataType::Fp16 => 2,
+        DataType::Uint16 | DataType::Int16 | DataType::Fp16 | DataType::Bf16 => 2,
         DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
         DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
         DataType::Bytes => return None,
@@ -44,6 +44,11 @@ pub fn decode(raw: &[u8], datatype: DataType, elements: usize) -> Result<TensorD
         DataType::Fp16 => TensorData::F32(finite(
             words(2)
                 .map(|w| f16_to_f32(u16::from_le_bytes(w.try_into().expect("2 bytes"))))
+                .collect(),
+        )?),
+        DataType::Bf16 => TensorData::F32(finite(
+            words(2)
+                .map(|w| bf16_to_f32(u16::from_le_bytes(w.try_into().expect("2 bytes"))))
                 .collect(),
         )?),
         DataType::Fp64 => {
@@ -148,6 +153,7 @@ pub fn encode(data: &TensorData, datatype: DataType, out: &mut Vec<u8>) -> usize
             for &v in values {
                 match datatype {
                     DataType::Fp16 => out.extend_from_slice(&f32_to_f16(v).to_le_bytes()),
+                    DataType::Bf16 => out.extend_from_slice(&f32_to_bf16(v).to_le_bytes()),
                     DataType::Fp64 => out.extend_from_slice(&f64::from(v).to_le_bytes()),
                     _ => out.extend_from_slice(&v.to_le_bytes()),
                 }
@@ -180,6 +186,21 @@ pub fn encode(data: &TensorData, datatype: DataType, out: &mut Vec<u8>) -> usize
 }
 
 /// IEEE 754 half precision to single (exact: every half is a float).
+/// bfloat16 to single precision: exact (the upper half of an `f32`).
+fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits(u32::from(bits) << 16)
+}
+
+/// Single precision to bfloat16, rounding to nearest even (NaN stays NaN).
+fn f32_to_bf16(value: f32) -> u16 {
+    let bits = value.to_bits();
+    if value.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let rounded = bits + 0x7fff + ((bits >> 16) & 1);
+    (rounded >> 16) as u16
+}
+
 fn f16_to_f32(bits: u16) -> f32 {
     let sign = u32::from(bits >> 15) << 31;
     let exponent = u32::from((bits >> 10) & 0x1f);
@@ -234,6 +255,10 @@ mod tests {
         let cases = [
             (DataType::Fp32, TensorData::F32(vec![1.5, -2.25, 0.0])),
             (DataType::Fp16, TensorData::F32(vec![1.5, -2.25, 65504.0])),
+            (
+                DataType::Bf16,
+                TensorData::F32(vec![1.5, -2.25, 3.389_531_4e38]),
+            ),
             (DataType::Fp64, TensorData::F64(vec![1e300, -2.5])),
             (DataType::Int8, TensorData::I64(vec![-128, 127])),
             (DataType::Uint8, TensorData::I64(vec![0, 255])),
@@ -283,6 +308,19 @@ mod tests {
         assert!(f16_to_f32(0x7c00).is_infinite());
         assert!(f16_to_f32(0x7e00).is_nan());
         assert_eq!(f32_to_f16(1.0 + f32::EPSILON), 0x3c00, "rounds to nearest");
+        for (bits, value) in [(0x3f80, 1.0), (0xc000, -2.0), (0x7f7f, 3.389_531_4e38)] {
+            assert_eq!(bf16_to_f32(bits), value, "{bits:#06x}");
+            assert_eq!(f32_to_bf16(value), bits, "{value}");
+        }
+        // 1 + 2^-8 is halfway between 1 and the next bfloat16: to even (1); past it, up.
+        assert_eq!(f32_to_bf16(1.0 + 2f32.powi(-8)), 0x3f80);
+        assert_eq!(f32_to_bf16(1.0 + 3.0 * 2f32.powi(-8)), 0x3f82);
+        assert!(bf16_to_f32(f32_to_bf16(f32::NAN)).is_nan());
+        assert!(refused_bf16(0x7f80).contains("finite"), "infinity");
+    }
+
+    fn refused_bf16(bits: u16) -> String {
+        decode(&bits.to_le_bytes(), DataType::Bf16, 1).expect_err("refused")
     }
 
     #[test]

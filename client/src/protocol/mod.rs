@@ -736,9 +736,17 @@ pub fn select_outputs(
 /// Checks one tensor against its spec; returns its batch size.
 fn check_tensor(tensor: &Tensor, spec: &TensorSpec) -> Result<usize, InferError> {
     let name = &spec.name;
-    if tensor.datatype != spec.datatype {
+    // Half precision widens to FP32 exactly (both are carried as f32): half the bytes to send.
+    let widens = spec.datatype == DataType::Fp32
+        && matches!(tensor.datatype, DataType::Fp16 | DataType::Bf16);
+    if tensor.datatype != spec.datatype && !widens {
+        let also = if spec.datatype == DataType::Fp32 {
+            " (or FP16, BF16)"
+        } else {
+            ""
+        };
         return Err(InferError::invalid(format!(
-            "input '{name}' must be {}, got {}",
+            "input '{name}' must be {}{also}, got {}",
             spec.datatype, tensor.datatype
         )));
     }
@@ -1070,6 +1078,27 @@ mod tests {
                 .id
                 .as_deref(),
             Some("n1")
+        );
+    }
+
+    #[test]
+    fn an_fp32_input_takes_half_precision_and_nothing_else() {
+        let digit = |datatype: &str| {
+            format!(
+                r#"{{"inputs":[{{"name":"input","shape":[1,64],"datatype":"{datatype}","data":[{}]}}]}}"#,
+                pixels(64)
+            )
+        };
+        for half in ["FP16", "BF16"] {
+            let inputs = request(&digit(half)).unwrap();
+            assert_eq!(inputs.tensors[0], TensorData::F32(vec![1.0; 64]), "{half}");
+        }
+        let refused = request(&digit("FP64")).unwrap_err();
+        assert!(
+            refused
+                .message
+                .contains("must be FP32 (or FP16, BF16), got FP64"),
+            "{refused}"
         );
     }
 

@@ -28,6 +28,8 @@ pub enum DataType {
     Int64,
     /// `FP16` (carried as `f32`, range-checked)
     Fp16,
+    /// `BF16` (bfloat16: carried as `f32`, range-checked)
+    Bf16,
     /// `FP32`
     Fp32,
     /// `FP64`
@@ -50,6 +52,7 @@ impl DataType {
             Self::Int32 => "INT32",
             Self::Int64 => "INT64",
             Self::Fp16 => "FP16",
+            Self::Bf16 => "BF16",
             Self::Fp32 => "FP32",
             Self::Fp64 => "FP64",
             Self::Bytes => "BYTES",
@@ -122,7 +125,9 @@ impl TensorData {
     /// An empty buffer of the variant `datatype` maps to, with room for `capacity` elements.
     pub fn with_capacity(datatype: DataType, capacity: usize) -> Self {
         match datatype {
-            DataType::Fp16 | DataType::Fp32 => Self::F32(Vec::with_capacity(capacity)),
+            DataType::Fp16 | DataType::Bf16 | DataType::Fp32 => {
+                Self::F32(Vec::with_capacity(capacity))
+            }
             DataType::Fp64 => Self::F64(Vec::with_capacity(capacity)),
             DataType::Bool => Self::Bool(Vec::with_capacity(capacity)),
             DataType::Bytes => Self::Bytes(Vec::with_capacity(capacity)),
@@ -275,16 +280,19 @@ impl<'de> Visitor<'de> for Flatten<'_> {
     }
 }
 
+/// The largest finite bfloat16.
+const BF16_MAX: f32 = 3.389_531_4e38;
+
 impl Flatten<'_> {
     fn push_float<E: de::Error>(self, v: f64) -> Result<(), E> {
         let datatype = self.datatype;
         match self.out {
             TensorData::F32(out) => {
                 let x = v as f32;
-                let limit = if datatype == DataType::Fp16 {
-                    65504.0
-                } else {
-                    f32::MAX
+                let limit = match datatype {
+                    DataType::Fp16 => 65504.0,
+                    DataType::Bf16 => BF16_MAX,
+                    _ => f32::MAX,
                 };
                 if !x.is_finite() || x.abs() > limit {
                     return Err(E::custom(format!("{v} is not a finite {datatype} value")));
