@@ -552,8 +552,11 @@ async fn cli_declares_sends_and_asks_through_the_broker() {
         assert!(answers.seen.contains_key(&format!("line-{i}")));
     }
 
+    // Asking for binary outputs: `ember infer` prints the framed answer as JSON.
     let request = dir.path().join("request.json");
-    std::fs::write(&request, &lines[1]).unwrap();
+    let mut asking: serde_json::Value = serde_json::from_str(&lines[1]).unwrap();
+    asking["parameters"] = serde_json::json!({"binary_data_output": true});
+    std::fs::write(&request, asking.to_string()).unwrap();
     let model_arg = model.clone();
     let request_arg = request.to_str().unwrap().to_owned();
     let asked = tokio::task::spawn_blocking(move || {

@@ -109,7 +109,11 @@ async fn send_and_infer_reach_a_worker_through_service_bus() {
     let dir = tempfile::tempdir().unwrap();
     let digits = held_out();
     let request = dir.path().join("request.json");
-    std::fs::write(&request, image_request("one", digits.image(0), 1)).unwrap();
+    // Binary outputs asked for: Service Bus carries text, so the answer is JSON.
+    let mut asking: serde_json::Value =
+        serde_json::from_slice(&image_request("one", digits.image(0), 1)).unwrap();
+    asking["parameters"] = serde_json::json!({"binary_data_output": true});
+    std::fs::write(&request, asking.to_string()).unwrap();
     let infer = ember(&["infer", "--model", &model, "--timeout", "60s", "--input"])
         .arg(&request)
         .output()
@@ -122,6 +126,7 @@ async fn send_and_infer_reach_a_worker_through_service_bus() {
         serde_json::json!([1, 10]),
         "{reply}"
     );
+    assert_eq!(reply["outputs"][1]["data"][0], digits.labels[0], "{reply}");
 
     let lines: Vec<String> = (0..20)
         .map(|i| String::from_utf8(image_request(&format!("s{i}"), digits.image(i), 1)).unwrap())

@@ -11,7 +11,7 @@
 
 use super::{BatchOptions, BatchResult, ClaimStore, Client, ClientError, redeem};
 use crate::chain::Chain;
-use crate::protocol::{self, ErrorResponse, InferError, InferResponse, Reply};
+use crate::protocol::{self, ErrorResponse, InferError};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -427,39 +427,25 @@ impl Output {
             }
             None => message,
         };
-        let json;
-        let body = match message.properties.header_length {
-            Some(length) => {
-                json = as_json(&message.body, length as usize);
-                &json[..]
-            }
-            None => &message.body[..],
-        };
-        self.writer.write_all(body).await.map_err(io(&self.path))?;
+        let header_length = message.properties.header_length.map(|n| n as usize);
+        let body = protocol::reply_as_json(&message.body, header_length).unwrap_or_else(|reason| {
+            // The worker's answer is broken: an error line says so, in its place.
+            let id = protocol::request_id(
+                message
+                    .body
+                    .get(..header_length.unwrap_or(0))
+                    .unwrap_or_default(),
+            );
+            let error = InferError::internal(format!("unreadable binary answer: {reason}"));
+            protocol::encode_reply(&Err(ErrorResponse::new(id.unwrap_or_default(), &error)))
+                .0
+                .into()
+        });
+        self.writer.write_all(&body).await.map_err(io(&self.path))?;
         self.writer.write_all(b"\n").await.map_err(io(&self.path))?;
         self.bytes += body.len() as u64 + 1;
         self.written.push(result);
         Ok(())
-    }
-}
-
-/// A binary-framed answer (a request asked for binary outputs) as the JSON one a line holds; an
-/// unreadable one as an error line saying why.
-fn as_json(body: &[u8], header_length: usize) -> Vec<u8> {
-    match protocol::decode_framed_reply(body, Some(header_length)) {
-        Ok(Reply::Ok(response)) => {
-            protocol::encode_reply(&Ok(InferResponse {
-                binary: Vec::new(),
-                ..response
-            }))
-            .0
-        }
-        Ok(Reply::Err(error)) => protocol::encode_reply(&Err(error)).0,
-        Err(reason) => {
-            let id = protocol::request_id(body.get(..header_length).unwrap_or_default());
-            let error = InferError::internal(format!("unreadable binary answer: {reason}"));
-            protocol::encode_reply(&Err(ErrorResponse::new(id.unwrap_or_default(), &error))).0
-        }
     }
 }
 

@@ -2,7 +2,9 @@
 
 use super::args::{CLIENT_RECEIVE_CONCURRENCY, PipelineArgs, TransportArgs};
 use crate::client::{Client, ClientError, InferOptions};
-use crate::protocol::{ErrorCode, ErrorResponse, InferError, Reply, decode_reply, request_id};
+use crate::protocol::{
+    ErrorCode, ErrorResponse, InferError, Reply, decode_reply, reply_as_json, request_id,
+};
 use crate::store::ModelName;
 use crate::transport::Message;
 use crate::transport::memory::MemoryTransport;
@@ -89,8 +91,11 @@ pub async fn run(args: InferArgs) -> anyhow::Result<i32> {
         }
         None => infer_in_process(&args.pipeline, model, body.into(), &options).await?,
     };
-    println!("{}", String::from_utf8_lossy(&reply.body));
-    Ok(match decode_reply(&reply.body) {
+    // A binary answer (the request asked for it) is printed as JSON.
+    let header_length = reply.properties.header_length.map(|n| n as usize);
+    let json = reply_as_json(&reply.body, header_length).map_err(anyhow::Error::msg)?;
+    println!("{}", String::from_utf8_lossy(&json));
+    Ok(match decode_reply(&json) {
         Ok(Reply::Ok(_)) => 0,
         Ok(Reply::Err(e)) if e.code == ErrorCode::Internal => 1,
         Ok(Reply::Err(_)) => 2,

@@ -188,7 +188,7 @@ impl Publisher {
         model: &ModelMetrics,
         lane: Lane,
         delivery: Delivery,
-        reply: Result<InferResponse, ErrorResponse>,
+        mut reply: Result<InferResponse, ErrorResponse>,
     ) {
         let Delivery {
             message,
@@ -212,6 +212,12 @@ impl Publisher {
             Ok(response) => (Some(response.model_version.clone()), None),
             Err(error) => (None, Some(error.error.clone())),
         };
+        // Asked for binary outputs where bodies must be text: answered as JSON.
+        if let Ok(response) = &mut reply
+            && !self.transport.carries_binary()
+        {
+            response.binary.clear();
+        }
         let (mut body, mut header_length) = encode_reply(&reply);
         let mut claim_check = None;
         if let (Some(threshold), Some(claims), Ok(response)) =

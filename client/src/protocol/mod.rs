@@ -584,6 +584,22 @@ pub fn decode_framed_reply(body: &[u8], header_length: Option<usize>) -> Result<
     }))
 }
 
+/// A reply body as JSON: a binary-framed one (`header_length`) written again with every output
+/// as JSON `data`, a JSON one as it is.
+pub fn reply_as_json(body: &[u8], header_length: Option<usize>) -> Result<Cow<'_, [u8]>, String> {
+    if header_length.is_none() {
+        return Ok(Cow::Borrowed(body));
+    }
+    let reply = match decode_framed_reply(body, header_length)? {
+        Reply::Ok(response) => Ok(InferResponse {
+            binary: Vec::new(),
+            ..response
+        }),
+        Reply::Err(error) => Err(error),
+    };
+    Ok(Cow::Owned(encode_reply(&reply).0))
+}
+
 /// Encodes a request body (for producers written in Rust: the CLI, the demo, tests).
 pub fn encode_request(id: &str, inputs: &[Tensor]) -> Vec<u8> {
     #[derive(Serialize)]

@@ -331,6 +331,11 @@ pub trait Transport: Send + Sync + 'static {
     fn connected(&self) -> bool {
         true
     }
+    /// Whether message bodies may be any bytes (binary tensor data); where not, answers asking
+    /// for binary outputs are sent as JSON.
+    fn carries_binary(&self) -> bool {
+        true
+    }
 }
 
 /// What a client needs besides: private inboxes for RPC answers, and queues of its own (a

@@ -597,6 +597,11 @@ impl Transport for ServiceBusTransport {
     fn connected(&self) -> bool {
         self.shared.reachable.load(Ordering::Relaxed)
     }
+
+    /// The REST API carries text.
+    fn carries_binary(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
