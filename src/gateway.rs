@@ -256,11 +256,19 @@ async fn infer(
     let Ok(body) = axum::body::to_bytes(body, limit).await else {
         return too_large();
     };
-    let body = match encoding::decode(headers.get(header::CONTENT_ENCODING), body, limit) {
-        Ok(body) => body,
-        Err(encoding::Refused::TooLarge) => return too_large(),
-        Err(encoding::Refused::Bad(message)) => {
-            return error(ErrorCode::InvalidArgument, message);
+    let body = match headers.get(header::CONTENT_ENCODING).cloned() {
+        None => body,
+        // Inflating takes milliseconds for large bodies: off the async threads.
+        Some(coding) => {
+            match tokio::task::spawn_blocking(move || encoding::decode(&coding, body, limit)).await
+            {
+                Ok(Ok(body)) => body,
+                Ok(Err(encoding::Refused::TooLarge)) => return too_large(),
+                Ok(Err(encoding::Refused::Bad(message))) => {
+                    return error(ErrorCode::InvalidArgument, message);
+                }
+                Err(e) => return error(ErrorCode::Internal, format!("inflating failed: {e}")),
+            }
         }
     };
     let manifest = match gateway.manifest(&path.model, path.version.as_deref()).await {
@@ -282,8 +290,22 @@ async fn infer(
                 .properties
                 .error_code
                 .map_or(StatusCode::OK, status_of);
-            let accepted = encoding::accepted(headers.get(header::ACCEPT_ENCODING));
-            let (body, content_encoding) = encoding::encode(accepted, reply.body);
+            let (body, content_encoding) =
+                match encoding::accepted(headers.get(header::ACCEPT_ENCODING)) {
+                    None => (reply.body, None),
+                    Some(coding) => {
+                        let body = reply.body;
+                        let compressed =
+                            tokio::task::spawn_blocking(move || encoding::encode(coding, &body));
+                        match compressed.await {
+                            Ok(body) => (body, Some(coding.header())),
+                            Err(e) => {
+                                let message = format!("compressing the answer failed: {e}");
+                                return error(ErrorCode::Internal, message);
+                            }
+                        }
+                    }
+                };
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = status;
             let headers = response.headers_mut();
@@ -332,20 +354,29 @@ mod encoding {
     /// A response compression.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Coding {
+        /// gzip.
         Gzip,
+        /// deflate: zlib-wrapped, as HTTP means it.
         Deflate,
+    }
+
+    impl Coding {
+        /// Its `Content-Encoding`.
+        pub fn header(self) -> HeaderValue {
+            HeaderValue::from_static(match self {
+                Self::Gzip => "gzip",
+                Self::Deflate => "deflate",
+            })
+        }
     }
 
     /// `body` inflated as `content_encoding` says, refused once past `limit` bytes.
     pub fn decode(
-        content_encoding: Option<&HeaderValue>,
+        content_encoding: &HeaderValue,
         body: Bytes,
         limit: usize,
     ) -> Result<Bytes, Refused> {
-        let Some(value) = content_encoding else {
-            return Ok(body);
-        };
-        let coding = value
+        let coding = content_encoding
             .to_str()
             .unwrap_or_default()
             .trim()
@@ -392,25 +423,19 @@ mod encoding {
         })
     }
 
-    /// `body` compressed with `coding`, and its `Content-Encoding`.
-    pub fn encode(coding: Option<Coding>, body: Bytes) -> (Bytes, Option<HeaderValue>) {
-        let Some(coding) = coding else {
-            return (body, None);
-        };
+    /// `body` compressed with `coding`.
+    pub fn encode(coding: Coding, body: &[u8]) -> Bytes {
         let out = Vec::with_capacity(body.len() / 2);
-        let (out, name) = match coding {
+        let out = match coding {
             Coding::Gzip => {
                 let mut encoder = flate2::write::GzEncoder::new(out, Compression::fast());
-                encoder.write_all(&body).expect("writes to memory");
-                (encoder.finish(), "gzip")
+                encoder.write_all(body).and_then(|()| encoder.finish())
             }
             Coding::Deflate => {
                 let mut encoder = flate2::write::ZlibEncoder::new(out, Compression::fast());
-                encoder.write_all(&body).expect("writes to memory");
-                (encoder.finish(), "deflate")
+                encoder.write_all(body).and_then(|()| encoder.finish())
             }
         };
-        let out = out.expect("writes to memory");
-        (out.into(), Some(HeaderValue::from_static(name)))
+        out.expect("writes to memory").into()
     }
 }
