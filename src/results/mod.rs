@@ -19,8 +19,8 @@ pub const DEFAULT_MAX_REDELIVERIES: u32 = 3;
 /// The outcome of one request.
 pub type Outcome = Result<Vec<TensorData>, InferError>;
 
-/// Builds the response for `outputs` (manifest order, `rows` rows each): the `selected` ones,
-/// each JSON or binary as selected.
+/// Builds the response for `outputs` (manifest order, `rows` rows each): the `selected` ones
+/// (in manifest order too), each JSON or binary as selected.
 pub fn response(
     manifest: &Manifest,
     id: String,
@@ -28,12 +28,14 @@ pub fn response(
     rows: usize,
     selected: &[SelectedOutput],
 ) -> InferResponse {
-    let mut outputs: Vec<_> = outputs.into_iter().map(Some).collect();
-    let (outputs, binary) = selected
+    let mut selected = selected.iter().peekable();
+    let (outputs, binary) = manifest
+        .outputs
         .iter()
-        .filter_map(|wanted| {
-            let spec = manifest.outputs.get(wanted.index)?;
-            let data = outputs.get_mut(wanted.index)?.take()?;
+        .zip(outputs)
+        .enumerate()
+        .filter_map(|(index, (spec, data))| {
+            let wanted = selected.next_if(|wanted| wanted.index == index)?;
             let tensor = Tensor {
                 name: spec.name.clone(),
                 shape: spec
