@@ -133,6 +133,17 @@ async fn send_and_infer_reach_a_worker_through_service_bus() {
         .collect();
     let input = dir.path().join("requests.jsonl");
     std::fs::write(&input, lines.join("\n")).unwrap();
+    // Service Bus carries text: binary tensor data is refused before anything is sent.
+    let binary = ember(&["send", "--binary", "--model", &model, "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(!binary.status.success());
+    assert!(
+        output_text(&binary).contains("carries text bodies only"),
+        "{}",
+        output_text(&binary)
+    );
     let send = ember(&["send", "--model", &model, "--input"])
         .arg(&input)
         .output()

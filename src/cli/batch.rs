@@ -66,7 +66,12 @@ pub struct BatchSubmitArgs {
 }
 
 pub async fn submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
-    let client = Client::from_arc(args.broker.connect().await?);
+    let transport = args.broker.connect().await?;
+    anyhow::ensure!(
+        !args.binary || transport.carries_binary(),
+        "--binary: this broker (Service Bus) carries text bodies only; send JSON"
+    );
+    let client = Client::from_arc(transport);
     let job = FileJob {
         model: args.model.to_string(),
         version: args.version,
