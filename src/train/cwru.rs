@@ -169,6 +169,38 @@ pub fn load(dir: Option<&Path>) -> anyhow::Result<(Vec<Recording>, String)> {
     Ok((recordings, provenance))
 }
 
+/// The float32 samples of a recording packed by `data/cwru_pack.py` (bit for bit): gzip of the
+/// sorted table of its distinct values (`u32` count, then `f32`s, little-endian) and each
+/// sample's 16-bit index into it (all low bytes, then all high bytes).
+pub fn unpack(packed: &[u8]) -> anyhow::Result<Vec<f32>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(packed)
+        .read_to_end(&mut bytes)
+        .context("not a gzip stream")?;
+    let (count, rest) = bytes.split_first_chunk::<4>().context("no value table")?;
+    let count = u32::from_le_bytes(*count) as usize;
+    let (table, indices) = rest
+        .split_at_checked(count * 4)
+        .context("the value table is cut short")?;
+    let table: Vec<f32> = table
+        .chunks_exact(4)
+        .map(|w| f32::from_le_bytes(w.try_into().expect("4 bytes")))
+        .collect();
+    anyhow::ensure!(indices.len() % 2 == 0, "an index is cut short");
+    let (low, high) = indices.split_at(indices.len() / 2);
+    low.iter()
+        .zip(high)
+        .map(|(&low, &high)| {
+            let index = usize::from(u16::from_le_bytes([low, high]));
+            table
+                .get(index)
+                .copied()
+                .with_context(|| format!("index {index} is past the {count}-value table"))
+        })
+        .collect()
+}
+
 /// Splits recordings into (train, held-out): `test_fraction` of each class's recordings (at
 /// least one where the class has two), chosen by a seeded shuffle.
 pub fn split(
@@ -388,6 +420,33 @@ fn accuracy<B: Backend>(model: &VibrationCnn<B>, data: &Windows) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shipped_recordings_unpack_to_the_original_samples() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/data/cwru"));
+        let index = std::fs::read_to_string(dir.join("recordings.csv")).unwrap();
+        let mut unpacked = 0;
+        for line in index.lines().skip(1) {
+            let fields: Vec<&str> = line.split(',').collect();
+            let (number, samples, sha256) = (fields[0], fields[4], fields[5]);
+            let packed = std::fs::read(dir.join(format!("{number}.gz"))).unwrap();
+            let signal = unpack(&packed).unwrap();
+            assert_eq!(signal.len().to_string(), samples, "{number}");
+            let bytes: Vec<u8> = signal.iter().flat_map(|v| v.to_le_bytes()).collect();
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), sha256, "{number}");
+            unpacked += 1;
+        }
+        assert_eq!(unpacked, 13);
+        assert!(unpack(b"not gzip").is_err());
+        // One value in the table, a sample pointing past it.
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gzip, &[1, 0, 0, 0, 0, 0, 128, 63, 5, 0]).unwrap();
+        let error = unpack(&gzip.finish().unwrap()).unwrap_err().to_string();
+        assert!(
+            error.contains("index 5 is past the 1-value table"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn the_split_holds_out_whole_recordings_of_every_class() {
