@@ -213,6 +213,17 @@ impl BrokerArgs {
             .connect(self.broker, CLIENT_RECEIVE_CONCURRENCY)
             .await
     }
+
+    /// [`connect`](Self::connect) for a producer that sends binary tensor data when `binary`:
+    /// refused where the broker carries text bodies only (Service Bus).
+    pub async fn connect_sending(&self, binary: bool) -> anyhow::Result<Arc<dyn ClientTransport>> {
+        let transport = self.connect().await?;
+        anyhow::ensure!(
+            !binary || transport.carries_binary(),
+            "--binary: this broker (Service Bus) carries text bodies only; send JSON"
+        );
+        Ok(transport)
+    }
 }
 
 /// Service Bus receive calls per queue of a client (replies), unless configured.

@@ -66,11 +66,7 @@ pub struct BatchSubmitArgs {
 }
 
 pub async fn submit(args: BatchSubmitArgs) -> anyhow::Result<i32> {
-    let transport = args.broker.connect().await?;
-    anyhow::ensure!(
-        !args.binary || transport.carries_binary(),
-        "--binary: this broker (Service Bus) carries text bodies only; send JSON"
-    );
+    let transport = args.broker.connect_sending(args.binary).await?;
     let client = Client::from_arc(transport);
     let job = FileJob {
         model: args.model.to_string(),

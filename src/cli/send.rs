@@ -58,11 +58,7 @@ pub async fn run(args: SendArgs) -> anyhow::Result<i32> {
         deadline: args.deadline,
         binary: args.binary,
     };
-    let transport = args.broker.connect().await?;
-    anyhow::ensure!(
-        !args.binary || transport.carries_binary(),
-        "--binary: this broker (Service Bus) carries text bodies only; send JSON"
-    );
+    let transport = args.broker.connect_sending(args.binary).await?;
     let report = crate::client::send::send(transport, bodies, &options).await;
     for (position, error) in &report.failed {
         eprintln!("request {position}: {}", Chain(error));
