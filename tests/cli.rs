@@ -149,8 +149,8 @@ fn models_list_shows_the_shipped_version_and_its_alias() {
 #[test]
 fn demo_answers_every_request_correctly_enough() {
     // Each shipped use case, on its held-out examples; the floor is well above what always
-    // answering the commonest class scores (digits 0.10, ai4i 0.96, cwru 0.25).
-    for (model, floor) in [("digits", 0.95), ("ai4i", 0.97), ("cwru", 0.6)] {
+    // answering the commonest class scores (digits 0.10, ai4i 0.96, cwru 0.32).
+    for (model, floor) in [("digits", 0.95), ("ai4i", 0.975), ("cwru", 0.97)] {
         let output = ember(
             &[
                 "demo",

@@ -47,11 +47,11 @@ async fn train_push_promote_and_serve_ai4i_from_blob() {
     let metrics = &manifest["metrics"];
     let (auc, baseline_auc) = (
         metrics["test_roc_auc"].as_f64().unwrap(),
-        metrics["baseline_roc_auc"].as_f64().unwrap(),
+        metrics["logistic_roc_auc"].as_f64().unwrap(),
     );
     let (f1, baseline_f1) = (
         metrics["test_f1"].as_f64().unwrap(),
-        metrics["baseline_f1"].as_f64().unwrap(),
+        metrics["logistic_f1"].as_f64().unwrap(),
     );
     assert!(
         auc > baseline_auc && f1 > baseline_f1,

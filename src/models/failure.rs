@@ -1,8 +1,9 @@
 //! A multilayer perceptron predicting machine failure, and its five failure modes, from one
 //! process's raw sensor readings and product quality variant (the AI4I 2020 features).
 //!
-//! Producers send raw values: the network's config holds the training split's mean and standard
-//! deviation of each sensor and the variant names, and [`FailureMlpConfig::features`] turns a
+//! Producers send raw values: the network's config holds the derived features it computes from
+//! them (e.g. mechanical power = torque × speed), the training split's mean and standard
+//! deviation of each feature and the variant names, and [`FailureMlpConfig::features`] turns a
 //! request into the network's inputs the same way for training and serving.
 
 use burn::nn::{Linear, LinearConfig, Relu};
@@ -14,9 +15,13 @@ use serde::{Deserialize, Serialize};
 pub struct FailureMlpConfig {
     /// Sensor columns of the `sensors` input, in order (with units).
     pub sensors: Vec<String>,
-    /// Mean of each sensor over the training split.
+    /// Features computed from two sensors each, after the sensors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub derived: Vec<Derived>,
+    /// Mean of each sensor, then of each derived feature, over the training split.
     pub means: Vec<f32>,
-    /// Standard deviation of each sensor over the training split (never 0).
+    /// Standard deviation of each sensor, then of each derived feature, over the training
+    /// split (never 0).
     pub stds: Vec<f32>,
     /// Product quality variants a `product_type` may name, in one-hot order.
     pub variants: Vec<String>,
@@ -28,31 +33,95 @@ pub struct FailureMlpConfig {
     pub threshold: f32,
 }
 
+/// A feature computed from two sensor columns (indices into `sensors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Derived {
+    /// What it is, with its unit (e.g. `Power [W]`).
+    pub name: String,
+    /// How the two columns combine.
+    pub op: Combine,
+    /// The two sensor columns, in order.
+    pub of: [usize; 2],
+    /// Factor applied to the result (e.g. 2π/60 to turn rpm × Nm into W).
+    #[serde(default = "one")]
+    pub scale: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// How a [`Derived`] feature combines its two sensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// `a × b`.
+    Product,
+    /// `a − b`.
+    Difference,
+}
+
+impl Derived {
+    /// Its value for one row of raw sensors.
+    pub fn of_row(&self, row: &[f32]) -> f32 {
+        let [a, b] = self.of.map(|c| row[c]);
+        self.scale
+            * match self.op {
+                Combine::Product => a * b,
+                Combine::Difference => a - b,
+            }
+    }
+}
+
 impl FailureMlpConfig {
-    /// Inputs per row after scaling and one-hot encoding.
-    pub fn width(&self) -> usize {
-        self.sensors.len() + self.variants.len()
+    /// Scaled features (sensors, then derived) per row.
+    pub fn scaled(&self) -> usize {
+        self.sensors.len() + self.derived.len()
     }
 
-    /// Checks that every sensor has a mean and a positive standard deviation.
+    /// Inputs per row after scaling and one-hot encoding.
+    pub fn width(&self) -> usize {
+        self.scaled() + self.variants.len()
+    }
+
+    /// Checks that every feature has a mean and a positive standard deviation, and that derived
+    /// features name sensor columns.
     pub fn check(&self) -> Result<(), String> {
-        let columns = self.sensors.len();
+        let columns = self.scaled();
         if self.means.len() != columns
             || self.stds.len() != columns
             || !self.stds.iter().all(|s| s.is_normal() && *s > 0.0)
+            || self
+                .derived
+                .iter()
+                .any(|d| d.of.iter().any(|&c| c >= self.sensors.len()))
         {
             return Err(format!(
-                "failure-mlp config needs a mean and a positive std per sensor: {self:?}"
+                "failure-mlp config needs a mean and a positive std per sensor and derived \
+                 feature, and derived features of sensor columns: {self:?}"
             ));
         }
         Ok(())
     }
 
+    /// Unscaled sensors and derived features, `[rows × scaled()]`, for raw `sensors`
+    /// (row-major).
+    pub fn raw_features(&self, sensors: &[f32]) -> Vec<f32> {
+        let columns = self.sensors.len();
+        let mut out = Vec::with_capacity(sensors.len() / columns.max(1) * self.scaled());
+        for row in sensors.chunks_exact(columns) {
+            out.extend_from_slice(row);
+            out.extend(self.derived.iter().map(|d| d.of_row(row)));
+        }
+        out
+    }
+
     /// The network's input rows for raw `sensors` (row-major) and one variant name per row.
     pub fn features(&self, sensors: &[f32], variants: &[String]) -> Result<Vec<f32>, String> {
-        let columns = self.sensors.len();
+        let columns = self.scaled();
+        let raw = self.raw_features(sensors);
         let mut out = Vec::with_capacity(variants.len() * self.width());
-        for (row, variant) in sensors.chunks_exact(columns).zip(variants) {
+        for (row, variant) in raw.chunks_exact(columns).zip(variants) {
             let (means, stds) = (&self.means, &self.stds);
             out.extend((0..columns).map(|c| (row[c] - means[c]) / stds[c]));
             let hot = self.variant(variant)?;
@@ -120,6 +189,7 @@ mod tests {
     fn features_are_scaled_sensors_then_a_one_hot_variant() {
         let config = FailureMlpConfig {
             sensors: vec!["a".into(), "b".into()],
+            derived: vec![],
             means: vec![10.0, 0.0],
             stds: vec![2.0, 4.0],
             variants: vec!["L".into(), "M".into(), "H".into()],
@@ -133,5 +203,52 @@ mod tests {
         assert_eq!(rows, [1.0, -1.0, 0.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.0, 0.0]);
         let error = config.features(&[0.0, 0.0], &["X".into()]).unwrap_err();
         assert!(error.contains("\"X\""), "{error}");
+    }
+
+    #[test]
+    fn derived_features_follow_the_sensors_and_are_scaled_too() {
+        let config = FailureMlpConfig {
+            sensors: vec![
+                "speed".into(),
+                "torque".into(),
+                "air".into(),
+                "process".into(),
+            ],
+            derived: vec![
+                Derived {
+                    name: "power".into(),
+                    op: Combine::Product,
+                    of: [0, 1],
+                    scale: 0.5,
+                },
+                Derived {
+                    name: "heat".into(),
+                    op: Combine::Difference,
+                    of: [3, 2],
+                    scale: 1.0,
+                },
+            ],
+            means: vec![0.0, 0.0, 0.0, 0.0, 10.0, 0.0],
+            stds: vec![1.0, 1.0, 1.0, 1.0, 5.0, 2.0],
+            variants: vec!["L".into()],
+            hidden: vec![],
+            targets: vec!["failure".into()],
+            threshold: 0.5,
+        };
+        config.check().unwrap();
+        assert_eq!(config.width(), 7);
+        let rows = config
+            .features(&[4.0, 10.0, 300.0, 310.0], &["L".into()])
+            .unwrap();
+        assert_eq!(rows, [4.0, 10.0, 300.0, 310.0, 2.0, 5.0, 1.0]);
+        // A derived feature naming a column that is not there is refused.
+        let mut bad = config.clone();
+        bad.derived[1].of = [3, 4];
+        assert!(bad.check().unwrap_err().contains("derived"));
+        // Versions written before derived features existed read as having none.
+        let mut json = serde_json::to_value(&config).unwrap();
+        json.as_object_mut().unwrap().remove("derived");
+        let old: FailureMlpConfig = serde_json::from_value(json).unwrap();
+        assert!(old.derived.is_empty());
     }
 }

@@ -162,7 +162,7 @@ pub fn held_out_examples(manifest: &Manifest) -> anyhow::Result<Vec<Example>> {
     match &manifest.architecture {
         Architecture::DigitsCnn(_) => Ok(digits::examples(training)),
         Architecture::FailureMlp(_) => ai4i::examples(training),
-        Architecture::VibrationCnn(config) => Ok(cwru::examples(training, config.window)),
+        Architecture::VibrationCnn(config) => cwru::examples(training, config.window),
         Architecture::SentenceBert(_) | Architecture::ResNet(_) | Architecture::Identity { .. } => {
             anyhow::bail!(
                 "{} was not trained by Ember: it has no data set",

@@ -21,13 +21,13 @@ pub fn shipped_repository() -> Repository {
     Repository::open(dir).unwrap()
 }
 
-/// Version 1 of shipped `model`.
+/// The production version of shipped `model`.
 pub async fn shipped(model: &str) -> Artifact {
     let name = ModelName::parse(model).unwrap();
-    shipped_repository()
-        .load(&name, &Version::parse("1").unwrap())
-        .await
-        .unwrap()
+    let repo = shipped_repository();
+    let production = Version::parse("production").unwrap();
+    let version = repo.resolve(&name, &production).await.unwrap();
+    repo.load(&name, &version).await.unwrap()
 }
 
 /// The held-out split of `artifact` as one batch: rows and inputs.
