@@ -2,9 +2,10 @@
 """Prepares the CWRU bearing data's 12 kHz drive-end recordings for `ember train cwru --data DIR`.
 
 Input: a folder of the Case Western Reserve University Bearing Data Center's `.mat` files, named by
-their file number (`97.mat`, `105.mat`, ...) as the Data Center serves them. Output, in --out:
-`<number>.f32` (the drive-end accelerometer signal `X<number>_DE_time`, little-endian float32, g) and
-`recordings.csv` (`file,class`). Ember never downloads the files; no package registry it can reach
+their file number (`97.mat`, `105.mat`, ...) as the Data Center serves them. Output, in --out, the
+layout of data/cwru: `<number>.f32` (the drive-end accelerometer signal `X<number>_DE_time`,
+little-endian float32, g, as recorded: Ember decimates the 48 kHz healthy baselines 97-100 itself) and
+`recordings.csv` (`number,label,load_hp,rpm,samples,sha256_of_f32`). Ember never downloads the files; no package registry it can reach
 ships them (PyPI's `multivariate-cwru` and `cwru` download them from the Data Center at run time).
 
 Reads MATLAB files with scipy (`pip install scipy`); preparation only, never at serve time.
@@ -14,8 +15,8 @@ Usage: python3 data/cwru.py --mat DIR --out DIR
 
 import argparse
 import csv
+import hashlib
 import os
-import struct
 import sys
 
 # 12 kHz drive-end data, motor loads 0-3 HP (1797/1772/1750/1730 rpm), by file number: the healthy
@@ -27,13 +28,9 @@ FILES = {
     "outer_race": [130, 131, 132, 133, 197, 198, 199, 200, 234, 235, 236, 237],
 }
 
-# The healthy baseline was recorded at 48 kHz (W. A. Smith, R. B. Randall, "Rolling element bearing
-# diagnostics using the Case Western Reserve University data: a benchmark study", MSSP 2015): it is
-# low-pass filtered and decimated to 12 kHz like the fault recordings.
-NORMAL_AT_48K = set(FILES["normal"])
-
 
 def drive_end(path, number):
+    """The drive-end signal and the shaft speed (rpm) recorded in one .mat file."""
     from scipy.io import loadmat
 
     variables = loadmat(path)
@@ -43,12 +40,9 @@ def drive_end(path, number):
     name = preferred if preferred in variables else (names[0] if len(names) == 1 else None)
     if name is None:
         raise SystemExit(f"{path}: no single drive-end signal among {names}")
-    signal = variables[name].ravel()
-    if number in NORMAL_AT_48K:
-        from scipy.signal import decimate
-
-        signal = decimate(signal, 4)
-    return [float(v) for v in signal]
+    rpms = [v for k, v in variables.items() if k.endswith("RPM")]
+    rpm = int(round(float(rpms[0].ravel()[0]))) if rpms else ""
+    return variables[name].ravel().astype("<f4").tobytes(), rpm
 
 
 def main():
@@ -59,22 +53,23 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     rows, missing = [], []
     for label, numbers in FILES.items():
-        for number in numbers:
+        # Each label's files come in groups of four motor loads, 0-3 hp.
+        for position, number in enumerate(numbers):
             path = os.path.join(args.mat, f"{number}.mat")
             if not os.path.exists(path):
                 missing.append(f"{number}.mat")
                 continue
-            signal = drive_end(path, number)
-            name = f"{number}.f32"
-            with open(os.path.join(args.out, name), "wb") as f:
-                f.write(struct.pack(f"<{len(signal)}f", *signal))
-            rows.append((name, label))
-            print(f"{name}: {label}, {len(signal)} samples", file=sys.stderr)
+            samples, rpm = drive_end(path, number)
+            with open(os.path.join(args.out, f"{number}.f32"), "wb") as f:
+                f.write(samples)
+            digest = hashlib.sha256(samples).hexdigest()
+            rows.append((number, label, position % 4, rpm, len(samples) // 4, digest))
+            print(f"{number}.f32: {label}, {len(samples) // 4} samples", file=sys.stderr)
     if not rows:
         raise SystemExit(f"no CWRU .mat files in {args.mat}")
     with open(os.path.join(args.out, "recordings.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "class"])
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["number", "label", "load_hp", "rpm", "samples", "sha256_of_f32"])
         writer.writerows(rows)
     if missing:
         print(f"missing (skipped): {' '.join(missing)}", file=sys.stderr)

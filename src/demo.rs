@@ -69,6 +69,9 @@ pub struct DemoReport {
     pub version: String,
     /// Where the model ran (`cpu`, `cuda:0`).
     pub device: String,
+    /// The held-out examples' data set (from the version's training record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
     /// Text embedders: each demo sentence's nearest other sentence.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub neighbours: Vec<Neighbour>,
@@ -301,6 +304,10 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoReport> {
         model: manifest.name.to_string(),
         version: manifest.version.to_string(),
         device: options.device.to_string(),
+        data: manifest.training.as_ref().map(|t| {
+            let held_out = examples.len();
+            format!("{held_out} held-out examples of {}", t.dataset)
+        }),
         neighbours,
     })
 }

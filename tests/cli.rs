@@ -150,7 +150,11 @@ fn models_list_shows_the_shipped_version_and_its_alias() {
 fn demo_answers_every_request_correctly_enough() {
     // Each shipped use case, on its held-out examples; the floor is well above what always
     // answering the commonest class scores (digits 0.10, ai4i 0.96, cwru 0.32).
-    for (model, floor) in [("digits", 0.95), ("ai4i", 0.975), ("cwru", 0.97)] {
+    for (model, floor, data) in [
+        ("digits", 0.95, "UCI ML hand-written digits"),
+        ("ai4i", 0.975, "UCI AI4I 2020"),
+        ("cwru", 0.97, "real CWRU Bearing Data Center"),
+    ] {
         let output = ember(
             &[
                 "demo",
@@ -176,6 +180,7 @@ fn demo_answers_every_request_correctly_enough() {
         assert_eq!(report["ok"], 300);
         assert_eq!(report["errors"], 0);
         assert!(report["accuracy"].as_f64().unwrap() >= floor, "{report}");
+        assert!(report["data"].as_str().unwrap().contains(data), "{report}");
         for key in ["pipeline_rps", "model_only_rps", "p50_ms", "p99_ms"] {
             assert!(report[key].as_f64().unwrap() > 0.0, "{key}: {report}");
         }

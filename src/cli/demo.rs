@@ -46,6 +46,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         report.errors,
         report.accuracy
     );
+    if let Some(data) = &report.data {
+        println!("{data}");
+    }
     // The ceiling is the model on full batches with nothing around it: a small model computes
     // far faster than any per-request path (decode, queue, batch, reply) can feed it.
     let bound = if report.pipeline_efficiency < 0.5 {

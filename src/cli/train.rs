@@ -23,9 +23,9 @@ pub struct TrainArgs {
     /// Model name (default: the kind).
     #[arg(long)]
     pub name: Option<ModelName>,
-    /// Folder holding the data set (digits: digits.csv[.gz]; ai4i: the UCI ai4i2020.csv; cwru:
-    /// recordings.csv + *.f32 from data/cwru.py); default: the copy built into ember (cwru:
-    /// simulated recordings).
+    /// Folder holding the data set (digits: digits.csv[.gz]; ai4i: the UCI ai4i2020.csv[.gz];
+    /// cwru: recordings.csv + <number>.gz or .f32, as in data/cwru or from data/cwru.py);
+    /// default: the real data built into ember.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
     /// Passes over the training data [default: digits 30, ai4i 60, cwru 40].

@@ -7,7 +7,7 @@
 //! The healthy baseline was recorded at 48 kHz: it is low-passed and decimated to 12 kHz first.
 //! The first `1 - test_fraction` of every recording trains, the rest is held out, so no window
 //! straddles the split; training draws the same number of windows of each class every epoch,
-//! though "normal" has one recording a quarter the length of each fault class's four.
+//! though "normal" has one recording (an eighth of each fault class's samples).
 
 use super::{Epoch, Example, Hyper, Rng, Trained};
 use crate::models::Architecture;
