@@ -93,10 +93,11 @@ impl Windows {
         let mut out = Self::default();
         for r in recordings {
             let part = &r.signal[r.held_out_from(test_fraction)..];
-            for start in (0..=part.len().saturating_sub(WINDOW)).step_by(WINDOW / 2) {
-                if part.len() >= WINDOW {
-                    out.push(&part[start..start + WINDOW], r);
-                }
+            if part.len() < WINDOW {
+                continue;
+            }
+            for start in (0..=part.len() - WINDOW).step_by(WINDOW / 2) {
+                out.push(&part[start..start + WINDOW], r);
             }
         }
         out
@@ -114,7 +115,10 @@ impl Windows {
                 .filter(|&(_, starts)| starts > 0)
                 .collect();
             let total: usize = parts.iter().map(|(_, starts)| starts).sum();
-            for _ in 0..if total > 0 { WINDOWS_PER_CLASS } else { 0 } {
+            if total == 0 {
+                continue;
+            }
+            for _ in 0..WINDOWS_PER_CLASS {
                 let mut pick = (rng.next_u64() % total as u64) as usize;
                 for &(r, starts) in &parts {
                     if pick < starts {
@@ -541,9 +545,9 @@ mod tests {
         let test = Windows::held_out(&recordings, 0.25);
         let mut rng = Rng::new(1);
         let train = Windows::draw(&recordings, 0.25, &mut rng);
-        for class in 0..CLASSES.len() {
+        for (class, name) in CLASSES.iter().enumerate() {
             let drawn = train.classes.iter().filter(|&&c| c == class).count();
-            assert_eq!(drawn, WINDOWS_PER_CLASS, "{}", CLASSES[class]);
+            assert_eq!(drawn, WINDOWS_PER_CLASS, "{name}");
         }
         // Every held-out window lies in a recording's last quarter, every drawn one before it.
         let position = |window: &[f32]| {
