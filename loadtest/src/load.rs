@@ -36,7 +36,7 @@ const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// When requests are sent.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Arrival {
     /// Evenly spaced, `rate` per second.
     Fixed { rate: f64 },
@@ -44,6 +44,8 @@ pub enum Arrival {
     Poisson { rate: f64 },
     /// `in_flight` requests outstanding at all times.
     Closed { in_flight: usize },
+    /// At these offsets from the start, in seconds (ascending; one per request).
+    Trace { at: Arc<Vec<f64>> },
 }
 
 /// One model under load and the request bodies to send it (cycled).
@@ -146,6 +148,8 @@ pub struct LoadReport {
     pub throughput_rps: f64,
     /// Offered rate (open loop), requests per second.
     pub offered_rps: Option<f64>,
+    /// The first request's wait for its answer, from its intended send time.
+    pub first_answer_s: Option<f64>,
     /// Per model and lane.
     pub lanes: Vec<LaneReport>,
     /// All answers together.
@@ -174,6 +178,7 @@ struct State {
     duplicates: u64,
     publish_failures: u64,
     last_answer: Option<Instant>,
+    first_answer_s: Option<f64>,
 }
 
 struct Ledger {
@@ -320,6 +325,7 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
                 }
                 Instant::now()
             }
+            Arrival::Trace { ref at } => started + Duration::from_secs_f64(at[seq as usize]),
         };
         if intended > Instant::now() {
             // (Never for a due request: a timer rounds up to the next millisecond tick.)
@@ -504,6 +510,9 @@ async fn collect(
         };
         state.answered.insert(seq);
         state.last_answer = Some(now);
+        if seq == 0 {
+            state.first_answer_s = Some(now.duration_since(pending.intended).as_secs_f64());
+        }
         let key = (pending.target, pending.lane);
         let micros = now.duration_since(pending.intended).as_micros().max(1) as u64;
         state
@@ -592,8 +601,9 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
         throughput_rps: answered as f64 / duration.as_secs_f64().max(1e-9),
         offered_rps: match spec.arrival {
             Arrival::Fixed { rate } | Arrival::Poisson { rate } => Some(rate),
-            Arrival::Closed { .. } => None,
+            Arrival::Closed { .. } | Arrival::Trace { .. } => None,
         },
+        first_answer_s: state.first_answer_s,
         lanes,
         overall: lane_report("*", "*", &overall, errors),
         timeline: state.timeline,

@@ -5,6 +5,7 @@
 mod baseline;
 mod clients;
 mod compute;
+mod elastic;
 mod load;
 mod payloads;
 mod plot;
@@ -115,6 +116,57 @@ enum Command {
     /// The networks alone on one device (CPU or GPU), over batch sizes and precisions; with
     /// `--export`, also what `benches/gpu/pytorch_reference.py` needs to run their PyTorch twins.
     Compute(compute::ComputeArgs),
+    /// KEDA's control loop driving real workers: the ScaledObject of --keda-dir emulated on
+    /// RabbitMQ's management API, each replica a real `ember serve`, traffic from a trace;
+    /// reports the first request's wait at zero replicas, replica-seconds, scale events, lost
+    /// and duplicate answers.
+    Elastic {
+        /// The ScaledObjects (rabbitmq triggers) to emulate.
+        #[arg(long, default_value = "keda/rabbitmq")]
+        keda_dir: PathBuf,
+        /// The worker Deployment (its terminationGracePeriodSeconds).
+        #[arg(long, default_value = "manifests/base/worker-digits.yaml")]
+        deployment: PathBuf,
+        /// Model to serve and load (its ScaledObject is the one watching its queues).
+        #[arg(long, default_value = "digits")]
+        model: String,
+        /// Length of the trace (the run lasts until the fleet is back at its minimum).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Built-in traffic shape.
+        #[arg(long, value_enum, default_value_t = elastic::trace::Shape::Burst)]
+        shape: elastic::trace::Shape,
+        /// Arrival times from a CSV (first column, seconds) instead of --shape.
+        #[arg(long, conflicts_with = "shape")]
+        trace: Option<PathBuf>,
+        /// Peak offered rate of the shape, requests per second.
+        #[arg(long, default_value_t = 400.0)]
+        peak_rate: f64,
+        /// Share of realtime (RPC) requests; the rest go to the batch lane.
+        #[arg(long, default_value_t = 0.5)]
+        realtime_share: f64,
+        /// Delay before a new replica's container starts (image pull, scheduling; cluster time).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        pod_start: Duration,
+        /// Run Kubernetes' clocks (polling, cooldown, HPA, pod start, grace) this many times
+        /// faster than real time.
+        #[arg(long, default_value_t = 1.0)]
+        time_scale: f64,
+        /// RabbitMQ's management API (credentials: those of the AMQP URL).
+        #[arg(
+            long,
+            env = "EMBER_RABBITMQ_MANAGEMENT",
+            default_value = "http://127.0.0.1:15672"
+        )]
+        management_url: String,
+        /// A further flag for each `ember serve` (repeatable).
+        #[arg(long = "serve-arg", allow_hyphen_values = true)]
+        serve_args: Vec<String>,
+        #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
+        report: ReportArgs,
+    },
     /// Constant open-loop load for a long time, sampling the worker's memory: fails on any
     /// lost request or on RSS growing by more than 10 % (and 8 MiB) once warm (after 20 % of
     /// the run, and at least until the worker's memory of answered ids has filled).
@@ -330,6 +382,58 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(report.lost == 0)
         }
         Command::Compute(args) => compute::run(&args).await.map(|()| true),
+        Command::Elastic {
+            keda_dir,
+            deployment,
+            model,
+            duration,
+            shape,
+            trace,
+            peak_rate,
+            realtime_share,
+            pod_start,
+            time_scale,
+            management_url,
+            serve_args,
+            workers,
+            report: out,
+        } => {
+            anyhow::ensure!(peak_rate > 0.0, "--peak-rate must be positive");
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&realtime_share),
+                "--realtime-share must be between 0 and 1"
+            );
+            let arrivals = match &trace {
+                Some(path) => elastic::trace::from_csv(path)?,
+                None => shape.arrivals(duration.as_secs_f64(), peak_rate, 7),
+            };
+            let mut serve_args = serve_args;
+            serve_args.extend(["--max-batch-size".to_owned(), workers.max_batch.to_string()]);
+            let options = elastic::ElasticOptions {
+                url,
+                management: management_url,
+                keda_dir,
+                deployment,
+                model,
+                ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+                model_repo: workers.model_repo,
+                serve_args,
+                duration: match &trace {
+                    Some(_) => Duration::from_secs_f64(arrivals.last().copied().unwrap_or(0.0)),
+                    None => duration,
+                },
+                arrivals,
+                realtime_share,
+                pod_start,
+                time_scale,
+                binary,
+            };
+            let report = elastic::run(&options).await?;
+            println!("{}", elastic::markdown(&report));
+            out.write_json(&report)?;
+            out.plot("elastic.svg", |path| plot::elastic(path, &report))?;
+            Ok(report.lost == 0 && report.duplicates == 0)
+        }
         Command::Soak {
             duration,
             traffic,

@@ -1,6 +1,7 @@
 //! SVG plots of a run: latency, rate and worker memory over time; throughput and latency against
 //! offered load.
 
+use crate::elastic::ElasticReport;
 use crate::load::Sample;
 use crate::sweep::SweepReport;
 use anyhow::Context;
@@ -91,6 +92,90 @@ pub fn timeline(path: &Path, title: &str, timeline: &[Sample]) -> anyhow::Result
             }],
         });
     }
+    draw(path, &panels)
+}
+
+/// An elastic run over time: offered and answered rate, queue depth, replicas, latency.
+pub fn elastic(path: &Path, report: &ElasticReport) -> anyhow::Result<()> {
+    let offered = {
+        // Arrivals per second of the trace.
+        let mut counts = std::collections::BTreeMap::<u64, f64>::new();
+        for &t in &report.arrivals {
+            *counts.entry(t as u64).or_default() += 1.0;
+        }
+        let end = report.ticks.last().map_or(0, |t| t.t_s as u64);
+        (0..=end)
+            .map(|s| (s as f64, counts.get(&s).copied().unwrap_or(0.0)))
+            .collect()
+    };
+    let timeline = &report.load.timeline;
+    let series = |f: fn(&Sample) -> f64| timeline.iter().map(|s| (s.t_s, f(s))).collect();
+    let ticks = |f: &dyn Fn(&crate::elastic::Tick) -> f64| -> Vec<(f64, f64)> {
+        report.ticks.iter().map(|t| (t.t_s, f(t))).collect()
+    };
+    let panels = [
+        Panel {
+            title: format!("{}: requests per second", report.scaled_object),
+            x_desc: "time (s)",
+            y_desc: "req/s",
+            lines: vec![
+                Line {
+                    name: "offered",
+                    color: BLUE,
+                    points: offered,
+                },
+                Line {
+                    name: "answered",
+                    color: GREEN,
+                    points: series(|s| s.answered_rps),
+                },
+            ],
+        },
+        Panel {
+            title: "queue depth (ready + unacknowledged, as KEDA reads it)".into(),
+            x_desc: "time (s)",
+            y_desc: "messages",
+            lines: vec![Line {
+                name: "all triggers",
+                color: MAGENTA,
+                points: ticks(&|t| t.messages.iter().sum::<u64>() as f64),
+            }],
+        },
+        Panel {
+            title: "replicas".into(),
+            x_desc: "time (s)",
+            y_desc: "replicas",
+            lines: vec![
+                Line {
+                    name: "desired",
+                    color: RED,
+                    points: ticks(&|t| f64::from(t.replicas)),
+                },
+                Line {
+                    name: "ready",
+                    color: CYAN,
+                    points: ticks(&|t| t.ready as f64),
+                },
+            ],
+        },
+        Panel {
+            title: "latency per second".into(),
+            x_desc: "time (s)",
+            y_desc: "latency (ms)",
+            lines: vec![
+                Line {
+                    name: "p50",
+                    color: BLUE,
+                    points: series(|s| s.p50_ms),
+                },
+                Line {
+                    name: "p99",
+                    color: RED,
+                    points: series(|s| s.p99_ms),
+                },
+            ],
+        },
+    ];
     draw(path, &panels)
 }
 

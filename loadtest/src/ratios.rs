@@ -199,7 +199,7 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
     for _ in 0..ROUNDS {
         raw_rpcs
             .push(baseline::raw_rpc(&options.url, payloads::bodies(&payloads), prefetch).await?);
-        echo_runs.push(load_on(&worker, spec(&echo, closed, n, 0.0)).await?);
+        echo_runs.push(load_on(&worker, spec(&echo, closed.clone(), n, 0.0)).await?);
     }
     worker.stop().await?;
     let raw_rpc = median(raw_rpcs.clone());
@@ -211,7 +211,7 @@ pub async fn run(options: &RatiosOptions) -> anyhow::Result<RatiosReport> {
 
     eprintln!("digits through Ember, max batch {batch}");
     let worker = serve(&model, &batch).await?;
-    let max = load_on(&worker, spec(&model, closed, n, 0.0)).await?;
+    let max = load_on(&worker, spec(&model, closed.clone(), n, 0.0)).await?;
     let unloaded = load_on(
         &worker,
         spec(

@@ -193,6 +193,7 @@ mod tests {
             duration_s: 10.0,
             throughput_rps: 1.0,
             offered_rps: Some(1.0),
+            first_answer_s: None,
             lanes: Vec::new(),
             overall,
             timeline: Vec::new(),

@@ -142,6 +142,11 @@ impl Worker {
         self.child.id()
     }
 
+    /// Waits until it exits on its own; true if it exited 0.
+    pub async fn exited(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.wait().await?.success())
+    }
+
     /// SIGTERM, then waits for the drain; true if it exited 0.
     pub async fn stop(mut self) -> anyhow::Result<bool> {
         if let Some(pid) = self.pid() {

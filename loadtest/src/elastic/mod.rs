@@ -1,0 +1,474 @@
+//! `ember-loadtest elastic`: KEDA's control loop driving real workers. The ScaledObject of
+//! `keda/rabbitmq` is emulated ([`keda`]) on RabbitMQ's management API; each replica it asks for
+//! is a real `ember serve` ([`fleet`]); traffic follows a trace ([`trace`]). Reports the wait of
+//! the first request at zero replicas by phase, replica-seconds against an always-on fleet,
+//! scale events, and lost and duplicate answers (both must be 0).
+//!
+//! `--time-scale K` runs Kubernetes' clocks (polling, cooldown, HPA sync and windows, pod start,
+//! grace period) K times faster so a shipped five-minute cooldown fits a short run; Ember's own
+//! start and compute stay real. Cluster-time figures are real seconds × K for the controller's
+//! parts.
+
+pub mod fleet;
+pub mod keda;
+pub mod trace;
+
+use crate::load::{self, Arrival, LoadReport, LoadSpec, Target};
+use anyhow::Context;
+use ember::protocol::Lane;
+use ember::transport::queues;
+use fleet::{Fleet, PodLife, PodSpec};
+use keda::{Decider, ObjectController, QueueStats, ScaledJob, ScaledObject};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ElasticOptions {
+    /// The broker.
+    pub url: String,
+    /// RabbitMQ's management API (`http://host:15672`).
+    pub management: String,
+    /// The ScaledObjects' folder.
+    pub keda_dir: PathBuf,
+    /// The Deployment manifest (its `terminationGracePeriodSeconds`).
+    pub deployment: PathBuf,
+    /// Model served and loaded.
+    pub model: String,
+    /// The `ember` binary.
+    pub ember: PathBuf,
+    /// Its model repository.
+    pub model_repo: PathBuf,
+    /// Further `ember serve` flags.
+    pub serve_args: Vec<String>,
+    /// Arrival times, seconds from the start (real time).
+    pub arrivals: Vec<f64>,
+    /// Length of the trace (real time).
+    pub duration: Duration,
+    /// Share of realtime requests.
+    pub realtime_share: f64,
+    /// Pod start delay, cluster time.
+    pub pod_start: Duration,
+    /// Kubernetes' clocks run this many times faster than real time.
+    pub time_scale: f64,
+    /// Send binary tensor data.
+    pub binary: bool,
+}
+
+/// One controller tick.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tick {
+    /// Real seconds since the start.
+    pub t_s: f64,
+    /// Each trigger's queue: ready + unacknowledged messages.
+    pub messages: Vec<u64>,
+    /// Replicas the controller wants.
+    pub replicas: u32,
+    /// Replicas ready.
+    pub ready: usize,
+}
+
+/// A change of the replica count.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleEvent {
+    /// Real seconds since the start.
+    pub t_s: f64,
+    /// New count.
+    pub replicas: u32,
+    /// `keda` (0 ↔ 1) or `hpa`.
+    pub by: &'static str,
+}
+
+/// The first request's wait at zero replicas, by phase (cluster seconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct FromZero {
+    /// First request sent → the management API counts it (RabbitMQ's statistics interval,
+    /// `collect_statistics_interval`, 5 s by default: real time, never scaled).
+    pub statistics_s: f64,
+    /// Counted → KEDA decides 0 → 1 (its polling).
+    pub controller_s: f64,
+    /// Decision → container started (the pod-start delay).
+    pub pod_start_s: f64,
+    /// Container started → `ember serve` ready (connect, weights from the repository).
+    pub ember_start_s: f64,
+    /// Ready → the answer (queue, batch, compute, reply).
+    pub answer_s: f64,
+}
+
+/// What `elastic` measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ElasticReport {
+    /// The ScaledObject emulated.
+    pub scaled_object: String,
+    /// Kubernetes' clocks ran this many times faster than real time.
+    pub time_scale: f64,
+    /// Requests sent and never answered. Must be 0.
+    pub lost: u64,
+    /// Answers received twice. Must be 0.
+    pub duplicates: u64,
+    /// The first request's wait for its answer, starting from zero replicas, cluster seconds.
+    pub first_answer_from_zero_s: Option<f64>,
+    /// That wait by phase.
+    pub from_zero: Option<FromZero>,
+    /// Pod lifetimes (Deployment and Jobs) summed, cluster seconds.
+    pub replica_seconds: f64,
+    /// An always-on fleet at the peak count over the same time, cluster seconds.
+    pub always_on_replica_seconds: f64,
+    /// Most replicas at once.
+    pub peak_replicas: u32,
+    /// Replicas ended with SIGKILL (the drain outlasted the grace period).
+    pub killed: usize,
+    /// Scale events.
+    pub events: Vec<ScaleEvent>,
+    /// Controller ticks.
+    pub ticks: Vec<Tick>,
+    /// The Deployment's pods.
+    pub pods: Vec<PodLife>,
+    /// The ScaledJobs' Jobs.
+    pub job_pods: Vec<PodLife>,
+    /// The trace's arrival times, real seconds (for the plot; not in the JSON).
+    #[serde(skip)]
+    pub arrivals: Vec<f64>,
+    /// The traffic's own report (latency, timeline).
+    pub load: LoadReport,
+}
+
+/// Runs the trace against a fleet the emulated ScaledObject sizes; ends once the trace is
+/// answered and the fleet is back at its minimum (or a cooldown and window past the trace).
+pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
+    let (object, scaled_jobs) = scalers(options)?;
+    let deployment = std::fs::read_to_string(&options.deployment)
+        .with_context(|| format!("reading {}", options.deployment.display()))?;
+    let k = options.time_scale;
+    anyhow::ensure!(k >= 1.0, "--time-scale must be at least 1");
+    let grace = Duration::from_secs_f64(keda::grace_period_s(&deployment)? / k);
+    let mut serve_args = vec![
+        "--model".to_owned(),
+        options.model.clone(),
+        "--model-repo".to_owned(),
+        options.model_repo.display().to_string(),
+    ];
+    serve_args.extend(options.serve_args.iter().cloned());
+    let manifest = crate::production_manifest(&options.model_repo, &options.model).await?;
+    let spec = LoadSpec {
+        targets: vec![Target {
+            model: options.model.clone(),
+            payloads: crate::payloads::for_manifest(&manifest, 1, options.binary),
+        }],
+        requests: options.arrivals.len(),
+        arrival: Arrival::Trace {
+            at: Arc::new(options.arrivals.clone()),
+        },
+        realtime_share: options.realtime_share,
+        deadline: None,
+        seed: 7,
+        // Long enough for a cold start under the slowest controller settings.
+        drain: Duration::from_secs_f64((object.polling_s + keda::HPA_SYNC_S) / k + 120.0),
+        label: "elastic".to_owned(),
+        worker_pid: None,
+    };
+    let management = Management::new(&options.management, &options.url)?;
+    let started = Instant::now();
+    let mut fleet = Fleet::new(
+        PodSpec {
+            ember: options.ember.clone(),
+            amqp_url: options.url.clone(),
+            args: serve_args,
+            start_delay: options.pod_start.div_f64(k),
+            grace,
+        },
+        started,
+    );
+    // Each ScaledJob's Jobs: workers that exit once idle, polled on their own interval.
+    let mut jobs = Vec::new();
+    for job in scaled_jobs {
+        let mut args = fleet.spec().args.clone();
+        let idle = exit_when_idle(&job)?.div_f64(k);
+        args.extend([
+            "--exit-when-idle".to_owned(),
+            format!("{}ms", idle.as_millis()),
+        ]);
+        let spec = PodSpec {
+            args,
+            grace: Duration::from_secs_f64(job.grace_s / k),
+            ..fleet.spec().clone()
+        };
+        jobs.push((job, Fleet::new(spec, started), 0.0));
+    }
+    let traffic = tokio::spawn({
+        let (url, spec) = (options.url.clone(), spec.clone());
+        async move { load::run(&url, &spec).await }
+    });
+    let mut controller = ObjectController::new(object.clone(), 0);
+    let (mut ticks, mut events) = (Vec::new(), Vec::new());
+    // After the trace: until the fleet is back at its minimum, but no longer than a cooldown
+    // and a scale-down window past it.
+    let linger = (object.cooldown_s + object.down.window_s + 2.0 * object.polling_s) / k;
+    let give_up = options.duration.as_secs_f64() + linger + 120.0;
+    loop {
+        let now_s = started.elapsed().as_secs_f64();
+        let jobs_done = jobs
+            .iter()
+            .all(|(_, pods, _)| pods.running_and_pending().0 == 0);
+        let settled = traffic.is_finished() && controller.replicas() <= object.min && jobs_done;
+        if (now_s > options.duration.as_secs_f64() && settled) || now_s > give_up {
+            break;
+        }
+        let mut stats = Vec::new();
+        for trigger in &object.triggers {
+            stats.push(management.queue(&trigger.queue).await?);
+        }
+        if let Some((replicas, by)) = controller.tick(now_s * k, &stats) {
+            fleet.scale(replicas as usize);
+            events.push(ScaleEvent {
+                t_s: now_s,
+                replicas,
+                by: match by {
+                    Decider::Keda => "keda",
+                    Decider::Hpa => "hpa",
+                },
+            });
+        }
+        for (job, pods, next_poll_s) in &mut jobs {
+            if now_s * k < *next_poll_s {
+                continue;
+            }
+            *next_poll_s = now_s * k + job.polling_s;
+            let mut stats = Vec::new();
+            for trigger in &job.triggers {
+                stats.push(management.queue(&trigger.queue).await?);
+            }
+            let (running, pending) = pods.running_and_pending();
+            for _ in 0..job.jobs_to_create(&stats, running, pending) {
+                pods.add();
+            }
+        }
+        ticks.push(Tick {
+            t_s: now_s,
+            messages: stats.iter().map(|s| s.messages).collect(),
+            replicas: controller.replicas(),
+            ready: fleet.ready(),
+        });
+        let next = jobs
+            .iter()
+            .map(|(_, _, next_poll_s)| *next_poll_s)
+            .fold(controller.next_tick_s(), f64::min)
+            / k;
+        tokio::time::sleep(Duration::from_secs_f64((next - now_s).max(0.01))).await;
+    }
+    let pods = fleet.finish().await;
+    let mut job_pods = Vec::new();
+    for (_, pods, _) in jobs {
+        job_pods.extend(pods.finish().await);
+    }
+    let load = traffic.await??;
+    Ok(report(
+        options,
+        &object,
+        ticks,
+        events,
+        (pods, job_pods),
+        load,
+    ))
+}
+
+/// The ScaledObject whose triggers watch `options.model`'s queues, and the ScaledJobs that do.
+fn scalers(options: &ElasticOptions) -> anyhow::Result<(ScaledObject, Vec<ScaledJob>)> {
+    let scalers = keda::read_dir(&options.keda_dir)?;
+    let queues = [Lane::Realtime, Lane::Batch].map(|lane| queues::requests(&options.model, lane));
+    let watches = |triggers: &[keda::Trigger]| triggers.iter().any(|t| queues.contains(&t.queue));
+    let object = scalers
+        .objects
+        .into_iter()
+        .find(|o| watches(&o.triggers))
+        .with_context(|| {
+            format!(
+                "no ScaledObject in {} watches {queues:?}",
+                options.keda_dir.display()
+            )
+        })?;
+    let jobs = scalers
+        .jobs
+        .into_iter()
+        .filter(|j| watches(&j.triggers))
+        .collect();
+    Ok((object, jobs))
+}
+
+/// A ScaledJob's `--exit-when-idle` (cluster time), from its container's arguments.
+fn exit_when_idle(job: &ScaledJob) -> anyhow::Result<Duration> {
+    let mut args = job.args.iter();
+    while let Some(arg) = args.next() {
+        let value = match arg.strip_prefix("--exit-when-idle") {
+            Some("") => args.next().map(String::as_str),
+            Some(rest) => rest.strip_prefix('='),
+            None => continue,
+        };
+        let value = value.context("--exit-when-idle without a value")?;
+        return humantime::parse_duration(value)
+            .with_context(|| format!("{}: --exit-when-idle {value:?}", job.name));
+    }
+    anyhow::bail!(
+        "ScaledJob {}: its worker has no --exit-when-idle, so its Jobs would never end",
+        job.name
+    )
+}
+
+fn report(
+    options: &ElasticOptions,
+    object: &ScaledObject,
+    ticks: Vec<Tick>,
+    events: Vec<ScaleEvent>,
+    (pods, job_pods): (Vec<PodLife>, Vec<PodLife>),
+    load: LoadReport,
+) -> ElasticReport {
+    let k = options.time_scale;
+    let end_s = ticks.last().map_or(0.0, |t| t.t_s);
+    let replica_seconds = pods
+        .iter()
+        .chain(&job_pods)
+        .map(|p| (p.exited_s.unwrap_or(end_s) - p.requested_s).max(0.0) * k)
+        .sum();
+    let peak_replicas = events.iter().map(|e| e.replicas).max().unwrap_or(0);
+    let first_sent = options.arrivals.first().copied();
+    let from_zero = (|| {
+        let sent = first_sent?;
+        let seen = ticks
+            .iter()
+            .find(|t| t.t_s >= sent && t.messages.iter().any(|&m| m > 0))?
+            .t_s;
+        let decided = events.iter().find(|e| e.t_s >= sent && e.by == "keda")?.t_s;
+        let pod = pods.iter().find(|p| p.requested_s >= decided - 1e-6)?;
+        let (spawned, ready) = (pod.spawned_s?, pod.ready_s?);
+        let answered = sent + load.first_answer_s?;
+        Some(FromZero {
+            statistics_s: seen - sent,
+            controller_s: (decided - seen).max(0.0) * k,
+            pod_start_s: (spawned - decided) * k,
+            ember_start_s: ready - spawned,
+            answer_s: (answered - ready).max(0.0),
+        })
+    })();
+    ElasticReport {
+        scaled_object: object.name.clone(),
+        time_scale: k,
+        lost: load.lost,
+        duplicates: load.duplicates,
+        first_answer_from_zero_s: from_zero.as_ref().map(|z| {
+            z.statistics_s + z.controller_s + z.pod_start_s + z.ember_start_s + z.answer_s
+        }),
+        from_zero,
+        replica_seconds,
+        always_on_replica_seconds: f64::from(peak_replicas) * end_s * k,
+        peak_replicas,
+        killed: pods.iter().chain(&job_pods).filter(|p| p.killed).count(),
+        events,
+        ticks,
+        pods,
+        job_pods,
+        arrivals: options.arrivals.clone(),
+        load,
+    }
+}
+
+/// RabbitMQ's management HTTP API, as KEDA's rabbitmq scaler (`protocol: http`) reads it.
+struct Management {
+    client: reqwest::Client,
+    base: String,
+    vhost: String,
+    user: String,
+    password: String,
+}
+
+impl Management {
+    /// The API at `base`, with the credentials and vhost of the AMQP URL `amqp`.
+    fn new(base: &str, amqp: &str) -> anyhow::Result<Self> {
+        let rest = amqp.split_once("://").map_or(amqp, |(_, rest)| rest);
+        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+        let (user, password) = authority
+            .rsplit_once('@')
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .unwrap_or(("guest", "guest"));
+        let vhost = if vhost.is_empty() { "%2f" } else { vhost };
+        Ok(Self {
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()?,
+            base: base.trim_end_matches('/').to_owned(),
+            vhost: vhost.to_owned(),
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    }
+
+    /// A queue's messages (ready + unacknowledged) and publish rate; zeros while it does not
+    /// exist.
+    async fn queue(&self, name: &str) -> anyhow::Result<QueueStats> {
+        let url = format!("{}/api/queues/{}/{name}", self.base, self.vhost);
+        let response = self
+            .client
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .with_context(|| format!("asking RabbitMQ's management API ({url}): is the rabbitmq_management plugin enabled?"))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(QueueStats::default());
+        }
+        let response = response
+            .error_for_status()
+            .with_context(|| format!("asking {url}"))?;
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
+        Ok(QueueStats {
+            messages: body["messages"].as_u64().unwrap_or(0),
+            publish_rate: body["message_stats"]["publish_details"]["rate"]
+                .as_f64()
+                .unwrap_or(0.0),
+        })
+    }
+}
+
+/// A Markdown summary of `report`.
+pub fn markdown(report: &ElasticReport) -> String {
+    let mut out = format!(
+        "## elastic: {} (Kubernetes clocks × {})\n\n",
+        report.scaled_object, report.time_scale
+    );
+    let seconds = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} s"));
+    out += &format!(
+        "| sent | answered | lost | duplicates | peak replicas | killed | replica-s | always-on replica-s |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} ({:.0} % saved) |\n\n",
+        report.load.sent,
+        report.load.answered,
+        report.lost,
+        report.duplicates,
+        report.peak_replicas,
+        report.killed,
+        report.replica_seconds,
+        report.always_on_replica_seconds,
+        100.0 * (1.0 - report.replica_seconds / report.always_on_replica_seconds.max(1e-9)),
+    );
+    out += &format!(
+        "First request at zero replicas answered after {}",
+        seconds(report.first_answer_from_zero_s)
+    );
+    if let Some(z) = &report.from_zero {
+        out += &format!(
+            ": RabbitMQ statistics {:.1} s, KEDA polling {:.1} s, pod start {:.1} s, Ember start \
+             {:.1} s, answer {:.2} s",
+            z.statistics_s, z.controller_s, z.pod_start_s, z.ember_start_s, z.answer_s
+        );
+    }
+    out += "\n\n| t (s) | replicas | by |\n|---|---|---|\n";
+    for e in &report.events {
+        out += &format!("| {:.1} | {} | {} |\n", e.t_s, e.replicas, e.by);
+    }
+    out += &format!(
+        "\nLatency over the run: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms.\n",
+        report.load.overall.p50_ms, report.load.overall.p99_ms, report.load.overall.max_ms
+    );
+    out
+}
