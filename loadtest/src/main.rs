@@ -152,6 +152,16 @@ enum Command {
         /// faster than real time.
         #[arg(long, default_value_t = 1.0)]
         time_scale: f64,
+        /// Override the ScaledObject's pollingInterval (seconds), to compare settings.
+        #[arg(long, value_name = "SECONDS")]
+        polling_interval: Option<f64>,
+        /// Override the ScaledObject's cooldownPeriod (seconds).
+        #[arg(long, value_name = "SECONDS")]
+        cooldown_period: Option<f64>,
+        /// Multiply every trigger's target value by this (e.g. 4: four times the backlog per
+        /// replica).
+        #[arg(long, default_value_t = 1.0)]
+        value_factor: f64,
         /// RabbitMQ's management API (credentials: those of the AMQP URL).
         #[arg(
             long,
@@ -393,6 +403,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             realtime_share,
             pod_start,
             time_scale,
+            polling_interval,
+            cooldown_period,
+            value_factor,
             management_url,
             serve_args,
             workers,
@@ -426,6 +439,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 realtime_share,
                 pod_start,
                 time_scale,
+                overrides: elastic::Overrides {
+                    polling_s: polling_interval,
+                    cooldown_s: cooldown_period,
+                    value_factor,
+                },
                 binary,
             };
             let report = elastic::run(&options).await?;

@@ -849,7 +849,16 @@ spec:
         let scalers = read_dir(&Path::new(root).join("keda/rabbitmq")).unwrap();
         let object = &scalers.objects[0];
         assert_eq!(object.name, "ember-worker-digits");
-        assert_eq!(object.triggers.len(), 2);
+        let modes: Vec<Mode> = object.triggers.iter().map(|t| t.mode).collect();
+        assert_eq!(
+            modes,
+            [
+                Mode::QueueLength,
+                Mode::QueueLength,
+                Mode::MessageRate,
+                Mode::MessageRate
+            ]
+        );
         let job = &scalers.jobs[0];
         assert_eq!(job.strategy, JobStrategy::Accurate);
         assert!(

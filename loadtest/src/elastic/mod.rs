@@ -24,6 +24,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long the management API may stay unreadable before the run fails.
+const MANAGEMENT_PATIENCE: Duration = Duration::from_secs(60);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ElasticOptions {
@@ -53,8 +56,36 @@ pub struct ElasticOptions {
     pub pod_start: Duration,
     /// Kubernetes' clocks run this many times faster than real time.
     pub time_scale: f64,
+    /// Changes to the ScaledObject read, to compare settings.
+    pub overrides: Overrides,
     /// Send binary tensor data.
     pub binary: bool,
+}
+
+/// Changes to a ScaledObject's settings.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `pollingInterval`, seconds.
+    pub polling_s: Option<f64>,
+    /// `cooldownPeriod`, seconds.
+    pub cooldown_s: Option<f64>,
+    /// Every trigger's `value` times this.
+    pub value_factor: f64,
+}
+
+impl Overrides {
+    fn apply(&self, object: &mut ScaledObject) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.value_factor > 0.0 && self.polling_s.is_none_or(|p| p > 0.0),
+            "the polling interval and the value factor must be positive"
+        );
+        object.polling_s = self.polling_s.unwrap_or(object.polling_s);
+        object.cooldown_s = self.cooldown_s.unwrap_or(object.cooldown_s);
+        for trigger in &mut object.triggers {
+            trigger.value *= self.value_factor;
+        }
+        Ok(())
+    }
 }
 
 /// One controller tick.
@@ -64,6 +95,8 @@ pub struct Tick {
     pub t_s: f64,
     /// Each trigger's queue: ready + unacknowledged messages.
     pub messages: Vec<u64>,
+    /// Each trigger's queue: publishes per second.
+    pub publish_rates: Vec<f64>,
     /// Replicas the controller wants.
     pub replicas: u32,
     /// Replicas ready.
@@ -84,8 +117,9 @@ pub struct ScaleEvent {
 /// The first request's wait at zero replicas, by phase (cluster seconds).
 #[derive(Debug, Clone, Serialize)]
 pub struct FromZero {
-    /// First request sent → the management API counts it (RabbitMQ's statistics interval,
-    /// `collect_statistics_interval`, 5 s by default: real time, never scaled).
+    /// First request sent → the management API shows it, queued or published (RabbitMQ's
+    /// statistics interval, `collect_statistics_interval`, 5 s by default: real time, never
+    /// scaled).
     pub statistics_s: f64,
     /// Counted → KEDA decides 0 → 1 (its polling).
     pub controller_s: f64,
@@ -102,6 +136,14 @@ pub struct FromZero {
 pub struct ElasticReport {
     /// The ScaledObject emulated.
     pub scaled_object: String,
+    /// Its settings as emulated (after any overrides).
+    pub polling_s: f64,
+    /// `cooldownPeriod` as emulated.
+    pub cooldown_s: f64,
+    /// Each trigger's `value` as emulated.
+    pub values: Vec<f64>,
+    /// The pod-start delay, cluster seconds.
+    pub pod_start_s: f64,
     /// Kubernetes' clocks ran this many times faster than real time.
     pub time_scale: f64,
     /// Requests sent and never answered. Must be 0.
@@ -138,7 +180,8 @@ pub struct ElasticReport {
 /// Runs the trace against a fleet the emulated ScaledObject sizes; ends once the trace is
 /// answered and the fleet is back at its minimum (or a cooldown and window past the trace).
 pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
-    let (object, scaled_jobs) = scalers(options)?;
+    let (mut object, scaled_jobs) = scalers(options)?;
+    options.overrides.apply(&mut object)?;
     let deployment = std::fs::read_to_string(&options.deployment)
         .with_context(|| format!("reading {}", options.deployment.display()))?;
     let k = options.time_scale;
@@ -207,62 +250,78 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
     // and a scale-down window past it.
     let linger = (object.cooldown_s + object.down.window_s + 2.0 * object.polling_s) / k;
     let give_up = options.duration.as_secs_f64() + linger + 120.0;
-    loop {
-        let now_s = started.elapsed().as_secs_f64();
-        let jobs_done = jobs
-            .iter()
-            .all(|(_, pods, _)| pods.running_and_pending().0 == 0);
-        let settled = traffic.is_finished() && controller.replicas() <= object.min && jobs_done;
-        if (now_s > options.duration.as_secs_f64() && settled) || now_s > give_up {
-            break;
-        }
-        let mut stats = Vec::new();
-        for trigger in &object.triggers {
-            stats.push(management.queue(&trigger.queue).await?);
-        }
-        if let Some((replicas, by)) = controller.tick(now_s * k, &stats) {
-            fleet.scale(replicas as usize);
-            events.push(ScaleEvent {
+    // Every pod is stopped, and the traffic ended, however the loop ends.
+    let controlled: anyhow::Result<()> = async {
+        let mut last_read = Instant::now();
+        loop {
+            let now_s = started.elapsed().as_secs_f64();
+            let jobs_done = jobs
+                .iter()
+                .all(|(_, pods, _)| pods.running_and_pending().0 == 0);
+            let settled = traffic.is_finished() && controller.replicas() <= object.min && jobs_done;
+            if (now_s > options.duration.as_secs_f64() && settled) || now_s > give_up {
+                return Ok(());
+            }
+            // A scaler that cannot read its metric changes nothing (as KEDA does), for a while.
+            let stats = match management.queues(&object.triggers).await {
+                Ok(stats) => {
+                    last_read = Instant::now();
+                    stats
+                }
+                Err(e) if last_read.elapsed() < MANAGEMENT_PATIENCE => {
+                    eprintln!("ember-loadtest: {e:#}; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some((replicas, by)) = controller.tick(now_s * k, &stats) {
+                fleet.scale(replicas as usize);
+                events.push(ScaleEvent {
+                    t_s: now_s,
+                    replicas,
+                    by: match by {
+                        Decider::Keda => "keda",
+                        Decider::Hpa => "hpa",
+                    },
+                });
+            }
+            for (job, pods, next_poll_s) in &mut jobs {
+                if now_s * k < *next_poll_s {
+                    continue;
+                }
+                *next_poll_s = now_s * k + job.polling_s;
+                let stats = management.queues(&job.triggers).await?;
+                let (running, pending) = pods.running_and_pending();
+                for _ in 0..job.jobs_to_create(&stats, running, pending) {
+                    pods.add();
+                }
+            }
+            ticks.push(Tick {
                 t_s: now_s,
-                replicas,
-                by: match by {
-                    Decider::Keda => "keda",
-                    Decider::Hpa => "hpa",
-                },
+                messages: stats.iter().map(|s| s.messages).collect(),
+                publish_rates: stats.iter().map(|s| s.publish_rate).collect(),
+                replicas: controller.replicas(),
+                ready: fleet.ready(),
             });
+            let next = jobs
+                .iter()
+                .map(|(_, _, next_poll_s)| *next_poll_s)
+                .fold(controller.next_tick_s(), f64::min)
+                / k;
+            tokio::time::sleep(Duration::from_secs_f64((next - now_s).max(0.01))).await;
         }
-        for (job, pods, next_poll_s) in &mut jobs {
-            if now_s * k < *next_poll_s {
-                continue;
-            }
-            *next_poll_s = now_s * k + job.polling_s;
-            let mut stats = Vec::new();
-            for trigger in &job.triggers {
-                stats.push(management.queue(&trigger.queue).await?);
-            }
-            let (running, pending) = pods.running_and_pending();
-            for _ in 0..job.jobs_to_create(&stats, running, pending) {
-                pods.add();
-            }
-        }
-        ticks.push(Tick {
-            t_s: now_s,
-            messages: stats.iter().map(|s| s.messages).collect(),
-            replicas: controller.replicas(),
-            ready: fleet.ready(),
-        });
-        let next = jobs
-            .iter()
-            .map(|(_, _, next_poll_s)| *next_poll_s)
-            .fold(controller.next_tick_s(), f64::min)
-            / k;
-        tokio::time::sleep(Duration::from_secs_f64((next - now_s).max(0.01))).await;
+    }
+    .await;
+    if controlled.is_err() {
+        traffic.abort();
     }
     let pods = fleet.finish().await;
     let mut job_pods = Vec::new();
     for (_, pods, _) in jobs {
         job_pods.extend(pods.finish().await);
     }
+    controlled?;
     let load = traffic.await??;
     Ok(report(
         options,
@@ -335,11 +394,15 @@ fn report(
     let first_sent = options.arrivals.first().copied();
     let from_zero = (|| {
         let sent = first_sent?;
+        let decided = events.iter().find(|e| e.t_s >= sent && e.by == "keda")?.t_s;
         let seen = ticks
             .iter()
-            .find(|t| t.t_s >= sent && t.messages.iter().any(|&m| m > 0))?
-            .t_s;
-        let decided = events.iter().find(|e| e.t_s >= sent && e.by == "keda")?.t_s;
+            .find(|t| {
+                t.t_s >= sent
+                    && (t.messages.iter().any(|&m| m > 0)
+                        || t.publish_rates.iter().any(|&r| r > 0.0))
+            })
+            .map_or(decided, |t| t.t_s.min(decided));
         let pod = pods.iter().find(|p| p.requested_s >= decided - 1e-6)?;
         let (spawned, ready) = (pod.spawned_s?, pod.ready_s?);
         let answered = sent + load.first_answer_s?;
@@ -353,6 +416,10 @@ fn report(
     })();
     ElasticReport {
         scaled_object: object.name.clone(),
+        polling_s: object.polling_s,
+        cooldown_s: object.cooldown_s,
+        values: object.triggers.iter().map(|t| t.value).collect(),
+        pod_start_s: options.pod_start.as_secs_f64(),
         time_scale: k,
         lost: load.lost,
         duplicates: load.duplicates,
@@ -401,6 +468,15 @@ impl Management {
             user: user.to_owned(),
             password: password.to_owned(),
         })
+    }
+
+    /// The queues of `triggers`, in order.
+    async fn queues(&self, triggers: &[keda::Trigger]) -> anyhow::Result<Vec<QueueStats>> {
+        let mut stats = Vec::with_capacity(triggers.len());
+        for trigger in triggers {
+            stats.push(self.queue(&trigger.queue).await?);
+        }
+        Ok(stats)
     }
 
     /// A queue's messages (ready + unacknowledged) and publish rate; zeros while it does not
