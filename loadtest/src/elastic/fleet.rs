@@ -144,8 +144,7 @@ impl Fleet {
         for task in self.retired.drain(..) {
             let _ = task.await;
         }
-        let lives = self.lives.lock().unwrap().clone();
-        lives
+        self.lives.lock().unwrap().clone()
     }
 }
 

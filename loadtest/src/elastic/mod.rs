@@ -208,7 +208,9 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         deadline: None,
         seed: 7,
         // Long enough for a cold start under the slowest controller settings.
-        drain: Duration::from_secs_f64((object.polling_s + keda::HPA_SYNC_S) / k + 120.0),
+        drain: Duration::from_secs_f64(
+            (object.polling_s + keda::HPA_SYNC_S + options.pod_start.as_secs_f64()) / k + 120.0,
+        ),
         label: "elastic".to_owned(),
         worker_pid: None,
     };
@@ -248,7 +250,11 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
     let (mut ticks, mut events) = (Vec::new(), Vec::new());
     // After the trace: until the fleet is back at its minimum, but no longer than a cooldown
     // and a scale-down window past it.
-    let linger = (object.cooldown_s + object.down.window_s + 2.0 * object.polling_s) / k;
+    let linger = (object.cooldown_s
+        + object.down.window_s
+        + 2.0 * object.polling_s
+        + options.pod_start.as_secs_f64())
+        / k;
     let give_up = options.duration.as_secs_f64() + linger + 120.0;
     // Every pod is stopped, and the traffic ended, however the loop ends.
     let controlled: anyhow::Result<()> = async {
