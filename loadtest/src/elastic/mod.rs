@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 /// How long the management API may stay unreadable before the run fails.
 const MANAGEMENT_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long a run waits for the queues to go quiet before it starts.
+const QUIET_PATIENCE: Duration = Duration::from_secs(120);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ElasticOptions {
@@ -215,6 +218,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         worker_pid: None,
     };
     let management = Management::new(&options.management, &options.url)?;
+    management.quiet(&object.triggers).await?;
     let started = Instant::now();
     let mut fleet = Fleet::new(
         PodSpec {
@@ -474,6 +478,36 @@ impl Management {
             user: user.to_owned(),
             password: password.to_owned(),
         })
+    }
+
+    /// Waits until no trigger is active (the run starts from zero replicas: a producer that just
+    /// stopped leaves a publish rate that takes a few statistics intervals to decay).
+    async fn quiet(&self, triggers: &[keda::Trigger]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + QUIET_PATIENCE;
+        loop {
+            let stats = self.queues(triggers).await?;
+            let busy: Vec<String> = triggers
+                .iter()
+                .zip(&stats)
+                .filter(|(t, s)| t.active(**s))
+                .map(|(t, s)| {
+                    format!(
+                        "{} ({} waiting, {:.1}/s published)",
+                        t.queue, s.messages, s.publish_rate
+                    )
+                })
+                .collect();
+            if busy.is_empty() {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the queues are still in use after {QUIET_PATIENCE:?}, so the run cannot start from \
+                 zero: {}",
+                busy.join(", ")
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
 
     /// The queues of `triggers`, in order.
