@@ -31,23 +31,14 @@ pub fn timeline(path: &Path, title: &str, timeline: &[Sample]) -> anyhow::Result
             title: format!("{title}: latency per second"),
             x_desc: "time (s)",
             y_desc: "latency (ms)",
-            lines: vec![
-                Line {
-                    name: "p50",
-                    color: BLUE,
-                    points: series(|s| s.p50_ms),
-                },
-                Line {
-                    name: "p99",
-                    color: RED,
-                    points: series(|s| s.p99_ms),
-                },
-                Line {
+            lines: latency_lines(timeline)
+                .into_iter()
+                .chain([Line {
                     name: "max",
                     color: RGBColor(150, 150, 150),
                     points: series(|s| s.max_ms),
-                },
-            ],
+                }])
+                .collect(),
         },
         Panel {
             title: "answers per second".into(),
@@ -93,6 +84,23 @@ pub fn timeline(path: &Path, title: &str, timeline: &[Sample]) -> anyhow::Result
         });
     }
     draw(path, &panels)
+}
+
+/// p50 and p99 latency per interval of `timeline`.
+fn latency_lines(timeline: &[Sample]) -> Vec<Line> {
+    let series = |f: fn(&Sample) -> f64| timeline.iter().map(|s| (s.t_s, f(s))).collect();
+    vec![
+        Line {
+            name: "p50",
+            color: BLUE,
+            points: series(|s| s.p50_ms),
+        },
+        Line {
+            name: "p99",
+            color: RED,
+            points: series(|s| s.p99_ms),
+        },
+    ]
 }
 
 /// An elastic run over time: offered and answered rate, queue depth, replicas, latency.
@@ -162,18 +170,7 @@ pub fn elastic(path: &Path, report: &ElasticReport) -> anyhow::Result<()> {
             title: "latency per second".into(),
             x_desc: "time (s)",
             y_desc: "latency (ms)",
-            lines: vec![
-                Line {
-                    name: "p50",
-                    color: BLUE,
-                    points: series(|s| s.p50_ms),
-                },
-                Line {
-                    name: "p99",
-                    color: RED,
-                    points: series(|s| s.p99_ms),
-                },
-            ],
+            lines: latency_lines(timeline),
         },
     ];
     draw(path, &panels)
