@@ -1,5 +1,5 @@
 //! Service Bus transport throughput against the local REST **test double**
-//! (`tests/common/servicebus.rs`), side by side in one run:
+//! (crate `servicebus-double`), side by side in one run:
 //!
 //! - receive + complete: requests taken from a queue and settled per second with 1, 8 and 32
 //!   receive calls in flight, over pooled connections (Ember's client) and over the crate's
@@ -11,7 +11,6 @@
 //!
 //! `cargo bench --bench servicebus [-- --rounds N --messages M]`
 
-#[allow(dead_code)] // the bench uses a part of the double
 #[path = "../tests/common/servicebus.rs"]
 mod servicebus;
 
@@ -103,7 +102,7 @@ async fn main() {
     let mut send_rates = Vec::new();
     for (name, http) in &clients {
         for receivers in [1, 8, 32] {
-            let mut config = double.config();
+            let mut config = servicebus::config(double);
             config.receivers = receivers;
             let t = Arc::new(ServiceBusTransport::with_http_client(http.clone(), config));
             let queue = format!(

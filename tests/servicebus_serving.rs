@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::servicebus::ServiceBusDouble;
+use common::servicebus::{self, ServiceBusDouble};
 use common::{KillOnDrop, held_out, image_request, output_text, repo_with, unique_model};
 use ember::protocol::Lane;
 use ember::transport::servicebus::ServiceBusTransport;
@@ -38,7 +38,7 @@ fn serve(repo: &Path, model: &str) -> KillOnDrop {
 }
 
 fn transport() -> ServiceBusTransport {
-    let mut config = ServiceBusDouble::shared().config();
+    let mut config = servicebus::config(ServiceBusDouble::shared());
     config.lock_duration = Duration::from_secs(5);
     ServiceBusTransport::new(config)
 }

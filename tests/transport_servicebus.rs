@@ -6,7 +6,7 @@ mod common;
 mod transport_suite;
 
 use azure_messaging_servicebus::service_bus::QueueClient;
-use common::servicebus::{KEY, KEY_NAME, NAMESPACE, ServiceBusDouble};
+use common::servicebus::{self, KEY, KEY_NAME, NAMESPACE, ServiceBusDouble};
 use ember::client::chain::Chain;
 use ember::protocol::{ErrorCode, Lane};
 use ember::transport::servicebus::{Redirect, ServiceBusConfig, ServiceBusTransport};
@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn transport() -> ServiceBusTransport {
-    ServiceBusTransport::new(ServiceBusDouble::shared().config())
+    ServiceBusTransport::new(servicebus::config(ServiceBusDouble::shared()))
 }
 
 fn transport_with(configure: impl FnOnce(&mut ServiceBusConfig)) -> ServiceBusTransport {
-    let mut config = ServiceBusDouble::shared().config();
+    let mut config = servicebus::config(ServiceBusDouble::shared());
     configure(&mut config);
     ServiceBusTransport::new(config)
 }
@@ -234,4 +234,26 @@ async fn an_inbox_gets_its_answers_and_is_deleted_with_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("{reply_to} outlived its inbox");
+}
+
+#[tokio::test]
+async fn active_messages_count_locked_ones_until_completed() {
+    let t = transport();
+    let (queue, _) = transport_suite::unique(&t, "active", Lane::Batch).await;
+    for id in ["a", "b", "c"] {
+        t.publish(&queue, request(id)).await.unwrap();
+    }
+    assert_eq!(t.active_messages(&queue).await.unwrap(), Some(3));
+    let mut sub = t.subscribe(std::slice::from_ref(&queue), 1).await.unwrap();
+    let held = next_within(&mut sub, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Locked by a worker: still active (KEDA keeps that worker).
+    assert_eq!(t.active_messages(&queue).await.unwrap(), Some(3));
+    held.settle.ack().await.unwrap();
+    assert_eq!(t.active_messages(&queue).await.unwrap(), Some(2));
+    assert_eq!(
+        t.active_messages("ember.no-such-queue").await.unwrap(),
+        None
+    );
 }

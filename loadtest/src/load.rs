@@ -11,12 +11,11 @@ use crate::worker::Probe;
 use anyhow::Context;
 use ember::protocol::Lane;
 use ember::transport::amqp::{AmqpConfig, AmqpTransport};
-use ember::transport::{Transport, headers, queues};
+use ember::transport::{ClientTransport, Message, Properties, Transport, headers, queues};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use lapin::PublisherConfirm;
-use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -216,9 +215,151 @@ impl Rng {
     }
 }
 
-/// Offers `spec`'s load to the workers serving its models through the broker at `url`.
+/// An answer, as the collector matches it.
+struct Answer {
+    /// When it arrived.
+    at: Instant,
+    correlation_id: Option<String>,
+    error_code: Option<String>,
+}
+
+/// One run's bookkeeping: the ledger, its collector of answers and its timeline sampler.
+struct Session {
+    ledger: Arc<Ledger>,
+    started: Instant,
+    /// Message ids are `<run id>-<seq>`.
+    run_id: String,
+    rng: Rng,
+    next_at: Instant,
+    progress: ProgressBar,
+    collector: tokio::task::JoinHandle<()>,
+    sampler: tokio::task::JoinHandle<()>,
+    finish_sampling: oneshot::Sender<()>,
+}
+
+impl Session {
+    /// Starts collecting `answers` and sampling; the run's clock starts now.
+    fn start(
+        spec: &LoadSpec,
+        answers: impl futures::Stream<Item = Answer> + Send + Unpin + 'static,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(!spec.targets.is_empty(), "no model to load");
+        let run_id = format!(
+            "lt{:x}",
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)?
+                .as_nanos()
+        );
+        let slots = match spec.arrival {
+            Arrival::Closed { in_flight } => Some(Semaphore::new(in_flight.max(1))),
+            _ => None,
+        };
+        let ledger = Arc::new(Ledger {
+            state: Mutex::default(),
+            slots,
+            idle: Notify::new(),
+        });
+        let started = Instant::now();
+        let collector = tokio::spawn(collect(answers, ledger.clone(), format!("{run_id}-")));
+        let progress = progress_bar(&spec.label, spec.requests);
+        let (finish_sampling, sampling_done) = oneshot::channel();
+        let sampler = tokio::spawn(sample(
+            ledger.clone(),
+            started,
+            spec.worker_pid.map(Probe::new),
+            progress.clone(),
+            sampling_done,
+        ));
+        Ok(Self {
+            ledger,
+            started,
+            run_id,
+            rng: Rng::new(spec.seed),
+            next_at: started,
+            progress,
+            collector,
+            sampler,
+            finish_sampling,
+        })
+    }
+
+    /// Waits until request `seq` is due and records it pending: its message id, target and
+    /// lane.
+    async fn due(&mut self, spec: &LoadSpec, seq: u64) -> anyhow::Result<(String, usize, Lane)> {
+        let intended = match spec.arrival {
+            Arrival::Fixed { rate } => self.started + Duration::from_secs_f64(seq as f64 / rate),
+            Arrival::Poisson { rate } => {
+                self.next_at += Duration::from_secs_f64(-(1.0 - self.rng.unit()).ln() / rate);
+                self.next_at
+            }
+            Arrival::Closed { .. } => {
+                if let Some(slots) = &self.ledger.slots {
+                    slots.acquire().await?.forget();
+                }
+                Instant::now()
+            }
+            Arrival::Trace { ref at } => self.started + Duration::from_secs_f64(at[seq as usize]),
+        };
+        if intended > Instant::now() {
+            // (Never for a due request: a timer rounds up to the next millisecond tick.)
+            tokio::time::sleep_until(intended.into()).await;
+        }
+        let target = seq as usize % spec.targets.len();
+        let lane = if self.rng.unit() < spec.realtime_share {
+            Lane::Realtime
+        } else {
+            Lane::Batch
+        };
+        let pending = Pending {
+            intended,
+            target,
+            lane,
+        };
+        self.ledger
+            .state
+            .lock()
+            .unwrap()
+            .pending
+            .insert(seq, pending);
+        Ok((format!("{}-{seq}", self.run_id), target, lane))
+    }
+
+    /// Waits up to `spec.drain` for the stragglers and returns what the run recorded; what is
+    /// still pending then is lost.
+    async fn finish(self, spec: &LoadSpec) -> anyhow::Result<(State, Instant)> {
+        let ledger = &self.ledger;
+        let drained = async {
+            loop {
+                let idle = ledger.idle.notified();
+                if ledger.state.lock().unwrap().pending.is_empty() {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(spec.drain, drained).await;
+        self.collector.abort();
+        let _ = self.finish_sampling.send(());
+        self.sampler.await?;
+        self.progress.finish_and_clear();
+        let state = std::mem::take(&mut *ledger.state.lock().unwrap());
+        Ok((state, self.started))
+    }
+}
+
+impl Ledger {
+    /// Counts request `seq` refused by the broker.
+    fn refused(&self, seq: u64) {
+        let mut state = self.state.lock().unwrap();
+        state.publish_failures += 1;
+        state.pending.remove(&seq);
+        drop(state);
+        self.release();
+    }
+}
+
+/// Offers `spec`'s load to the workers serving its models through the RabbitMQ broker at `url`.
 pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
-    anyhow::ensure!(!spec.targets.is_empty(), "no model to load");
     // The models' queues exist before the first request, whoever starts first.
     let topology = AmqpTransport::connect(AmqpConfig::new(url)).await?;
     for target in &spec.targets {
@@ -261,85 +402,43 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             .await?;
         answers.push(consumer.boxed());
     }
-
-    let run_id = format!(
-        "lt{:x}",
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)?
-            .as_nanos()
-    );
-    let slots = match spec.arrival {
-        Arrival::Closed { in_flight } => Some(Semaphore::new(in_flight.max(1))),
-        _ => None,
-    };
-    let ledger = Arc::new(Ledger {
-        state: Mutex::default(),
-        slots,
-        idle: Notify::new(),
-    });
-    let started = Instant::now();
-    let collector = tokio::spawn(collect(
-        futures::stream::select_all(answers),
-        ledger.clone(),
-        format!("{run_id}-"),
-    ));
-    let progress = progress_bar(&spec.label, spec.requests);
-    let (finish_sampling, sampling_done) = oneshot::channel();
-    let sampler = tokio::spawn(sample(
-        ledger.clone(),
-        started,
-        spec.worker_pid.map(Probe::new),
-        progress.clone(),
-        sampling_done,
-    ));
+    let answers = futures::stream::select_all(answers)
+        .take_while(|delivery| std::future::ready(delivery.is_ok()))
+        .filter_map(|delivery| async move {
+            let delivery = delivery.ok()?;
+            let at = Instant::now();
+            if !delivery.routing_key.as_str().starts_with(DIRECT_REPLY_TO) {
+                let _ = delivery.ack(BasicAckOptions::default()).await;
+            }
+            let properties = &delivery.properties;
+            Some(Answer {
+                at,
+                correlation_id: properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|id| id.to_string()),
+                error_code: error_code(properties),
+            })
+        })
+        .boxed();
+    let mut session = Session::start(spec, answers)?;
     // Confirms are awaited in order by their own task, so sending never waits on them.
     let (confirms, mut confirmed) = mpsc::unbounded_channel::<(u64, PublisherConfirm)>();
     let confirming = tokio::spawn({
-        let ledger = ledger.clone();
+        let ledger = session.ledger.clone();
         async move {
             while let Some((seq, confirm)) = confirmed.recv().await {
-                let refused = confirm.await.map_or(true, |c| c.is_nack());
-                if refused {
-                    let mut state = ledger.state.lock().unwrap();
-                    state.publish_failures += 1;
-                    state.pending.remove(&seq);
-                    drop(state);
-                    ledger.release();
+                if confirm.await.map_or(true, |c| c.is_nack()) {
+                    ledger.refused(seq);
                 }
             }
         }
     });
-
-    let mut rng = Rng::new(spec.seed);
-    let mut next_at = started;
     for seq in 0..spec.requests as u64 {
-        let intended = match spec.arrival {
-            Arrival::Fixed { rate } => started + Duration::from_secs_f64(seq as f64 / rate),
-            Arrival::Poisson { rate } => {
-                next_at += Duration::from_secs_f64(-(1.0 - rng.unit()).ln() / rate);
-                next_at
-            }
-            Arrival::Closed { .. } => {
-                if let Some(slots) = &ledger.slots {
-                    slots.acquire().await?.forget();
-                }
-                Instant::now()
-            }
-            Arrival::Trace { ref at } => started + Duration::from_secs_f64(at[seq as usize]),
-        };
-        if intended > Instant::now() {
-            // (Never for a due request: a timer rounds up to the next millisecond tick.)
-            tokio::time::sleep_until(intended.into()).await;
-        }
-        let target = seq as usize % spec.targets.len();
-        let lane = if rng.unit() < spec.realtime_share {
-            Lane::Realtime
-        } else {
-            Lane::Batch
-        };
+        let (id, target, lane) = session.due(spec, seq).await?;
         let t = &spec.targets[target];
         let payload = &t.payloads[(seq as usize / spec.targets.len()) % t.payloads.len()];
-        let id: ShortString = format!("{run_id}-{seq}").into();
+        let id: ShortString = id.into();
         let mut properties = BasicProperties::default()
             .with_message_id(id.clone())
             .with_correlation_id(id)
@@ -348,10 +447,8 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
             properties = properties.with_reply_to(DIRECT_REPLY_TO.into());
         }
         let mut headers = FieldTable::default();
-        if let Some(deadline) = spec.deadline {
-            let at = SystemTime::now() + deadline - intended.elapsed().min(deadline);
-            let ms = at.duration_since(SystemTime::UNIX_EPOCH)?.as_millis() as i64;
-            headers.insert(headers::DEADLINE.into(), AMQPValue::LongLongInt(ms));
+        if let Some(ms) = deadline_ms(spec, &session, seq) {
+            headers.insert(headers::DEADLINE.into(), AMQPValue::LongLongInt(ms as i64));
         }
         if let Some(length) = payload.header_length {
             let length = AMQPValue::LongLongInt(length as i64);
@@ -360,12 +457,6 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         if !headers.inner().is_empty() {
             properties = properties.with_headers(headers);
         }
-        let pending = Pending {
-            intended,
-            target,
-            lane,
-        };
-        ledger.state.lock().unwrap().pending.insert(seq, pending);
         let confirm = channel
             .basic_publish(
                 "".into(),
@@ -379,22 +470,7 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
     }
     drop(confirms);
     confirming.await?;
-
-    // Wait for the stragglers; what is still pending after `drain` is lost.
-    let drained = async {
-        loop {
-            let idle = ledger.idle.notified();
-            if ledger.state.lock().unwrap().pending.is_empty() {
-                return;
-            }
-            idle.await;
-        }
-    };
-    let _ = tokio::time::timeout(spec.drain, drained).await;
-    collector.abort();
-    let _ = finish_sampling.send(());
-    sampler.await?;
-    progress.finish_and_clear();
+    let (state, started) = session.finish(spec).await?;
     let _ = connection.close(200, "done".into()).await;
     let mut still_queued = 0;
     for target in &spec.targets {
@@ -404,11 +480,104 @@ pub async fn run(url: &str, spec: &LoadSpec) -> anyhow::Result<LoadReport> {
         }
     }
     topology.close().await;
-    let state = std::mem::take(&mut *ledger.state.lock().unwrap());
     Ok(LoadReport {
         still_queued,
         ..report(state, spec, started)
     })
+}
+
+/// Most sends in flight at once over [`run_over`].
+const SENDS_IN_FLIGHT: usize = 64;
+
+/// Offers `spec`'s load through any of Ember's client transports (Service Bus): realtime
+/// requests answered to a private inbox, batch ones to the models' result queues. Sends run
+/// concurrently, so a broker with a round trip per send keeps to the schedule. JSON bodies only
+/// where the transport carries no binary; `still_queued` is not measured (0).
+pub async fn run_over(
+    transport: Arc<dyn ClientTransport>,
+    spec: &LoadSpec,
+) -> anyhow::Result<LoadReport> {
+    for target in &spec.targets {
+        transport.declare(&target.model).await?;
+    }
+    let inbox = transport.inbox().await?;
+    let results: Vec<String> = spec
+        .targets
+        .iter()
+        .map(|t| queues::results(&t.model))
+        .collect();
+    let subscription = transport.subscribe(&results, 1000).await?;
+    let results = futures::stream::unfold(subscription, |mut subscription| async move {
+        let delivery = subscription.next().await?;
+        let at = Instant::now();
+        let _ = delivery.settle.ack().await;
+        Some(((at, delivery.message), subscription))
+    });
+    let replies = inbox.replies.map(|message| (Instant::now(), message));
+    let answers = futures::stream::select(replies, results)
+        .map(|(at, message)| Answer {
+            at,
+            correlation_id: message.properties.correlation_id,
+            error_code: message.properties.error_code.map(|c| c.as_str().to_owned()),
+        })
+        .boxed();
+    let mut session = Session::start(spec, answers)?;
+    let sends = Arc::new(Semaphore::new(SENDS_IN_FLIGHT));
+    let mut sending = tokio::task::JoinSet::new();
+    for seq in 0..spec.requests as u64 {
+        let (id, target, lane) = session.due(spec, seq).await?;
+        let t = &spec.targets[target];
+        let payload = &t.payloads[(seq as usize / spec.targets.len()) % t.payloads.len()];
+        anyhow::ensure!(
+            payload.header_length.is_none() || transport.carries_binary(),
+            "this transport carries JSON bodies only"
+        );
+        let message = Message {
+            body: payload.body.clone(),
+            properties: Properties {
+                message_id: Some(id.clone()),
+                correlation_id: Some(id),
+                deadline_ms: deadline_ms(spec, &session, seq),
+                header_length: payload.header_length.map(|l| l as u64),
+                ..Properties::default()
+            },
+        };
+        let queue = queues::requests(&t.model, lane);
+        let permit = sends.clone().acquire_owned().await?;
+        let (transport, sender, ledger) = (
+            transport.clone(),
+            inbox.sender.clone(),
+            session.ledger.clone(),
+        );
+        sending.spawn(async move {
+            let sent = match lane {
+                Lane::Realtime => sender.send(&queue, message).await,
+                Lane::Batch => transport.publish(&queue, message).await,
+            };
+            if sent.is_err() {
+                ledger.refused(seq);
+            }
+            drop(permit);
+        });
+    }
+    sending.join_all().await;
+    let (state, started) = session.finish(spec).await?;
+    Ok(report(state, spec, started))
+}
+
+/// Request `seq`'s deadline (unix ms), `spec.deadline` after its intended send time.
+fn deadline_ms(spec: &LoadSpec, session: &Session, seq: u64) -> Option<u64> {
+    let deadline = spec.deadline?;
+    let intended = session
+        .ledger
+        .state
+        .lock()
+        .unwrap()
+        .pending
+        .get(&seq)?
+        .intended;
+    let at = SystemTime::now() + deadline - intended.elapsed().min(deadline);
+    Some(at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_millis() as u64)
 }
 
 /// A bar on stderr (hidden when stderr is not a terminal) with the live rate and p99.
@@ -484,20 +653,16 @@ async fn sample(
 
 /// Matches answers to pending requests and records their latency.
 async fn collect(
-    mut answers: impl futures::Stream<Item = lapin::Result<Delivery>> + Unpin,
+    mut answers: impl futures::Stream<Item = Answer> + Unpin,
     ledger: Arc<Ledger>,
     prefix: String,
 ) {
-    while let Some(Ok(delivery)) = answers.next().await {
-        let now = Instant::now();
-        if !delivery.routing_key.as_str().starts_with(DIRECT_REPLY_TO) {
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-        }
-        let properties = &delivery.properties;
-        let Some(seq) = properties
-            .correlation_id()
+    while let Some(answer) = answers.next().await {
+        let now = answer.at;
+        let Some(seq) = answer
+            .correlation_id
             .as_ref()
-            .and_then(|id| id.as_str().strip_prefix(&prefix)?.parse::<u64>().ok())
+            .and_then(|id| id.strip_prefix(&prefix)?.parse::<u64>().ok())
         else {
             continue; // not this run's (an earlier run's leftover result)
         };
@@ -524,7 +689,7 @@ async fn collect(
             .interval
             .get_or_insert_with(new_histogram)
             .saturating_record(micros);
-        if let Some(code) = error_code(properties) {
+        if let Some(code) = answer.error_code {
             *state.errors.entry(key).or_default() += 1;
             *state.codes.entry(code).or_default() += 1;
         }

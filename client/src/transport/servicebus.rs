@@ -242,6 +242,34 @@ impl ServiceBusTransport {
             }),
         }
     }
+
+    /// Messages in `queue` not yet completed, locked ones included: its runtime properties'
+    /// `ActiveMessageCount`, what KEDA's azure-servicebus scaler scales on. `None` if there is
+    /// no such queue.
+    pub async fn active_messages(&self, queue: &str) -> Result<Option<u64>, TransportError> {
+        let (status, body) = self.shared.manage(Method::Get, queue, None).await?;
+        match status {
+            200 => Ok(count_in(
+                &String::from_utf8_lossy(&body),
+                "ActiveMessageCount",
+            )),
+            404 => Ok(None),
+            status => Err(TransportError::unavailable(format!(
+                "{queue}: reading its runtime properties: Service Bus answered {status}"
+            ))),
+        }
+    }
+}
+
+/// The number in the first `<...:name>N<` of an Atom entry (any namespace prefix); `None` where
+/// there is none (Service Bus answers an empty feed for a missing entity).
+fn count_in(entry: &str, name: &str) -> Option<u64> {
+    let start = entry.match_indices(name).find_map(|(at, _)| {
+        let before = entry[..at].chars().next_back()?;
+        let after = entry[at + name.len()..].strip_prefix('>')?;
+        (before == '<' || before == ':').then_some(after)
+    })?;
+    start[..start.find('<')?].trim().parse().ok()
 }
 
 /// The HTTP status Service Bus answered a failed call with, if it answered.
@@ -335,13 +363,14 @@ impl Shared {
         self.observe(received)
     }
 
-    /// A management call on `queue` (the entity itself, not its messages).
+    /// A management call on `queue` (the entity itself, not its messages): the status and
+    /// the body.
     async fn manage(
         &self,
         method: Method,
         queue: &str,
         body: Option<String>,
-    ) -> Result<u16, TransportError> {
+    ) -> Result<(u16, Bytes), TransportError> {
         let resource = format!(
             "https://{}{PUBLIC_CLOUD_SUFFIX}/{queue}",
             self.config.namespace
@@ -363,12 +392,13 @@ impl Shared {
                 request.set_body(azure_core::EMPTY_BODY);
             }
         }
-        let answered = self
-            .http
-            .execute_request(&request)
-            .await
-            .map(|response| u16::from(response.status()))
-            .map_err(|e| failure(queue, "managing", e));
+        let answered = async {
+            let response = self.http.execute_request(&request).await?;
+            let status = u16::from(response.status());
+            Ok((status, response.into_body().collect().await?))
+        }
+        .await
+        .map_err(|e: azure_core::Error| failure(queue, "managing", e));
         self.observe(answered)
     }
 
@@ -404,7 +434,7 @@ impl Shared {
             self.config.max_delivery_count,
             auto_delete,
         );
-        match self.manage(Method::Put, queue, Some(description)).await? {
+        match self.manage(Method::Put, queue, Some(description)).await?.0 {
             200 | 201 | 409 => Ok(()),
             401 | 403 => Err(TransportError::topology(format!("{queue}: {FORBIDDEN}"))),
             status => Err(TransportError::topology(format!(
@@ -637,7 +667,7 @@ impl ClientTransport for ServiceBusTransport {
     }
 
     async fn delete_queue(&self, queue: &str) -> Result<(), TransportError> {
-        match self.shared.manage(Method::Delete, queue, None).await? {
+        match self.shared.manage(Method::Delete, queue, None).await?.0 {
             200 | 204 | 404 => Ok(()),
             status => Err(TransportError::topology(format!(
                 "{queue}: deleting it: Service Bus answered {status}"
@@ -941,6 +971,32 @@ impl Drop for ServiceBusSettle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_counts_are_read_whatever_the_namespace_prefix() {
+        // As Service Bus answers a queue's GET (shortened).
+        let entry = concat!(
+            r#"<entry xmlns="http://www.w3.org/2005/Atom"><content type="application/xml">"#,
+            r#"<QueueDescription><MessageCount>12</MessageCount><CountDetails "#,
+            r#"xmlns:d2p1="http://schemas.microsoft.com/netservices/2011/06/servicebus">"#,
+            "<d2p1:ActiveMessageCount>9</d2p1:ActiveMessageCount>",
+            "<d2p1:DeadLetterMessageCount>3</d2p1:DeadLetterMessageCount>",
+            "</CountDetails></QueueDescription></content></entry>"
+        );
+        assert_eq!(count_in(entry, "ActiveMessageCount"), Some(9));
+        assert_eq!(count_in(entry, "DeadLetterMessageCount"), Some(3));
+        assert_eq!(count_in(entry, "MessageCount"), Some(12));
+        assert_eq!(
+            count_in(
+                "<ActiveMessageCount>4</ActiveMessageCount>",
+                "ActiveMessageCount"
+            ),
+            Some(4)
+        );
+        // A missing entity: an empty feed.
+        let feed = r#"<feed xmlns="http://www.w3.org/2005/Atom"><title type="text">Publicly Listed Services</title></feed>"#;
+        assert_eq!(count_in(feed, "ActiveMessageCount"), None);
+    }
 
     #[test]
     fn connection_strings_name_the_namespace_and_policy() {
