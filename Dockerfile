@@ -21,9 +21,13 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo .cargo
 COPY src src
+# Every workspace member, and the test and bench targets Cargo.toml declares (cargo checks they
+# exist before it builds anything).
+COPY client client
 COPY loadtest loadtest
+COPY servicebus-double servicebus-double
+COPY tests tests
 COPY benches benches
-COPY examples examples
 COPY docs docs
 COPY data data
 COPY models models

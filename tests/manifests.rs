@@ -302,6 +302,20 @@ fn keda_scales_each_worker_on_the_queues_it_consumes() {
             "scale to zero"
         );
         for trigger in object["spec"]["triggers"].as_sequence().unwrap() {
+            // The workers' own answer rate: of the models they serve.
+            if trigger["type"].as_str() == Some("prometheus") {
+                let query = trigger["metadata"]["query"].as_str().unwrap();
+                assert!(
+                    query.contains("ember_requests_total")
+                        && serving
+                            .iter()
+                            .any(|m| query.contains(&format!("model=\"{m}\""))),
+                    "{}: {query} does not count {serving:?}'s answers",
+                    path.display()
+                );
+                checked += 1;
+                continue;
+            }
             // Both brokers name queues alike: `ember.<model>.<lane>`.
             let queue = match trigger["type"].as_str().unwrap() {
                 "rabbitmq" | "azure-servicebus" => trigger["metadata"]["queueName"]
@@ -340,16 +354,27 @@ fn the_image_builds_from_what_it_copies_with_the_ci_build_command() {
             words[..words.len() - 1].to_vec()
         })
         .collect();
-    for needed in [
-        ".cargo",
-        "Cargo.toml",
-        "Cargo.lock",
-        "build.rs",
-        "src",
-        "loadtest",
-        "benches",
-    ] {
+    // What cargo reads to build any target: the manifests, every workspace member, and the
+    // files of every target the manifest declares (cargo checks they exist).
+    let manifest: toml_like::Manifest = toml_like::read(&root.join("Cargo.toml"));
+    let mut needed = vec![".cargo", "Cargo.toml", "Cargo.lock", "build.rs", "src"];
+    needed.extend(
+        manifest
+            .members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != "."),
+    );
+    needed.extend(manifest.declares_tests.then_some("tests"));
+    needed.extend(manifest.declares_benches.then_some("benches"));
+    for needed in needed {
         assert!(copied.contains(&needed), "the image build lacks {needed}");
+    }
+    for source in &copied {
+        assert!(
+            root.join(source).exists(),
+            "the Dockerfile copies {source}, which is not here"
+        );
     }
     // Every file the code embeds is in the build context the Dockerfile copies.
     fn embedded(dir: &Path, found: &mut Vec<PathBuf>) {
@@ -407,4 +432,32 @@ fn the_image_builds_from_what_it_copies_with_the_ci_build_command() {
             .count(),
         2
     );
+}
+
+/// The little of the root Cargo.toml the image test needs.
+mod toml_like {
+    /// Workspace members and whether test and bench targets are declared.
+    pub struct Manifest {
+        pub members: Vec<String>,
+        pub declares_tests: bool,
+        pub declares_benches: bool,
+    }
+
+    pub fn read(path: &std::path::Path) -> Manifest {
+        let text = std::fs::read_to_string(path).unwrap();
+        let members = text
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("members = ["))
+            .expect("a workspace members list on one line")
+            .trim_end_matches(']')
+            .split(',')
+            .map(|m| m.trim().trim_matches('"').to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        Manifest {
+            members,
+            declares_tests: text.lines().any(|l| l.trim() == "[[test]]"),
+            declares_benches: text.lines().any(|l| l.trim() == "[[bench]]"),
+        }
+    }
 }

@@ -117,11 +117,13 @@ enum Command {
     /// `--export`, also what `benches/gpu/pytorch_reference.py` needs to run their PyTorch twins.
     Compute(compute::ComputeArgs),
     /// KEDA's control loop driving real workers: the ScaledObject of --keda-dir emulated on
-    /// RabbitMQ's management API, each replica a real `ember serve`, traffic from a trace;
-    /// reports the first request's wait at zero replicas, replica-seconds, scale events, lost
-    /// and duplicate answers.
+    /// its broker's metrics (RabbitMQ's management API; Service Bus's queue runtime properties,
+    /// of EMBER_SERVICEBUS_CONNECTION_STRING's namespace or else a local test double) and the
+    /// workers' own, each replica a real `ember serve`, traffic from a trace; reports the first
+    /// request's wait at zero replicas, replica-seconds, scale events, lost and duplicate
+    /// answers.
     Elastic {
-        /// The ScaledObjects (rabbitmq triggers) to emulate.
+        /// The ScaledObjects to emulate (rabbitmq, azure-servicebus and prometheus triggers).
         #[arg(long, default_value = "keda/rabbitmq")]
         keda_dir: PathBuf,
         /// The worker Deployment (its terminationGracePeriodSeconds).

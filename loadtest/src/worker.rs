@@ -11,6 +11,8 @@ use tokio::process::{Child, Command};
 /// A running `ember serve`.
 pub struct Worker {
     child: Child,
+    /// Its telemetry endpoint (`http://host:port`, serving `/metrics`), as it logged it.
+    pub telemetry: Option<String>,
 }
 
 /// Where the `ember` binary is: `--ember-bin`, else beside this executable (same profile).
@@ -94,11 +96,22 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
 impl Worker {
     /// Starts `ember serve --transport amqp` with `args` and waits until it is ready.
     pub async fn start(ember: &Path, amqp_url: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let env = [("EMBER_TRANSPORT", "amqp"), ("EMBER_AMQP_URL", amqp_url)]
+            .map(|(name, value)| (name.to_owned(), value.to_owned()));
+        Self::start_with(ember, &env, args).await
+    }
+
+    /// Starts `ember serve` with `args` and `env` (the broker's settings) and waits until it is
+    /// ready.
+    pub async fn start_with(
+        ember: &Path,
+        env: &[(String, String)],
+        args: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut child = Command::new(ember)
             .arg("serve")
-            .args(["--transport", "amqp"])
             .args(args)
-            .env("EMBER_AMQP_URL", amqp_url)
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .env("EMBER_METRICS_ADDR", "127.0.0.1:0")
             .env("EMBER_LOG", "info")
             .stdin(Stdio::null())
@@ -109,10 +122,17 @@ impl Worker {
             .with_context(|| format!("starting {}", ember.display()))?;
         let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
         let mut said = Vec::new();
+        let mut telemetry = None;
         let ready = async {
             while let Some(line) = lines.next_line().await? {
                 if line.contains("worker ready") {
                     return Ok(true);
+                }
+                if line.contains("telemetry listening") {
+                    telemetry = line
+                        .split_whitespace()
+                        .find_map(|field| field.strip_prefix("url="))
+                        .map(|url| url.trim_matches('"').to_owned());
                 }
                 said.push(line);
             }
@@ -134,7 +154,7 @@ impl Worker {
                 }
             }
         });
-        Ok(Self { child })
+        Ok(Self { child, telemetry })
     }
 
     /// Process id.

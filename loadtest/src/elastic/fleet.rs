@@ -27,6 +27,8 @@ pub struct PodLife {
     pub killed: bool,
     /// Why it failed to start, if it did.
     pub error: Option<String>,
+    /// Its telemetry endpoint (`/metrics`).
+    pub telemetry: Option<String>,
 }
 
 /// How the fleet's pods run.
@@ -34,8 +36,8 @@ pub struct PodLife {
 pub struct PodSpec {
     /// The `ember` binary.
     pub ember: PathBuf,
-    /// The broker.
-    pub amqp_url: String,
+    /// The environment reaching the broker (`EMBER_TRANSPORT` and its settings).
+    pub env: Vec<(String, String)>,
     /// `ember serve` flags.
     pub args: Vec<String>,
     /// Delay before the container starts (image pull, scheduling), real time.
@@ -93,6 +95,17 @@ impl Fleet {
             .iter()
             .filter(|(id, _)| lives[*id].ready_s.is_some())
             .count()
+    }
+
+    /// The telemetry endpoints of the pods ready and not removed (what a Service's endpoints
+    /// list, so what Prometheus scrapes), with their pod numbers.
+    pub fn scrape_targets(&self) -> Vec<(usize, String)> {
+        let lives = self.lives.lock().unwrap();
+        self.pods
+            .iter()
+            .filter(|(id, _)| lives[*id].ready_s.is_some())
+            .filter_map(|(id, _)| Some((*id, lives[*id].telemetry.clone()?)))
+            .collect()
     }
 
     /// Adds or removes pods to reach `replicas`; removes the newest first (the ReplicaSet
@@ -170,7 +183,7 @@ async fn live(
     let t = now();
     record(&|l| l.spawned_s = Some(t));
     let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
-    let mut worker = match Worker::start(&spec.ember, &spec.amqp_url, &args).await {
+    let mut worker = match Worker::start_with(&spec.ember, &spec.env, &args).await {
         Ok(worker) => worker,
         Err(e) => {
             let (t, error) = (now(), format!("{e:#}"));
@@ -179,7 +192,7 @@ async fn live(
         }
     };
     let t = now();
-    record(&|l| l.ready_s = Some(t));
+    record(&|l| (l.ready_s, l.telemetry) = (Some(t), worker.telemetry.clone()));
     tokio::select! {
         _ = &mut stopped => {}
         // A Job's worker exits once idle (`--exit-when-idle`).

@@ -26,21 +26,41 @@ pub const HPA_SYNC_S: f64 = 15.0;
 /// The HPA's tolerance: no change while `metric / target` is within 10 % of the replica count.
 const TOLERANCE: f64 = 0.1;
 
-/// What a `rabbitmq` trigger measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a trigger measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Mode {
-    /// Messages in the queue, ready and unacknowledged.
+    /// Messages in the queue: ready and unacknowledged (RabbitMQ), active (Service Bus:
+    /// not yet completed, locked ones included).
     QueueLength,
     /// Messages published per second.
     MessageRate,
+    /// Requests the Deployment's replicas answered per second over a window (seconds):
+    /// `sum(rate(ember_requests_total[window]))`.
+    AnswerRate {
+        /// The query's range, cluster seconds.
+        window_s: f64,
+    },
 }
 
-/// One `rabbitmq` trigger.
+/// Which KEDA scaler a trigger is, so where its metric is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scaler {
+    /// `rabbitmq` over RabbitMQ's management API.
+    RabbitMq,
+    /// `azure-servicebus`: a queue's runtime properties.
+    ServiceBus,
+    /// `prometheus`: the workers' own metrics (answers per second).
+    Prometheus,
+}
+
+/// One trigger.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Trigger {
     /// The trigger's name (else its queue's).
     pub name: String,
-    /// Queue it watches.
+    /// Its scaler.
+    pub scaler: Scaler,
+    /// Queue it watches (empty for a `prometheus` trigger).
     pub queue: String,
     /// What it measures.
     pub mode: Mode,
@@ -50,13 +70,16 @@ pub struct Trigger {
     pub activation: f64,
 }
 
-/// A queue's state as the management API reports it.
+/// A queue's state as its broker reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct QueueStats {
-    /// Ready + unacknowledged messages (`messages`).
+    /// Ready + unacknowledged messages (RabbitMQ's `messages`), or Service Bus's
+    /// `ActiveMessageCount`.
     pub messages: u64,
-    /// Publishes per second (`message_stats.publish_details.rate`).
+    /// Publishes per second (RabbitMQ's `message_stats.publish_details.rate`; 0 on Service Bus).
     pub publish_rate: f64,
+    /// Answers per second (a `prometheus` trigger's query).
+    pub answer_rate: f64,
 }
 
 impl Trigger {
@@ -65,6 +88,7 @@ impl Trigger {
         match self.mode {
             Mode::QueueLength => stats.messages as f64,
             Mode::MessageRate => stats.publish_rate,
+            Mode::AnswerRate { .. } => stats.answer_rate,
         }
     }
 
@@ -75,6 +99,7 @@ impl Trigger {
             Mode::MessageRate => {
                 stats.publish_rate > self.activation || stats.messages as f64 > self.activation
             }
+            Mode::AnswerRate { .. } => stats.answer_rate > self.activation,
         }
     }
 }
@@ -374,19 +399,24 @@ impl RulesSpec {
     }
 }
 
-impl Resource {
-    fn triggers(&self) -> anyhow::Result<Vec<Trigger>> {
-        let triggers: Vec<Trigger> = self
-            .spec
-            .triggers
-            .iter()
-            .map(|t| {
-                anyhow::ensure!(
-                    t.kind == "rabbitmq",
-                    "trigger type {:?}: only rabbitmq is emulated",
-                    t.kind
-                );
-                let field = |name: &str| t.metadata.get(name).map(String::as_str);
+impl TriggerSpec {
+    /// The trigger as emulated: `rabbitmq` over the management API, or `azure-servicebus` on a
+    /// queue.
+    fn trigger(&self) -> anyhow::Result<Trigger> {
+        let kind = self.kind.as_str();
+        let field = |name: &str| self.metadata.get(name).map(String::as_str);
+        let number = |name: &str, default: Option<f64>| -> anyhow::Result<f64> {
+            match field(name) {
+                Some(v) => v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .with_context(|| format!("{kind} trigger: {name} {v:?} is not a number ≥ 0")),
+                None => default.with_context(|| format!("{kind} trigger has no {name}")),
+            }
+        };
+        let (scaler, mode, value, activation) = match kind {
+            "rabbitmq" => {
                 anyhow::ensure!(
                     field("protocol") == Some("http"),
                     "rabbitmq trigger: only protocol http (the management API) is emulated"
@@ -398,33 +428,96 @@ impl Resource {
                         anyhow::bail!("rabbitmq trigger mode {other:?}: QueueLength or MessageRate")
                     }
                 };
-                let number = |name: &str, default: Option<f64>| -> anyhow::Result<f64> {
-                    match field(name) {
-                        Some(v) => v
-                            .parse::<f64>()
-                            .ok()
-                            .filter(|v| v.is_finite() && *v >= 0.0)
-                            .with_context(|| format!("{name} {v:?} is not a number ≥ 0")),
-                        None => default.with_context(|| format!("rabbitmq trigger has no {name}")),
-                    }
-                };
-                let value = number("value", None)?;
-                anyhow::ensure!(value > 0.0, "rabbitmq trigger value must be > 0");
-                let queue = field("queueName")
-                    .context("rabbitmq trigger has no queueName")?
-                    .to_owned();
-                Ok(Trigger {
-                    name: t.name.clone().unwrap_or_else(|| queue.clone()),
-                    queue,
+                let (value, activation) = ("value", "activationValue");
+                let value = number(value, None)?;
+                (
+                    Scaler::RabbitMq,
                     mode,
                     value,
-                    activation: number("activationValue", Some(0.0))?,
-                })
-            })
+                    number(activation, Some(0.0))?,
+                )
+            }
+            // KEDA's defaults: messageCount 5, activationMessageCount 0.
+            "azure-servicebus" => {
+                anyhow::ensure!(
+                    field("topicName").is_none() && field("useRegex").is_none_or(|r| r == "false"),
+                    "azure-servicebus trigger: only one queue (queueName) is emulated"
+                );
+                let value = number("messageCount", Some(5.0))?;
+                let activation = number("activationMessageCount", Some(0.0))?;
+                (Scaler::ServiceBus, Mode::QueueLength, value, activation)
+            }
+            // Only the answer rate of Ember's workers, as manifests/monitoring scrapes them.
+            "prometheus" => {
+                let query = field("query").context("prometheus trigger has no query")?;
+                let window = query
+                    .strip_prefix("sum(rate(ember_requests_total")
+                    .and_then(|rest| rest.split_once('[')?.1.split_once(']'))
+                    .map(|(window, _)| window)
+                    .with_context(|| {
+                        format!(
+                            "prometheus trigger query {query:?}: only \
+                             sum(rate(ember_requests_total{{...}}[<window>])) is emulated"
+                        )
+                    })?;
+                let window_s = humantime::parse_duration(window)
+                    .with_context(|| format!("prometheus trigger: range {window:?}"))?
+                    .as_secs_f64();
+                let value = number("threshold", None)?;
+                let activation = number("activationThreshold", Some(0.0))?;
+                (
+                    Scaler::Prometheus,
+                    Mode::AnswerRate { window_s },
+                    value,
+                    activation,
+                )
+            }
+            other => anyhow::bail!(
+                "trigger type {other:?}: only rabbitmq, azure-servicebus and prometheus are emulated"
+            ),
+        };
+        anyhow::ensure!(value > 0.0, "{kind} trigger: its target must be > 0");
+        let queue = match scaler {
+            Scaler::Prometheus => String::new(),
+            _ => field("queueName")
+                .with_context(|| format!("{kind} trigger has no queueName"))?
+                .to_owned(),
+        };
+        Ok(Trigger {
+            name: self.name.clone().unwrap_or_else(|| match scaler {
+                Scaler::Prometheus => "prometheus".to_owned(),
+                _ => queue.clone(),
+            }),
+            scaler,
+            queue,
+            mode,
+            value,
+            activation,
+        })
+    }
+}
+
+impl Resource {
+    fn triggers(&self) -> anyhow::Result<Vec<Trigger>> {
+        let triggers: Vec<Trigger> = self
+            .spec
+            .triggers
+            .iter()
+            .map(TriggerSpec::trigger)
             .collect::<anyhow::Result<_>>()?;
         anyhow::ensure!(
             !triggers.is_empty(),
             "{} has no triggers",
+            self.metadata.name
+        );
+        let mut brokers = triggers
+            .iter()
+            .map(|t| t.scaler)
+            .filter(|s| *s != Scaler::Prometheus);
+        let first = brokers.next();
+        anyhow::ensure!(
+            first.is_some() && brokers.all(|s| Some(s) == first),
+            "{}: needs the triggers of one broker (and any prometheus ones)",
             self.metadata.name
         );
         Ok(triggers)
@@ -801,11 +894,11 @@ spec:
         [
             QueueStats {
                 messages: realtime,
-                publish_rate: 0.0,
+                ..QueueStats::default()
             },
             QueueStats {
-                messages: 0,
                 publish_rate: batch_rate,
+                ..QueueStats::default()
             },
         ]
     }
@@ -870,6 +963,66 @@ spec:
             std::fs::read_to_string(Path::new(root).join("manifests/base/worker-digits.yaml"))
                 .unwrap();
         assert_eq!(grace_period_s(&deployment).unwrap(), 90.0);
+
+        let servicebus = read_dir(&Path::new(root).join("keda/servicebus")).unwrap();
+        let object = &servicebus.objects[0];
+        let read: Vec<_> = object
+            .triggers
+            .iter()
+            .map(|t| (t.scaler, t.mode, t.queue.as_str(), t.value, t.activation))
+            .collect();
+        assert_eq!(
+            read[..2],
+            [
+                (
+                    Scaler::ServiceBus,
+                    Mode::QueueLength,
+                    "ember.digits.realtime",
+                    100.0,
+                    0.0
+                ),
+                (
+                    Scaler::ServiceBus,
+                    Mode::QueueLength,
+                    "ember.digits.batch",
+                    30000.0,
+                    0.0
+                ),
+            ]
+        );
+        let answers = &object.triggers[2];
+        assert_eq!(
+            (answers.scaler, answers.mode, answers.value),
+            (
+                Scaler::Prometheus,
+                Mode::AnswerRate { window_s: 120.0 },
+                4000.0
+            )
+        );
+        // Active while any answer is counted, whatever the queues say.
+        let answering = QueueStats {
+            answer_rate: 0.2,
+            ..QueueStats::default()
+        };
+        assert!(answers.active(answering) && !answers.active(QueueStats::default()));
+        assert_eq!(answers.metric(answering), 0.2);
+    }
+
+    #[test]
+    fn only_the_answer_rate_query_is_emulated() {
+        let trigger = |query: &str| TriggerSpec {
+            kind: "prometheus".into(),
+            name: None,
+            metadata: [("query", query), ("threshold", "10")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        };
+        let read = trigger("sum(rate(ember_requests_total{model=\"m\"}[30s]))").trigger();
+        assert_eq!(read.unwrap().mode, Mode::AnswerRate { window_s: 30.0 });
+        let error = trigger("sum(rate(http_requests_total[1m]))")
+            .trigger()
+            .unwrap_err();
+        assert!(format!("{error:#}").contains("only sum(rate(ember_requests_total"));
     }
 
     #[test]
@@ -918,6 +1071,7 @@ spec:
             strategy: JobStrategy::Default,
             triggers: vec![Trigger {
                 name: "batch".into(),
+                scaler: Scaler::RabbitMq,
                 queue: "q".into(),
                 mode: Mode::QueueLength,
                 value: 1000.0,
@@ -929,7 +1083,7 @@ spec:
         let waiting = |messages| {
             [QueueStats {
                 messages,
-                publish_rate: 0.0,
+                ..QueueStats::default()
             }]
         };
         assert_eq!(job.jobs_to_create(&waiting(500), 0, 0), 0, "not active");

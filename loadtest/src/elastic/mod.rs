@@ -1,6 +1,7 @@
 //! `ember-loadtest elastic`: KEDA's control loop driving real workers. The ScaledObject of
-//! `keda/rabbitmq` is emulated ([`keda`]) on RabbitMQ's management API; each replica it asks for
-//! is a real `ember serve` ([`fleet`]); traffic follows a trace ([`trace`]). Reports the wait of
+//! `keda/rabbitmq` or `keda/servicebus` is emulated ([`keda`]) on its broker's metrics
+//! ([`broker`]) and the workers' own ([`prometheus`]); each replica it asks for is a real
+//! `ember serve` ([`fleet`]); traffic follows a trace ([`trace`]). Reports the wait of
 //! the first request at zero replicas by phase, replica-seconds against an always-on fleet,
 //! scale events, and lost and duplicate answers (both must be 0).
 //!
@@ -9,16 +10,20 @@
 //! start and compute stay real. Cluster-time figures are real seconds × K for the controller's
 //! parts.
 
+pub mod broker;
 pub mod fleet;
 pub mod keda;
+pub mod prometheus;
 pub mod trace;
 
-use crate::load::{self, Arrival, LoadReport, LoadSpec, Target};
+use crate::load::{Arrival, LoadReport, LoadSpec, Target};
 use anyhow::Context;
+use broker::Broker;
 use ember::protocol::Lane;
 use ember::transport::queues;
 use fleet::{Fleet, PodLife, PodSpec};
-use keda::{Decider, ObjectController, QueueStats, ScaledJob, ScaledObject};
+use keda::{Decider, Mode, ObjectController, ScaledJob, ScaledObject};
+use prometheus::Prometheus;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,13 +32,10 @@ use std::time::{Duration, Instant};
 /// How long the management API may stay unreadable before the run fails.
 const MANAGEMENT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How long a run waits for the queues to go quiet before it starts.
-const QUIET_PATIENCE: Duration = Duration::from_secs(120);
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct ElasticOptions {
-    /// The broker.
+    /// RabbitMQ's AMQP URL (where the ScaledObject's triggers are `rabbitmq`).
     pub url: String,
     /// RabbitMQ's management API (`http://host:15672`).
     pub management: String,
@@ -61,7 +63,7 @@ pub struct ElasticOptions {
     pub time_scale: f64,
     /// Changes to the ScaledObject read, to compare settings.
     pub overrides: Overrides,
-    /// Send binary tensor data.
+    /// Send binary tensor data (where the broker carries it).
     pub binary: bool,
 }
 
@@ -100,6 +102,8 @@ pub struct Tick {
     pub messages: Vec<u64>,
     /// Each trigger's queue: publishes per second.
     pub publish_rates: Vec<f64>,
+    /// Each `prometheus` trigger's answers per second (0 for the others).
+    pub answer_rates: Vec<f64>,
     /// Replicas the controller wants.
     pub replicas: u32,
     /// Replicas ready.
@@ -120,9 +124,9 @@ pub struct ScaleEvent {
 /// The first request's wait at zero replicas, by phase (cluster seconds).
 #[derive(Debug, Clone, Serialize)]
 pub struct FromZero {
-    /// First request sent → the management API shows it, queued or published (RabbitMQ's
-    /// statistics interval, `collect_statistics_interval`, 5 s by default: real time, never
-    /// scaled).
+    /// First request sent → the scaler's metric shows it, queued or published: RabbitMQ's
+    /// statistics interval (`collect_statistics_interval`, 5 s by default: real time, never
+    /// scaled); Service Bus's runtime properties count it at once.
     pub statistics_s: f64,
     /// Counted → KEDA decides 0 → 1 (its polling).
     pub controller_s: f64,
@@ -198,10 +202,17 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
     ];
     serve_args.extend(options.serve_args.iter().cloned());
     let manifest = crate::production_manifest(&options.model_repo, &options.model).await?;
+    let broker = Broker::for_triggers(&object.triggers, &options.url, &options.management)?;
+    eprintln!(
+        "ember-loadtest: {} through {}",
+        object.name,
+        broker.describe()
+    );
+    let binary = options.binary && broker.carries_binary();
     let spec = LoadSpec {
         targets: vec![Target {
             model: options.model.clone(),
-            payloads: crate::payloads::for_manifest(&manifest, 1, options.binary),
+            payloads: crate::payloads::for_manifest(&manifest, 1, binary),
         }],
         requests: options.arrivals.len(),
         arrival: Arrival::Trace {
@@ -217,13 +228,12 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         label: "elastic".to_owned(),
         worker_pid: None,
     };
-    let management = Management::new(&options.management, &options.url)?;
-    management.quiet(&object.triggers).await?;
+    broker.quiet(&object.triggers).await?;
     let started = Instant::now();
     let mut fleet = Fleet::new(
         PodSpec {
             ember: options.ember.clone(),
-            amqp_url: options.url.clone(),
+            env: broker.worker_env(),
             args: serve_args,
             start_delay: options.pod_start.div_f64(k),
             grace,
@@ -246,10 +256,18 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         };
         jobs.push((job, Fleet::new(spec, started), 0.0));
     }
+    let broker = Arc::new(broker);
     let traffic = tokio::spawn({
-        let (url, spec) = (options.url.clone(), spec.clone());
-        async move { load::run(&url, &spec).await }
+        let (broker, spec) = (broker.clone(), spec.clone());
+        async move { broker.offer(&spec).await }
     });
+    // Scraped only where a trigger asks Prometheus.
+    let mut prometheus = object
+        .triggers
+        .iter()
+        .any(|t| matches!(t.mode, Mode::AnswerRate { .. }))
+        .then(Prometheus::new)
+        .transpose()?;
     let mut controller = ObjectController::new(object.clone(), 0);
     let (mut ticks, mut events) = (Vec::new(), Vec::new());
     // After the trace: until the fleet is back at its minimum, but no longer than a cooldown
@@ -272,8 +290,13 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
             if (now_s > options.duration.as_secs_f64() && settled) || now_s > give_up {
                 return Ok(());
             }
+            if let Some(prometheus) = &mut prometheus {
+                let interval_s = prometheus::SCRAPE_INTERVAL_S / k;
+                let targets = fleet.scrape_targets();
+                prometheus.scrape(now_s, interval_s, &targets).await;
+            }
             // A scaler that cannot read its metric changes nothing (as KEDA does), for a while.
-            let stats = match management.queues(&object.triggers).await {
+            let mut stats = match broker.queues(&object.triggers).await {
                 Ok(stats) => {
                     last_read = Instant::now();
                     stats
@@ -285,6 +308,13 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                 }
                 Err(e) => return Err(e),
             };
+            for (trigger, stats) in object.triggers.iter().zip(&mut stats) {
+                if let (Mode::AnswerRate { window_s }, Some(prometheus)) =
+                    (trigger.mode, &prometheus)
+                {
+                    stats.answer_rate = prometheus.rate(now_s, window_s / k);
+                }
+            }
             if let Some((replicas, by)) = controller.tick(now_s * k, &stats) {
                 fleet.scale(replicas as usize);
                 events.push(ScaleEvent {
@@ -301,7 +331,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                     continue;
                 }
                 *next_poll_s = now_s * k + job.polling_s;
-                let stats = management.queues(&job.triggers).await?;
+                let stats = broker.queues(&job.triggers).await?;
                 let (running, pending) = pods.running_and_pending();
                 for _ in 0..job.jobs_to_create(&stats, running, pending) {
                     pods.add();
@@ -311,6 +341,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                 t_s: now_s,
                 messages: stats.iter().map(|s| s.messages).collect(),
                 publish_rates: stats.iter().map(|s| s.publish_rate).collect(),
+                answer_rates: stats.iter().map(|s| s.answer_rate).collect(),
                 replicas: controller.replicas(),
                 ready: fleet.ready(),
             });
@@ -319,6 +350,9 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                 .map(|(_, _, next_poll_s)| *next_poll_s)
                 .fold(controller.next_tick_s(), f64::min)
                 / k;
+            let next = prometheus
+                .as_ref()
+                .map_or(next, |p| next.min(p.next_scrape_s()));
             tokio::time::sleep(Duration::from_secs_f64((next - now_s).max(0.01))).await;
         }
     }
@@ -450,102 +484,6 @@ fn report(
     }
 }
 
-/// RabbitMQ's management HTTP API, as KEDA's rabbitmq scaler (`protocol: http`) reads it.
-struct Management {
-    client: reqwest::Client,
-    base: String,
-    vhost: String,
-    user: String,
-    password: String,
-}
-
-impl Management {
-    /// The API at `base`, with the credentials and vhost of the AMQP URL `amqp`.
-    fn new(base: &str, amqp: &str) -> anyhow::Result<Self> {
-        let rest = amqp.split_once("://").map_or(amqp, |(_, rest)| rest);
-        let (authority, vhost) = rest.split_once('/').unwrap_or((rest, ""));
-        let (user, password) = authority
-            .rsplit_once('@')
-            .and_then(|(userinfo, _)| userinfo.split_once(':'))
-            .unwrap_or(("guest", "guest"));
-        let vhost = if vhost.is_empty() { "%2f" } else { vhost };
-        Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()?,
-            base: base.trim_end_matches('/').to_owned(),
-            vhost: vhost.to_owned(),
-            user: user.to_owned(),
-            password: password.to_owned(),
-        })
-    }
-
-    /// Waits until no trigger is active (the run starts from zero replicas: a producer that just
-    /// stopped leaves a publish rate that takes a few statistics intervals to decay).
-    async fn quiet(&self, triggers: &[keda::Trigger]) -> anyhow::Result<()> {
-        let deadline = Instant::now() + QUIET_PATIENCE;
-        loop {
-            let stats = self.queues(triggers).await?;
-            let busy: Vec<String> = triggers
-                .iter()
-                .zip(&stats)
-                .filter(|(t, s)| t.active(**s))
-                .map(|(t, s)| {
-                    format!(
-                        "{} ({} waiting, {:.1}/s published)",
-                        t.queue, s.messages, s.publish_rate
-                    )
-                })
-                .collect();
-            if busy.is_empty() {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "the queues are still in use after {QUIET_PATIENCE:?}, so the run cannot start from \
-                 zero: {}",
-                busy.join(", ")
-            );
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
-    /// The queues of `triggers`, in order.
-    async fn queues(&self, triggers: &[keda::Trigger]) -> anyhow::Result<Vec<QueueStats>> {
-        let mut stats = Vec::with_capacity(triggers.len());
-        for trigger in triggers {
-            stats.push(self.queue(&trigger.queue).await?);
-        }
-        Ok(stats)
-    }
-
-    /// A queue's messages (ready + unacknowledged) and publish rate; zeros while it does not
-    /// exist.
-    async fn queue(&self, name: &str) -> anyhow::Result<QueueStats> {
-        let url = format!("{}/api/queues/{}/{name}", self.base, self.vhost);
-        let response = self
-            .client
-            .get(&url)
-            .basic_auth(&self.user, Some(&self.password))
-            .send()
-            .await
-            .with_context(|| format!("asking RabbitMQ's management API ({url}): is the rabbitmq_management plugin enabled?"))?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(QueueStats::default());
-        }
-        let response = response
-            .error_for_status()
-            .with_context(|| format!("asking {url}"))?;
-        let body: serde_json::Value = serde_json::from_slice(&response.bytes().await?)?;
-        Ok(QueueStats {
-            messages: body["messages"].as_u64().unwrap_or(0),
-            publish_rate: body["message_stats"]["publish_details"]["rate"]
-                .as_f64()
-                .unwrap_or(0.0),
-        })
-    }
-}
-
 /// A Markdown summary of `report`.
 pub fn markdown(report: &ElasticReport) -> String {
     let mut out = format!(
@@ -573,7 +511,7 @@ pub fn markdown(report: &ElasticReport) -> String {
     );
     if let Some(z) = &report.from_zero {
         out += &format!(
-            ": RabbitMQ statistics {:.1} s, KEDA polling {:.1} s, pod start {:.1} s, Ember start \
+            ": queue metric {:.1} s, KEDA polling {:.1} s, pod start {:.1} s, Ember start \
              {:.1} s, answer {:.2} s",
             z.statistics_s, z.controller_s, z.pod_start_s, z.ember_start_s, z.answer_s
         );
