@@ -149,6 +149,10 @@ pub struct LoadReport {
     pub offered_rps: Option<f64>,
     /// The first request's wait for its answer, from its intended send time.
     pub first_answer_s: Option<f64>,
+    /// Every answered request's intended send and answer, seconds from the start, in the order
+    /// they were sent (not in the JSON).
+    #[serde(skip)]
+    pub answers: Vec<(f64, f64)>,
     /// Per model and lane.
     pub lanes: Vec<LaneReport>,
     /// All answers together.
@@ -178,6 +182,8 @@ struct State {
     publish_failures: u64,
     last_answer: Option<Instant>,
     first_answer_s: Option<f64>,
+    /// Intended send and answer of each answered request, by sequence number.
+    answer_times: BTreeMap<u64, (Instant, Instant)>,
 }
 
 struct Ledger {
@@ -675,6 +681,7 @@ async fn collect(
         };
         state.answered.insert(seq);
         state.last_answer = Some(now);
+        state.answer_times.insert(seq, (pending.intended, now));
         if seq == 0 {
             state.first_answer_s = Some(now.duration_since(pending.intended).as_secs_f64());
         }
@@ -769,6 +776,14 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
             Arrival::Closed { .. } | Arrival::Trace { .. } => None,
         },
         first_answer_s: state.first_answer_s,
+        answers: state
+            .answer_times
+            .values()
+            .map(|(sent, answered)| {
+                let since = |at: &Instant| at.saturating_duration_since(started).as_secs_f64();
+                (since(sent), since(answered))
+            })
+            .collect(),
         lanes,
         overall: lane_report("*", "*", &overall, errors),
         timeline: state.timeline,

@@ -160,8 +160,8 @@ enum Command {
         /// Override the ScaledObject's cooldownPeriod (seconds).
         #[arg(long, value_name = "SECONDS")]
         cooldown_period: Option<f64>,
-        /// Multiply every trigger's target value by this (e.g. 4: four times the backlog per
-        /// replica).
+        /// Multiply every trigger's target and activation values, the ScaledJobs' too, by this
+        /// (e.g. 4: four times the backlog per replica).
         #[arg(long, default_value_t = 1.0)]
         value_factor: f64,
         /// RabbitMQ's management API (credentials: those of the AMQP URL).
@@ -174,6 +174,11 @@ enum Command {
         /// A further flag for each `ember serve` (repeatable).
         #[arg(long = "serve-arg", allow_hyphen_values = true)]
         serve_args: Vec<String>,
+        /// The repository the replicas load from, e.g. az://<container>/models with
+        /// AZURE_STORAGE_CONNECTION_STRING set [default: --model-repo]. Each replica starts with
+        /// an empty weight cache, as the Deployment's emptyDir.
+        #[arg(long)]
+        replicas_model_repo: Option<String>,
         #[command(flatten)]
         workers: WorkerArgs,
         #[command(flatten)]
@@ -410,6 +415,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             value_factor,
             management_url,
             serve_args,
+            replicas_model_repo,
             workers,
             report: out,
         } => {
@@ -431,6 +437,8 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
                 deployment,
                 model,
                 ember: worker::ember_bin(workers.ember_bin.as_deref())?,
+                replicas_repo: replicas_model_repo
+                    .unwrap_or_else(|| workers.model_repo.display().to_string()),
                 model_repo: workers.model_repo,
                 serve_args,
                 duration: match &trace {

@@ -194,6 +194,7 @@ mod tests {
             throughput_rps: 1.0,
             offered_rps: Some(1.0),
             first_answer_s: None,
+            answers: Vec::new(),
             lanes: Vec::new(),
             overall,
             timeline: Vec::new(),

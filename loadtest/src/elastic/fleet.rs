@@ -40,6 +40,8 @@ pub struct PodSpec {
     pub env: Vec<(String, String)>,
     /// `ember serve` flags.
     pub args: Vec<String>,
+    /// Where each pod gets its own empty weight cache (`--cache-dir <caches>/pod-<n>`).
+    pub caches: PathBuf,
     /// Delay before the container starts (image pull, scheduling), real time.
     pub start_delay: Duration,
     /// SIGTERM to SIGKILL, real time.
@@ -182,7 +184,13 @@ async fn live(
     }
     let t = now();
     record(&|l| l.spawned_s = Some(t));
-    let args: Vec<&str> = spec.args.iter().map(String::as_str).collect();
+    let cache = spec.caches.join(format!("pod-{id}")).display().to_string();
+    let args: Vec<&str> = spec
+        .args
+        .iter()
+        .map(String::as_str)
+        .chain(["--cache-dir", &cache])
+        .collect();
     let mut worker = match Worker::start_with(&spec.ember, &spec.env, &args).await {
         Ok(worker) => worker,
         Err(e) => {

@@ -47,8 +47,10 @@ pub struct ElasticOptions {
     pub model: String,
     /// The `ember` binary.
     pub ember: PathBuf,
-    /// Its model repository.
+    /// The model repository request shapes are read from.
     pub model_repo: PathBuf,
+    /// The repository the replicas load from (a directory or `az://...`).
+    pub replicas_repo: String,
     /// Further `ember serve` flags.
     pub serve_args: Vec<String>,
     /// Arrival times, seconds from the start (real time).
@@ -67,27 +69,29 @@ pub struct ElasticOptions {
     pub binary: bool,
 }
 
-/// Changes to a ScaledObject's settings.
+/// Changes to the scalers' settings, to compare others.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Overrides {
-    /// `pollingInterval`, seconds.
+    /// The ScaledObject's `pollingInterval`, seconds.
     pub polling_s: Option<f64>,
-    /// `cooldownPeriod`, seconds.
+    /// The ScaledObject's `cooldownPeriod`, seconds.
     pub cooldown_s: Option<f64>,
-    /// Every trigger's `value` times this.
+    /// Every trigger's target and activation value (ScaledObject and ScaledJobs) times this.
     pub value_factor: f64,
 }
 
 impl Overrides {
-    fn apply(&self, object: &mut ScaledObject) -> anyhow::Result<()> {
+    fn apply(&self, object: &mut ScaledObject, jobs: &mut [ScaledJob]) -> anyhow::Result<()> {
         anyhow::ensure!(
             self.value_factor > 0.0 && self.polling_s.is_none_or(|p| p > 0.0),
             "the polling interval and the value factor must be positive"
         );
         object.polling_s = self.polling_s.unwrap_or(object.polling_s);
         object.cooldown_s = self.cooldown_s.unwrap_or(object.cooldown_s);
-        for trigger in &mut object.triggers {
+        let triggers = jobs.iter_mut().flat_map(|j| &mut j.triggers);
+        for trigger in object.triggers.iter_mut().chain(triggers) {
             trigger.value *= self.value_factor;
+            trigger.activation *= self.value_factor;
         }
         Ok(())
     }
@@ -121,9 +125,11 @@ pub struct ScaleEvent {
     pub by: &'static str,
 }
 
-/// The first request's wait at zero replicas, by phase (cluster seconds).
+/// A request's wait at zero replicas, by phase (cluster seconds).
 #[derive(Debug, Clone, Serialize)]
 pub struct FromZero {
+    /// When it was sent, real seconds since the start (NaN, so `null`, in percentiles).
+    pub sent_s: f64,
     /// First request sent → the scaler's metric shows it, queued or published: RabbitMQ's
     /// statistics interval (`collect_statistics_interval`, 5 s by default: real time, never
     /// scaled); Service Bus's runtime properties count it at once.
@@ -136,6 +142,8 @@ pub struct FromZero {
     pub ember_start_s: f64,
     /// Ready → the answer (queue, batch, compute, reply).
     pub answer_s: f64,
+    /// The whole wait.
+    pub total_s: f64,
 }
 
 /// What `elastic` measured.
@@ -161,6 +169,12 @@ pub struct ElasticReport {
     pub first_answer_from_zero_s: Option<f64>,
     /// That wait by phase.
     pub from_zero: Option<FromZero>,
+    /// Every wake from zero: the first request sent while at zero, by phase.
+    pub wakes: Vec<FromZero>,
+    /// Over the wakes, each phase's median.
+    pub from_zero_p50: Option<FromZero>,
+    /// Over the wakes, each phase's 99th percentile (nearest rank: the largest below 100 wakes).
+    pub from_zero_p99: Option<FromZero>,
     /// Pod lifetimes (Deployment and Jobs) summed, cluster seconds.
     pub replica_seconds: f64,
     /// An always-on fleet at the peak count over the same time, cluster seconds.
@@ -187,8 +201,8 @@ pub struct ElasticReport {
 /// Runs the trace against a fleet the emulated ScaledObject sizes; ends once the trace is
 /// answered and the fleet is back at its minimum (or a cooldown and window past the trace).
 pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
-    let (mut object, scaled_jobs) = scalers(options)?;
-    options.overrides.apply(&mut object)?;
+    let (mut object, mut scaled_jobs) = scalers(options)?;
+    options.overrides.apply(&mut object, &mut scaled_jobs)?;
     let deployment = std::fs::read_to_string(&options.deployment)
         .with_context(|| format!("reading {}", options.deployment.display()))?;
     let k = options.time_scale;
@@ -198,8 +212,10 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         "--model".to_owned(),
         options.model.clone(),
         "--model-repo".to_owned(),
-        options.model_repo.display().to_string(),
+        options.replicas_repo.clone(),
     ];
+    // Each pod's weight cache, empty at its start (the Deployment's emptyDir).
+    let caches = tempfile::tempdir()?;
     serve_args.extend(options.serve_args.iter().cloned());
     let manifest = crate::production_manifest(&options.model_repo, &options.model).await?;
     let broker = Broker::for_triggers(&object.triggers, &options.url, &options.management)?;
@@ -234,6 +250,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         PodSpec {
             ember: options.ember.clone(),
             env: broker.worker_env(),
+            caches: caches.path().to_owned(),
             args: serve_args,
             start_delay: options.pod_start.div_f64(k),
             grace,
@@ -252,6 +269,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
         let spec = PodSpec {
             args,
             grace: Duration::from_secs_f64(job.grace_s / k),
+            caches: fleet.spec().caches.join(&job.name),
             ..fleet.spec().clone()
         };
         jobs.push((job, Fleet::new(spec, started), 0.0));
@@ -435,29 +453,7 @@ fn report(
         .map(|p| (p.exited_s.unwrap_or(end_s) - p.requested_s).max(0.0) * k)
         .sum();
     let peak_replicas = events.iter().map(|e| e.replicas).max().unwrap_or(0);
-    let first_sent = options.arrivals.first().copied();
-    let from_zero = (|| {
-        let sent = first_sent?;
-        let decided = events.iter().find(|e| e.t_s >= sent && e.by == "keda")?.t_s;
-        let seen = ticks
-            .iter()
-            .find(|t| {
-                t.t_s >= sent
-                    && (t.messages.iter().any(|&m| m > 0)
-                        || t.publish_rates.iter().any(|&r| r > 0.0))
-            })
-            .map_or(decided, |t| t.t_s.min(decided));
-        let pod = pods.iter().find(|p| p.requested_s >= decided - 1e-6)?;
-        let (spawned, ready) = (pod.spawned_s?, pod.ready_s?);
-        let answered = sent + load.first_answer_s?;
-        Some(FromZero {
-            statistics_s: seen - sent,
-            controller_s: (decided - seen).max(0.0) * k,
-            pod_start_s: (spawned - decided) * k,
-            ember_start_s: ready - spawned,
-            answer_s: (answered - ready).max(0.0),
-        })
-    })();
+    let wakes = wakes(&events, &ticks, &pods, &load.answers, k);
     ElasticReport {
         scaled_object: object.name.clone(),
         polling_s: object.polling_s,
@@ -467,10 +463,11 @@ fn report(
         time_scale: k,
         lost: load.lost,
         duplicates: load.duplicates,
-        first_answer_from_zero_s: from_zero.as_ref().map(|z| {
-            z.statistics_s + z.controller_s + z.pod_start_s + z.ember_start_s + z.answer_s
-        }),
-        from_zero,
+        first_answer_from_zero_s: wakes.first().map(|z| z.total_s),
+        from_zero: wakes.first().cloned(),
+        from_zero_p50: percentile(&wakes, 0.5),
+        from_zero_p99: percentile(&wakes, 0.99),
+        wakes,
         replica_seconds,
         always_on_replica_seconds: f64::from(peak_replicas) * end_s * k,
         peak_replicas,
@@ -482,6 +479,82 @@ fn report(
         arrivals: options.arrivals.clone(),
         load,
     }
+}
+
+/// Every wake from zero replicas: the first request sent while the fleet was at zero (or before
+/// the first wake), KEDA's 0 → 1 for it, the first pod asked for then, and its answer.
+fn wakes(
+    events: &[ScaleEvent],
+    ticks: &[Tick],
+    pods: &[PodLife],
+    answers: &[(f64, f64)],
+    k: f64,
+) -> Vec<FromZero> {
+    let mut at_zero_since = 0.0;
+    let mut wakes = Vec::new();
+    for event in events.iter().filter(|e| e.by == "keda") {
+        if event.replicas == 0 {
+            at_zero_since = event.t_s;
+            continue;
+        }
+        let decided = event.t_s;
+        let Some(&(sent, answered)) = answers
+            .iter()
+            .find(|(sent, _)| *sent >= at_zero_since - 1e-6)
+            .filter(|(sent, _)| *sent <= decided + 1e-6)
+        else {
+            continue; // woken by what was queued before (nothing sent at zero)
+        };
+        let seen = ticks
+            .iter()
+            .find(|t| {
+                t.t_s >= sent
+                    && (t.messages.iter().any(|&m| m > 0)
+                        || t.publish_rates.iter().any(|&r| r > 0.0))
+            })
+            .map_or(decided, |t| t.t_s.min(decided));
+        let Some(pod) = pods.iter().find(|p| p.requested_s >= decided - 1e-6) else {
+            continue;
+        };
+        let (Some(spawned), Some(ready)) = (pod.spawned_s, pod.ready_s) else {
+            continue;
+        };
+        let mut wake = FromZero {
+            sent_s: sent,
+            statistics_s: seen - sent,
+            controller_s: (decided - seen).max(0.0) * k,
+            pod_start_s: (spawned - decided) * k,
+            ember_start_s: ready - spawned,
+            answer_s: (answered - ready).max(0.0),
+            total_s: 0.0,
+        };
+        wake.total_s = wake.statistics_s
+            + wake.controller_s
+            + wake.pod_start_s
+            + wake.ember_start_s
+            + wake.answer_s;
+        wakes.push(wake);
+    }
+    wakes
+}
+
+/// Each phase's `q` quantile over `wakes` (nearest rank), phase by phase; `None` without wakes.
+fn percentile(wakes: &[FromZero], q: f64) -> Option<FromZero> {
+    let of = |phase: fn(&FromZero) -> f64| {
+        let mut values: Vec<f64> = wakes.iter().map(phase).collect();
+        values.sort_by(f64::total_cmp);
+        let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+        values[rank - 1]
+    };
+    (!wakes.is_empty()).then(|| FromZero {
+        sent_s: f64::NAN,
+        statistics_s: of(|w| w.statistics_s),
+        controller_s: of(|w| w.controller_s),
+        pod_start_s: of(|w| w.pod_start_s),
+        ember_start_s: of(|w| w.ember_start_s),
+        answer_s: of(|w| w.answer_s),
+        total_s: of(|w| w.total_s),
+    })
 }
 
 /// A Markdown summary of `report`.
@@ -516,6 +589,26 @@ pub fn markdown(report: &ElasticReport) -> String {
             z.statistics_s, z.controller_s, z.pod_start_s, z.ember_start_s, z.answer_s
         );
     }
+    if let (Some(p50), Some(p99)) = (&report.from_zero_p50, &report.from_zero_p99) {
+        out += &format!(
+            ".\n\nOver {} wakes from zero, p50 / p99 (s): total {:.1} / {:.1}, queue metric {:.1} / \
+             {:.1}, KEDA polling {:.1} / {:.1}, pod start {:.1} / {:.1}, Ember start {:.1} / {:.1}, \
+             answer {:.2} / {:.2}",
+            report.wakes.len(),
+            p50.total_s,
+            p99.total_s,
+            p50.statistics_s,
+            p99.statistics_s,
+            p50.controller_s,
+            p99.controller_s,
+            p50.pod_start_s,
+            p99.pod_start_s,
+            p50.ember_start_s,
+            p99.ember_start_s,
+            p50.answer_s,
+            p99.answer_s
+        );
+    }
     out += "\n\n| t (s) | replicas | by |\n|---|---|---|\n";
     for e in &report.events {
         out += &format!("| {:.1} | {} | {} |\n", e.t_s, e.replicas, e.by);
@@ -525,4 +618,65 @@ pub fn markdown(report: &ElasticReport) -> String {
         report.load.overall.p50_ms, report.load.overall.p99_ms, report.load.overall.max_ms
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_wake_from_zero_is_split_into_its_phases() {
+        let event = |t_s, replicas| ScaleEvent {
+            t_s,
+            replicas,
+            by: "keda",
+        };
+        // Woken at 2 s and, after scaling to zero at 50 s, at 71 s.
+        let events = [event(2.0, 1), event(50.0, 0), event(71.0, 1)];
+        let tick = |t_s, messages| Tick {
+            t_s,
+            messages: vec![messages],
+            publish_rates: vec![0.0],
+            answer_rates: vec![0.0],
+            replicas: 0,
+            ready: 0,
+        };
+        let ticks = [tick(1.0, 0), tick(1.5, 1), tick(70.0, 0), tick(71.0, 3)];
+        let pod = |requested_s, spawned_s, ready_s| PodLife {
+            requested_s,
+            spawned_s: Some(spawned_s),
+            ready_s: Some(ready_s),
+            ..PodLife::default()
+        };
+        let pods = [pod(2.0, 5.0, 5.5), pod(71.0, 74.0, 74.2)];
+        // Sent, answered: three while up, then the first at zero at 69 s.
+        let answers = [
+            (1.2, 5.6),
+            (10.0, 10.1),
+            (20.0, 20.1),
+            (69.0, 74.5),
+            (70.0, 74.6),
+        ];
+        let wakes = wakes(&events, &ticks, &pods, &answers, 10.0);
+        assert_eq!(wakes.len(), 2);
+        let first = &wakes[0];
+        assert_eq!(first.sent_s, 1.2);
+        assert!((first.statistics_s - 0.3).abs() < 1e-9, "{first:?}");
+        assert!(
+            (first.controller_s - 5.0).abs() < 1e-9,
+            "cluster time: {first:?}"
+        );
+        assert!((first.pod_start_s - 30.0).abs() < 1e-9);
+        assert!((first.ember_start_s - 0.5).abs() < 1e-9);
+        assert!((first.answer_s - 0.1).abs() < 1e-9);
+        let second = &wakes[1];
+        assert_eq!(second.sent_s, 69.0);
+        assert!((second.statistics_s - 2.0).abs() < 1e-9, "{second:?}");
+        assert!((second.total_s - (2.0 + 0.0 + 30.0 + 0.2 + 0.3)).abs() < 1e-9);
+        let p99 = percentile(&wakes, 0.99).unwrap();
+        assert_eq!((p99.statistics_s, p99.ember_start_s), (2.0, 0.5));
+        let p50 = percentile(&wakes, 0.5).unwrap();
+        assert!((p50.statistics_s - 0.3).abs() < 1e-9);
+        assert!(percentile(&[], 0.5).is_none());
+    }
 }
