@@ -174,7 +174,7 @@ enum Command {
         /// A further flag for each `ember serve` (repeatable).
         #[arg(long = "serve-arg", allow_hyphen_values = true)]
         serve_args: Vec<String>,
-        /// The repository the replicas load from, e.g. az://<container>/models with
+        /// The repository the replicas load from, e.g. `az://<container>/models` with
         /// AZURE_STORAGE_CONNECTION_STRING set [default: --model-repo]. Each replica starts with
         /// an empty weight cache, as the Deployment's emptyDir.
         #[arg(long)]

@@ -29,8 +29,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long the management API may stay unreadable before the run fails.
-const MANAGEMENT_PATIENCE: Duration = Duration::from_secs(60);
+/// How long the scalers' metrics may stay unreadable before the run fails.
+const METRICS_PATIENCE: Duration = Duration::from_secs(60);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -319,7 +319,7 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                     last_read = Instant::now();
                     stats
                 }
-                Err(e) if last_read.elapsed() < MANAGEMENT_PATIENCE => {
+                Err(e) if last_read.elapsed() < METRICS_PATIENCE => {
                     eprintln!("ember-loadtest: {e:#}; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
