@@ -23,7 +23,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
@@ -171,7 +171,8 @@ struct Pending {
 #[derive(Default)]
 struct State {
     pending: HashMap<u64, Pending>,
-    answered: HashSet<u64>,
+    /// Intended send and answer of each answered request, by sequence number.
+    answered: HashMap<u64, (Instant, Instant)>,
     histograms: HashMap<(usize, Lane), Histogram<u64>>,
     /// Latencies of the current timeline interval.
     interval: Option<Histogram<u64>>,
@@ -181,9 +182,6 @@ struct State {
     duplicates: u64,
     publish_failures: u64,
     last_answer: Option<Instant>,
-    first_answer_s: Option<f64>,
-    /// Intended send and answer of each answered request, by sequence number.
-    answer_times: BTreeMap<u64, (Instant, Instant)>,
 }
 
 struct Ledger {
@@ -560,7 +558,8 @@ pub async fn run_over(
                 Lane::Realtime => sender.send(&queue, message).await,
                 Lane::Batch => transport.publish(&queue, message).await,
             };
-            if sent.is_err() {
+            if let Err(e) = sent {
+                eprintln!("ember-loadtest: sending request {seq}: {e}");
                 ledger.refused(seq);
             }
             drop(permit);
@@ -674,17 +673,13 @@ async fn collect(
         };
         let mut state = ledger.state.lock().unwrap();
         let Some(pending) = state.pending.remove(&seq) else {
-            if state.answered.contains(&seq) {
+            if state.answered.contains_key(&seq) {
                 state.duplicates += 1;
             }
             continue;
         };
-        state.answered.insert(seq);
+        state.answered.insert(seq, (pending.intended, now));
         state.last_answer = Some(now);
-        state.answer_times.insert(seq, (pending.intended, now));
-        if seq == 0 {
-            state.first_answer_s = Some(now.duration_since(pending.intended).as_secs_f64());
-        }
         let key = (pending.target, pending.lane);
         let micros = now.duration_since(pending.intended).as_micros().max(1) as u64;
         state
@@ -775,15 +770,19 @@ fn report(state: State, spec: &LoadSpec, started: Instant) -> LoadReport {
             Arrival::Fixed { rate } | Arrival::Poisson { rate } => Some(rate),
             Arrival::Closed { .. } | Arrival::Trace { .. } => None,
         },
-        first_answer_s: state.first_answer_s,
-        answers: state
-            .answer_times
-            .values()
-            .map(|(sent, answered)| {
-                let since = |at: &Instant| at.saturating_duration_since(started).as_secs_f64();
-                (since(sent), since(answered))
-            })
-            .collect(),
+        first_answer_s: state
+            .answered
+            .get(&0)
+            .map(|(sent, answered)| answered.duration_since(*sent).as_secs_f64()),
+        answers: {
+            let since = |at: &Instant| at.saturating_duration_since(started).as_secs_f64();
+            let mut answers: Vec<_> = state.answered.iter().collect();
+            answers.sort_unstable_by_key(|(seq, _)| **seq);
+            answers
+                .into_iter()
+                .map(|(_, (sent, answered))| (since(sent), since(answered)))
+                .collect()
+        },
         lanes,
         overall: lane_report("*", "*", &overall, errors),
         timeline: state.timeline,

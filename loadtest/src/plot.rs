@@ -31,7 +31,7 @@ pub fn timeline(path: &Path, title: &str, timeline: &[Sample]) -> anyhow::Result
             title: format!("{title}: latency per second"),
             x_desc: "time (s)",
             y_desc: "latency (ms)",
-            lines: latency_lines(timeline)
+            lines: timeline_latency(timeline)
                 .into_iter()
                 .chain([Line {
                     name: "max",
@@ -86,21 +86,25 @@ pub fn timeline(path: &Path, title: &str, timeline: &[Sample]) -> anyhow::Result
     draw(path, &panels)
 }
 
-/// p50 and p99 latency per interval of `timeline`.
-fn latency_lines(timeline: &[Sample]) -> Vec<Line> {
-    let series = |f: fn(&Sample) -> f64| timeline.iter().map(|s| (s.t_s, f(s))).collect();
+/// p50 and p99 latency lines through `points`: (x, p50 ms, p99 ms).
+fn latency_lines(points: impl Iterator<Item = (f64, f64, f64)> + Clone) -> Vec<Line> {
     vec![
         Line {
             name: "p50",
             color: BLUE,
-            points: series(|s| s.p50_ms),
+            points: points.clone().map(|(x, p50, _)| (x, p50)).collect(),
         },
         Line {
             name: "p99",
             color: RED,
-            points: series(|s| s.p99_ms),
+            points: points.map(|(x, _, p99)| (x, p99)).collect(),
         },
     ]
+}
+
+/// p50 and p99 latency per interval of `timeline`.
+fn timeline_latency(timeline: &[Sample]) -> Vec<Line> {
+    latency_lines(timeline.iter().map(|s| (s.t_s, s.p50_ms, s.p99_ms)))
 }
 
 /// An elastic run over time: offered and answered rate, queue depth, replicas, latency.
@@ -170,7 +174,7 @@ pub fn elastic(path: &Path, report: &ElasticReport) -> anyhow::Result<()> {
             title: "latency per second".into(),
             x_desc: "time (s)",
             y_desc: "latency (ms)",
-            lines: latency_lines(timeline),
+            lines: timeline_latency(timeline),
         },
     ];
     draw(path, &panels)
@@ -217,23 +221,19 @@ pub fn sweep(path: &Path, report: &SweepReport) -> anyhow::Result<()> {
                 title: "latency vs offered load".into(),
                 x_desc: "offered (req/s)",
                 y_desc: "latency (ms)",
-                lines: vec![
-                    Line {
-                        name: "p50",
-                        color: BLUE,
-                        points: series(|s| s.p50_ms),
-                    },
-                    Line {
-                        name: "p99",
-                        color: RED,
-                        points: series(|s| s.p99_ms),
-                    },
-                    Line {
-                        name: "p99 target",
-                        color: BLACK,
-                        points: target,
-                    },
-                ],
+                lines: latency_lines(
+                    report
+                        .steps
+                        .iter()
+                        .map(|s| (s.offered_rps, s.p50_ms, s.p99_ms)),
+                )
+                .into_iter()
+                .chain([Line {
+                    name: "p99 target",
+                    color: BLACK,
+                    points: target,
+                }])
+                .collect(),
             },
         ],
     )

@@ -254,6 +254,9 @@ impl ServiceBusTransport {
                 "ActiveMessageCount",
             )),
             404 => Ok(None),
+            401 | 403 => Err(TransportError::topology(format!(
+                "{queue}: reading its runtime properties needs a policy with Manage rights"
+            ))),
             status => Err(TransportError::unavailable(format!(
                 "{queue}: reading its runtime properties: Service Bus answered {status}"
             ))),

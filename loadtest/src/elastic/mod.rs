@@ -326,12 +326,8 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                 }
                 Err(e) => return Err(e),
             };
-            for (trigger, stats) in object.triggers.iter().zip(&mut stats) {
-                if let (Mode::AnswerRate { window_s }, Some(prometheus)) =
-                    (trigger.mode, &prometheus)
-                {
-                    stats.answer_rate = prometheus.rate(now_s, window_s / k);
-                }
+            if let Some(prometheus) = &prometheus {
+                prometheus.answer_rates(&object.triggers, &mut stats, now_s, k);
             }
             if let Some((replicas, by)) = controller.tick(now_s * k, &stats) {
                 fleet.scale(replicas as usize);
@@ -349,7 +345,14 @@ pub async fn run(options: &ElasticOptions) -> anyhow::Result<ElasticReport> {
                     continue;
                 }
                 *next_poll_s = now_s * k + job.polling_s;
-                let stats = broker.queues(&job.triggers).await?;
+                // As for the ScaledObject: a metric that cannot be read changes nothing.
+                let stats = match broker.queues(&job.triggers).await {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        eprintln!("ember-loadtest: {}: {e:#}; next poll", job.name);
+                        continue;
+                    }
+                };
                 let (running, pending) = pods.running_and_pending();
                 for _ in 0..job.jobs_to_create(&stats, running, pending) {
                     pods.add();

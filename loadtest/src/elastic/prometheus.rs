@@ -3,6 +3,7 @@
 //! ServiceMonitor in `manifests/monitoring` has it), each pod's rate over the window from its
 //! first and last sample in it, summed.
 
+use super::keda::{Mode, QueueStats, Trigger};
 use std::time::Duration;
 
 /// The ServiceMonitor's scrape interval, cluster seconds.
@@ -85,6 +86,16 @@ impl Prometheus {
             .filter(|(first, last)| last.t_s > first.t_s)
             .map(|(first, last)| (last.total - first.total).max(0.0) / (last.t_s - first.t_s))
             .fold(0.0, |sum, rate| sum + rate)
+    }
+
+    /// Sets the answer rate of each `AnswerRate` trigger's `stats` at `now_s` (real seconds;
+    /// windows are cluster seconds, Kubernetes' clocks `k` times faster).
+    pub fn answer_rates(&self, triggers: &[Trigger], stats: &mut [QueueStats], now_s: f64, k: f64) {
+        for (trigger, stats) in triggers.iter().zip(stats) {
+            if let Mode::AnswerRate { window_s } = trigger.mode {
+                stats.answer_rate = self.rate(now_s, window_s / k);
+            }
+        }
     }
 }
 
